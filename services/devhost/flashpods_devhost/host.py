@@ -1,0 +1,405 @@
+"""The dev host: podman service, token service, rsyncd, API and reaper under one root.
+
+This is the one way to start a host outside NixOS (docs/design.md, "Dev-host launcher"):
+`scripts/dev-host` and every integration/host test go through `DevHost`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import configs, probes, render
+from .accounts import Account, Accounts
+from .layout import Layout, Paths
+from .process import SYSTEM_PATH, Service, as_user, tail
+
+DEFAULT_ROOT = Path("/var/lib/flashpods-dev")
+DEFAULT_VENV = Path("/opt/flashpods/venv")
+SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
+# Stopped first so nothing starts new containers while the rest goes down.
+STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class HostSettings:
+    root: Path = DEFAULT_ROOT
+    instance: str = "dev"
+    api_host: str = "127.0.0.1"
+    api_port: int = 0  # 0 = pick a free port
+    rsync_host: str = "127.0.0.1"
+    rsync_port: int = 0
+    max_concurrent_jobs: int = 4
+    queue_limit: int = 1000
+    retention: dict[str, int] = field(
+        default_factory=lambda: {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600}
+    )
+    secrets: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "agent": []})
+    api_overrides: dict[str, Any] = field(default_factory=dict)
+    netns: str | None = None  # run every service inside this network namespace
+    firewall: bool = False  # load the project's nftables table (root; in netns for tests)
+    # Beyond design.md: rarely changed knobs.
+    # render.render_firewall keywords besides api_port/rsync_port/job_uid: wg_if,
+    # laptop_addr, resolvers (needed when firewall=True).
+    token_overrides: dict[str, Any] = field(default_factory=dict)
+    firewall_values: dict[str, Any] = field(default_factory=dict)
+    venv: Path = DEFAULT_VENV
+    api_workers: int = 2
+    healthz_timeout_s: float = 90.0
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.venv = Path(self.venv)
+        if not self.root.is_absolute():
+            raise ValueError(f"root {self.root} must be an absolute path")
+        if not self.instance or not all(c.isalnum() or c in "-_." for c in self.instance):
+            raise ValueError(
+                f"instance {self.instance!r} must be non-empty letters, digits, '-', '_' or '.'"
+            )
+
+
+class DevHost:
+    def __init__(self, settings: HostSettings) -> None:
+        self.settings = settings
+        self.paths = Paths(settings.root)
+        self._accounts: Accounts | None = None
+        self._services: dict[str, Service] = {}
+        self._firewall_loaded = False
+        self.api_port = settings.api_port
+        self.rsync_port = settings.rsync_port
+        self.api_token = ""
+        self.api_config: dict[str, Any] = {}
+        self.token_config: dict[str, Any] = {}
+
+    # ---- what tests and scripts use -------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{_url_host(self.settings.api_host)}:{self.api_port}"
+
+    @property
+    def rsync_url(self) -> str:
+        return f"rsync://{_url_host(self.settings.rsync_host)}:{self.rsync_port}/uploads"
+
+    @property
+    def token_socket(self) -> Path:
+        return self.paths.token_socket
+
+    @property
+    def podman_url(self) -> str:
+        return f"unix://{self.paths.podman_socket}"
+
+    @property
+    def accounts(self) -> Accounts:
+        if self._accounts is None:
+            self._accounts = Accounts.resolve()
+        return self._accounts
+
+    def __enter__(self) -> DevHost:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def podman(
+        self, *args: str, timeout: float = 120, check: bool = False, input: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """The podman CLI as the sandbox user (same image store as the service)."""
+        acc = self.accounts
+        argv = as_user(
+            ["podman", *args], acc.podman, switch=acc.separated, netns=self.settings.netns
+        )
+        return subprocess.run(
+            argv,
+            env=self._podman_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            input=input,
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Signal one service's process group, e.g. SIGKILL the API to simulate a crash."""
+        self._service(name).kill(sig)
+
+    def log(self, name: str, lines: int = 40) -> str:
+        return tail(self.paths.service_log(name), lines)
+
+    # ---- start -----------------------------------------------------------------------
+
+    def start(self, name: str | None = None) -> None:
+        """Start the whole host (name=None) or restart one service after kill()."""
+        if name is not None:
+            service = self._service(name)
+            if service.running:
+                service.stop()
+            self._launch(name)
+            if name in ("api", "reaper"):
+                self._wait_healthy()
+            return
+        try:
+            self._prepare()
+            for service_name in SERVICE_ORDER:
+                self._launch(service_name)
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _prepare(self) -> None:
+        s, acc, paths = self.settings, self.accounts, self.paths
+        if s.netns and not acc.separated:
+            raise RuntimeError("netns needs root: run the tests as root or drop netns")
+        if s.firewall and not acc.separated:
+            raise RuntimeError("firewall=True needs root: run as root or pass firewall=False")
+        for program in ("podman", "rsync", "curl", "setpriv", "nsenter"):
+            if shutil.which(program) is None:
+                raise RuntimeError(f"{program} is not installed: run scripts/lib/packages.sh")
+        layout = Layout(paths, acc)
+        layout.create()
+        if not self.api_port:
+            self.api_port = probes.free_port(s.api_host, s.netns)
+        if not self.rsync_port:
+            self.rsync_port = probes.free_port(s.rsync_host, s.netns)
+        self.api_token = layout.api_token()
+        secret_files = layout.write_secrets(s.secrets)
+        self.api_config = configs.api_config(
+            paths=paths,
+            instance=s.instance,
+            rsync_url=self.rsync_url,
+            max_concurrent_jobs=s.max_concurrent_jobs,
+            queue_limit=s.queue_limit,
+            retention=s.retention,
+            overrides=s.api_overrides,
+        )
+        self.token_config = configs.token_config(
+            paths=paths,
+            instance=s.instance,
+            socket_group=acc.sandbox_group,
+            roles=s.roles,
+            secret_files=secret_files,
+            overrides=s.token_overrides,
+        )
+        layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
+        layout.write_public(paths.token_config, json.dumps(self.token_config, indent=2) + "\n")
+        layout.write_public(paths.rsyncd_config, self._rsyncd_config())
+        for stale in (paths.podman_socket, paths.token_socket):
+            stale.unlink(missing_ok=True)
+        if s.firewall:
+            self._load_firewall()
+        self._services = {name: self._define(name) for name in SERVICE_ORDER}
+
+    def _rsyncd_config(self) -> str:
+        acc, paths, s = self.accounts, self.paths, self.settings
+        return render.render_rsyncd(
+            address=s.rsync_host,
+            port=self.rsync_port,
+            uploads=paths.uploads,
+            # hosts allow: the API's peer allow-list is the one list of client addresses.
+            laptop_addr=list(self.api_config.get("allowed_peers") or [LOOPBACK]),
+            pid_file=paths.run / "rsyncd.pid",
+            lock_file=paths.run / "rsyncd.lock",
+            log_file=paths.service_log("rsyncd"),
+            uid=acc.api.name,
+            gid=acc.sandbox_group,
+            use_chroot=acc.separated,  # chroot and uid switching need root
+        )
+
+    def _define(self, name: str) -> Service:
+        s, acc, paths = self.settings, self.accounts, self.paths
+        venv_bin = s.venv / "bin"
+        base_env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+        caps: tuple[str, ...] = ()
+        umask = 0o027
+        if name == "podman":
+            account: Account | None = acc.podman
+            argv = ["podman", "system", "service", "--time=0", self.podman_url]
+            env = self._podman_env()
+            umask = 0o007  # socket 0660: group flashpods may drive the sandbox
+        elif name == "token":
+            account = acc.token
+            argv = [str(venv_bin / "flashpods-token")]
+            env = base_env | {
+                "HOME": str(paths.token_home),
+                "XDG_RUNTIME_DIR": str(paths.token_runtime),
+                "FLASHPODS_TOKEN_CONFIG": str(paths.token_config),
+            }
+            # Peer attestation reads another uid's pid namespace through a pidfd.
+            caps = ("sys_ptrace",) if acc.separated else ()
+            umask = 0o007
+        elif name == "rsyncd":
+            account = None  # root: chroots, then switches to the module's uid/gid
+            argv = [
+                "rsync",
+                "--daemon",
+                "--no-detach",
+                f"--config={paths.rsyncd_config}",
+            ]
+            env = dict(base_env)
+        elif name in ("api", "reaper"):
+            account = acc.api
+            api_env = base_env | {
+                "HOME": str(paths.api_home),
+                "XDG_RUNTIME_DIR": str(paths.api_runtime),
+                "FLASHPODS_API_CONFIG": str(paths.api_config),
+            }
+            if name == "api":
+                bind = f"{s.api_host}:{self.api_port}"
+                argv = [str(venv_bin / "flashpods-api"), "--bind", bind]
+                env = api_env | {"FLASHPODS_API_BIND": bind, "WEB_CONCURRENCY": str(s.api_workers)}
+            else:
+                argv = [str(venv_bin / "flashpods-reaper")]
+                env = api_env
+        else:
+            raise KeyError(f"unknown service {name!r}: one of {', '.join(SERVICE_ORDER)}")
+        if account is not None:
+            argv = as_user(argv, account, switch=acc.separated, netns=s.netns, ambient_caps=caps)
+        elif s.netns:
+            argv = ["nsenter", f"--net=/run/netns/{s.netns}", "--", *argv]
+        return Service(
+            name=name,
+            argv=argv,
+            env=env,
+            log_path=paths.service_log(name),
+            cwd=paths.root,
+            umask=umask,
+        )
+
+    def _podman_env(self) -> dict[str, str]:
+        acc = self.accounts
+        env = {
+            "PATH": SYSTEM_PATH,
+            "LANG": "C.UTF-8",
+            "HOME": str(acc.podman.home),
+            "XDG_RUNTIME_DIR": str(acc.runtime_dir(acc.podman)),
+        }
+        if not acc.separated and os.environ.get("XDG_CONFIG_HOME"):
+            env["XDG_CONFIG_HOME"] = os.environ["XDG_CONFIG_HOME"]
+        return env
+
+    def _launch(self, name: str) -> None:
+        service = self._services[name]
+        service.start()
+        s, paths = self.settings, self.paths
+        if name == "podman":
+            probes.wait_until(
+                "podman service socket",
+                lambda: probes.unix_socket_answers(paths.podman_socket),
+                60,
+                service.check_alive,
+            )
+            os.chmod(paths.podman_socket, 0o660)
+        elif name == "token":
+            probes.wait_until(
+                "token service socket",
+                lambda: probes.unix_socket_answers(paths.token_socket),
+                30,
+                service.check_alive,
+            )
+        elif name == "rsyncd":
+            probes.wait_until(
+                "rsync daemon",
+                lambda: probes.tcp_answers(s.rsync_host, self.rsync_port, s.netns),
+                30,
+                service.check_alive,
+            )
+
+    def _wait_healthy(self) -> None:
+        url = f"{self.api_url}/healthz"
+
+        def everything_alive() -> None:
+            for service in self._services.values():
+                service.check_alive()
+
+        probes.wait_until(
+            f"{url} (200)",
+            lambda: probes.http_status(url, self.settings.netns) == 200,
+            self.settings.healthz_timeout_s,
+            everything_alive,
+        )
+
+    # ---- firewall --------------------------------------------------------------------
+
+    def _load_firewall(self) -> None:
+        values = {
+            "api_port": self.api_port,
+            "rsync_port": self.rsync_port,
+            "job_uid": self.accounts.podman.uid,
+        } | self.settings.firewall_values
+        render.load_firewall(render.render_firewall(**values), self.settings.netns)
+        self._firewall_loaded = True
+
+    # ---- stop ------------------------------------------------------------------------
+
+    def stop(self, remove_root: bool = False) -> None:
+        """Stop everything this host started and remove its containers (only its own)."""
+        errors: list[str] = []
+        for name in ("api", "reaper"):
+            _collect(errors, self._services.get(name))
+        try:
+            self.remove_containers()
+        except Exception as error:  # keep stopping the rest
+            errors.append(f"removing containers: {error}")
+        for name in ("token", "rsyncd", "podman"):
+            _collect(errors, self._services.get(name))
+        if self._firewall_loaded:
+            try:
+                render.unload_firewall(self.settings.netns)
+            except render.RenderError as error:
+                errors.append(str(error))
+            self._firewall_loaded = False
+        if remove_root:
+            self._remove_root()
+        if errors:
+            print("flashpods-devhost: stop: " + "; ".join(errors), file=sys.stderr)
+
+    def remove_containers(self) -> None:
+        label = f"label=flashpods.instance={self.settings.instance}"
+        listed = self.podman("ps", "-a", "-q", "--filter", label, timeout=60)
+        if listed.returncode != 0:
+            raise RuntimeError(f"podman ps failed: {listed.stderr.strip()}")
+        ids = listed.stdout.split()
+        if ids:
+            removed = self.podman("rm", "-f", "-t", "0", *ids, timeout=120)
+            if removed.returncode != 0:
+                raise RuntimeError(f"podman rm failed: {removed.stderr.strip()}")
+
+    def _remove_root(self) -> None:
+        root = self.settings.root
+        if not root.exists():
+            return
+        try:
+            shutil.rmtree(root)
+        except PermissionError:
+            # Not root: files a container wrote under a sub-uid are removable only from
+            # inside the rootless user namespace.
+            self.podman("unshare", "rm", "-rf", str(root), timeout=120)
+
+    def _service(self, name: str) -> Service:
+        if name not in self._services:
+            raise KeyError(f"unknown or not started service {name!r}: one of {SERVICE_ORDER}")
+        return self._services[name]
+
+
+def _collect(errors: list[str], service: Service | None) -> None:
+    if service is None:
+        return
+    try:
+        service.stop()
+    except Exception as error:
+        errors.append(f"{service.name}: {error}")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

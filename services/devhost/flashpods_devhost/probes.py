@@ -1,0 +1,81 @@
+"""Waiting for services: sockets, TCP ports and /healthz, also inside a network namespace."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float, alive: Callable[[], None]):
+    """Poll `check` until true; `alive` raises when the service died meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        alive()
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def unix_socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _in_netns(netns: str, argv: list[str], timeout_s: float = 5) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{netns}", "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def tcp_answers(host: str, port: int, netns: str | None = None) -> bool:
+    if netns:
+        code = f"import socket; socket.create_connection(({host!r}, {port}), timeout=1).close()"
+        return _in_netns(netns, ["python3", "-c", code]).returncode == 0
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def http_status(url: str, netns: str | None = None) -> int | None:
+    """Status code of a GET, or None when nothing answered."""
+    argv = ["curl", "-sS", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}", url]
+    if netns:
+        result = _in_netns(netns, argv, timeout_s=10)
+    else:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    try:
+        code = int(result.stdout.strip() or 0)
+    except ValueError:
+        return None
+    return code or None
+
+
+def free_port(host: str, netns: str | None = None) -> int:
+    """A port nobody listens on right now (bind to 0), chosen inside `netns` when given."""
+    if netns:
+        code = f"import socket; s=socket.socket(); s.bind(({host!r}, 0)); print(s.getsockname()[1])"
+        result = _in_netns(netns, ["python3", "-c", code])
+        if result.returncode != 0:
+            raise RuntimeError(f"cannot bind {host} in netns {netns}: {result.stderr.strip()}")
+        return int(result.stdout)
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

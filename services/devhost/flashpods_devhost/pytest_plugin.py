@@ -1,0 +1,73 @@
+"""pytest plugin: the `devhost_factory` fixture (load with `-p flashpods_devhost.pytest_plugin`).
+
+Each call starts a whole dev host under a fresh, world-traversable root with free ports
+and a unique instance label; every host is stopped, its containers removed and its root
+deleted at the end of the test, also when the test failed (then the tail of each
+service's log is printed, so the failure report says what the services saw).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .host import SERVICE_ORDER, DevHost, HostSettings
+
+# /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
+TEST_BASE = Path(os.environ.get("FLASHPODS_TEST_BASE", "/var/tmp/flashpods-test"))
+TEST_SECRETS = {"ANTHROPIC_API_KEY": "sk-test-anthropic", "GITHUB_TOKEN": "ghp-test-github"}
+TEST_ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+
+
+def new_settings(**overrides: object) -> HostSettings:
+    """HostSettings for a test: unique root and instance, free ports, test secrets."""
+    unique = secrets.token_hex(4)
+    values: dict[str, object] = {
+        "root": TEST_BASE / unique,
+        "instance": f"t-{unique}",
+        "api_port": 0,
+        "rsync_port": 0,
+        "secrets": dict(TEST_SECRETS),
+        "roles": {role: list(names) for role, names in TEST_ROLES.items()},
+        # Short retention and a fast reaper keep tests quick; tests override freely.
+        "api_overrides": {"reaper": {"interval_s": 0.2}},
+    }
+    values.update(overrides)
+    return HostSettings(**values)  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[object]:
+    report = yield
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+    return report
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def devhost_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., DevHost]]:
+    hosts: list[DevHost] = []
+
+    def make(**overrides: object) -> DevHost:
+        host = DevHost(new_settings(**overrides))
+        hosts.append(host)
+        host.start()
+        return host
+
+    yield make
+
+    failed = request.node.stash.get(_FAILED, True)
+    keep = os.environ.get("FLASHPODS_TEST_KEEP_ROOT") == "1"
+    for host in reversed(hosts):
+        if failed:
+            for name in SERVICE_ORDER:
+                print(f"--- {host.settings.root} {name}.log ---\n{host.log(name)}", file=sys.stderr)
+        host.stop(remove_root=not keep)
