@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from . import render
 from .host import SERVICE_ORDER, DevHost, HostSettings
 
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
@@ -39,6 +40,14 @@ def new_settings(**overrides: object) -> HostSettings:
     }
     values.update(overrides)
     return HostSettings(**values)  # type: ignore[arg-type]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The shared templates live in the repository (modules/flashpods), not in the
+    # installed package: point the renderer at the checkout under test.
+    templates = Path(config.rootpath) / "modules" / "flashpods"
+    if templates.is_dir():
+        os.environ.setdefault(render.TEMPLATE_DIR_ENV, str(templates))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
