@@ -1,0 +1,1 @@
+"""Flashpods token exchange service: secrets reach job containers only through here."""

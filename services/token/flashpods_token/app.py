@@ -1,0 +1,88 @@
+"""Wire the parts together from a TokenConfig: attestation mode, policy, audit, server."""
+
+from __future__ import annotations
+
+import sys
+
+from .attest_peer import AttestationError, PeerAttestor, check_capability
+from .audit import AuditLog
+from .config import TokenConfig
+from .exchange import Caller, Refusal, TokenService
+from .podman import PodmanClient, PodmanError
+from .policy import Policy
+from .ratelimit import RateLimiter
+from .server import TokenServer
+from .verify_spire import BundleFile, SpireVerifier, VerificationError
+
+BEARER = "bearer "
+
+
+def peer_attest_fn(attestor: PeerAttestor):
+    def attest(*, connection, authorization):
+        try:
+            return Caller(attestor.attest(connection))
+        except AttestationError as exc:
+            raise Refusal(exc.check, str(exc)) from None
+
+    return attest
+
+
+def spire_attest_fn(verifier: SpireVerifier):
+    def attest(*, connection, authorization):
+        if not authorization or not authorization.lower().startswith(BEARER):
+            raise Refusal("authorization", "send Authorization: Bearer <JWT-SVID>")
+        try:
+            svid = verifier.verify(authorization[len(BEARER) :].strip())
+        except VerificationError as exc:
+            raise Refusal(exc.check, str(exc)) from None
+        return Caller(svid.identity, svid.expires_at)
+
+    return attest
+
+
+def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
+    """The exchange service for this config, and a function that releases what it holds."""
+    podman = PodmanClient(config.podman_url, config.instance)
+    policy = Policy(config.roles, config.secrets)
+    audit = AuditLog(config.audit_log)
+    limiter = RateLimiter(config.rate_limit.per_s, config.rate_limit.burst)
+    if config.mode == "peer":
+        check_capability(config.podman_url[len("unix://") :])
+        attestor = PeerAttestor(
+            podman,
+            config.trust_domain,
+            config.instance,
+            miss_limiter=RateLimiter(config.rate_limit.per_s, config.rate_limit.burst),
+        )
+        try:
+            attestor.refresh()
+        except PodmanError as exc:
+            print(
+                f"flashpods-token: Podman not reachable yet ({exc}); will retry per request",
+                file=sys.stderr,
+            )
+        attest = peer_attest_fn(attestor)
+
+        def cleanup():
+            attestor.close()
+            audit.close()
+    else:
+        try:
+            bundle = BundleFile(config.spire.bundle_file)
+        except ValueError as exc:
+            raise SystemExit(f"flashpods-token: {exc}") from None
+        verifier = SpireVerifier(
+            bundle, config.trust_domain, config.spire.audience, config.spire.leeway_s, podman
+        )
+        attest = spire_attest_fn(verifier)
+
+        def cleanup():
+            audit.close()
+
+    return TokenService(config.mode, policy, audit, limiter, attest), cleanup
+
+
+def build_server(config: TokenConfig) -> tuple[TokenServer, callable]:
+    service, cleanup = build_service(config)
+    server = TokenServer(config.socket, service, config.limits, config.socket_group)
+    return server, cleanup

@@ -1,0 +1,44 @@
+"""`flashpods-token`: start the token exchange service from FLASHPODS_TOKEN_CONFIG."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from .app import build_server
+from .config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: flashpods-token [CONFIG.json]  (default: $FLASHPODS_TOKEN_CONFIG)")
+        return 0
+    try:
+        config = load_config(argv[0] if argv else None)
+    except ConfigError as exc:
+        print(f"flashpods-token: {exc}", file=sys.stderr)
+        return 2
+    server, cleanup = build_server(config)
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(
+        f"flashpods-token: {config.mode} mode, listening on {config.socket}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
