@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,15 +35,19 @@ from .models import (
 from .operations import Flashpods
 from .transfer import ARTIFACTS_DIR_NAME
 
-mcp = FastMCP(
-    "flashpods",
-    instructions=(
-        "Runs jobs on a Flashpods host: spawn_worker runs a shell command on a copy of a "
-        "local directory inside a container, spawn_sub_agent runs a coding agent there. "
-        "Follow a job with get_job_output (wait_s long-polls), fetch its /artifacts with "
-        "get_job_artifacts, stop it with kill_job."
-    ),
-)
+# FastMCP's own settings model trips a pydantic-settings warning about its `lifespan`
+# field on construction (SDK 1.27.1 noise, nothing of ours): keep it out of stderr.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    mcp = FastMCP(
+        "flashpods",
+        instructions=(
+            "Runs jobs on a Flashpods host: spawn_worker runs a shell command on a copy of a "
+            "local directory inside a container, spawn_sub_agent runs a coding agent there. "
+            "Follow a job with get_job_output (wait_s long-polls), fetch its /artifacts with "
+            "get_job_artifacts, stop it with kill_job."
+        ),
+    )
 
 JobId = Annotated[
     str, Field(description="Job id as returned by spawn_worker, e.g. job_0123456789ab")

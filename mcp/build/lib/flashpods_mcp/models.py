@@ -1,0 +1,82 @@
+"""Structured tool results (their JSON schemas are the tools' output schemas)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+Time = str | int | float | None
+
+
+class JobInfo(BaseModel):
+    id: str
+    kind: str | None = None
+    status: str
+    exit_code: int | None = None
+    error: str | None = Field(None, description="Why Flashpods itself failed the job")
+    created_at: Time = None
+    started_at: Time = None
+    finished_at: Time = None
+    queue_position: int | None = None
+    image: str | None = None
+    timeout_s: int | None = None
+
+    @classmethod
+    def from_api(cls, job: dict[str, Any]) -> JobInfo:
+        return cls.model_validate({k: job.get(k) for k in cls.model_fields if k in job})
+
+    def line(self) -> str:
+        """One human line: id, kind, status, exit code, and the error if any."""
+        parts = [self.id, self.kind or "?", self.status]
+        if self.exit_code is not None:
+            parts.append(f"exit {self.exit_code}")
+        if self.queue_position is not None:
+            parts.append(f"queue position {self.queue_position}")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        return " ".join(parts)
+
+
+class UploadInfo(BaseModel):
+    upload_id: str
+    source: str
+    files: int
+    total_bytes: int
+    bytes_sent: int = Field(description="Bytes rsync actually sent (small when the basis matched)")
+    linked_from_basis: bool
+
+
+class SpawnResult(BaseModel):
+    job: JobInfo
+    upload: UploadInfo | None = None
+
+
+class OutputResult(BaseModel):
+    job_id: str
+    text: str
+    offset: int
+    next_offset: int = Field(description="Pass as offset to read on from here")
+    final: bool = Field(description="True when the job has ended and no output is left")
+
+
+class ArtifactFile(BaseModel):
+    path: str
+    size: int
+
+
+class SkippedArtifact(BaseModel):
+    path: str
+    reason: str
+
+
+class ArtifactsResult(BaseModel):
+    job_id: str
+    dest: str
+    files: list[ArtifactFile]
+    total_bytes: int
+    skipped: list[SkippedArtifact] = []
+
+
+class JobList(BaseModel):
+    jobs: list[JobInfo]
