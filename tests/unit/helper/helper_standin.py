@@ -5,6 +5,7 @@ answers are scripted."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import stat
@@ -79,10 +80,9 @@ class TokenServer:
             if answer is None:
                 self._hung.append(conn)  # keep it open, say nothing
                 continue
-            try:
+            # The helper may hang up early on an oversized answer.
+            with contextlib.suppress(OSError):
                 conn.sendall(answer)
-            except OSError:
-                pass  # the helper may hang up on an oversized answer
             conn.close()
 
     def headers(self, index: int = -1) -> dict[str, str]:
@@ -134,6 +134,11 @@ def write_agent_script(
     where = state_dir or str(path.parent)
     state = f"{where}/{path.name}.state"
     calls = f"{where}/{path.name}.calls"
+    # What the real CLI prints when the agent socket is not there yet.
+    not_ready = (
+        "rpc error: code = Unavailable desc = connection error: "
+        "dial unix: connect: no such file or directory"
+    )
     fail_branch = "true" if always_fail else f'[ "$n" -le {fail_times} ]'
     script = f"""#!/bin/sh
 n=$(cat {state} 2>/dev/null || echo 0)
@@ -141,7 +146,7 @@ n=$((n + 1))
 echo "$n" > {state}
 printf '%s\\n' "$*" >> {calls}
 if {fail_branch}; then
-    echo 'rpc error: code = Unavailable desc = connection error: dial unix: connect: no such file or directory' >&2
+    echo '{not_ready}' >&2
     exit 1
 fi
 cat <<'OUT'
