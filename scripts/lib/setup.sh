@@ -1,0 +1,26 @@
+#!/bin/bash
+# Everything a dev host or a test run needs, in order; each step is idempotent and
+# skips what is already done, so this is cheap to run every time.
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+lib=$FLASHPODS_REPO/scripts/lib
+step() {
+	local started=$SECONDS
+	"$@"
+	log "done: ${*##*/} ($((SECONDS - started)) s)"
+}
+
+step bash "$lib/packages.sh"
+step bash "$lib/users.sh"
+step bash "$lib/podman.sh"
+step bash "$lib/venv.sh"
+if [[ -f $lib/build-helper.sh ]]; then
+	if is_root; then
+		step sh "$lib/build-helper.sh"
+	else
+		log "not root: build-helper.sh writes /opt/flashpods/lib; skipped"
+	fi
+fi
+step bash "$lib/build-images.sh"

@@ -1,0 +1,48 @@
+#!/bin/bash
+# The Python venv every service runs from (/opt/flashpods/venv): Debian's python3, the
+# pinned dependencies of requirements.lock (reinstalled only when the lock changes) and
+# our four packages, installed non-editable on every run so code changes take effect
+# (a checkout under /root is unreadable for the service users, so no editable links).
+# FLASHPODS_EDITABLE=1 installs them editable instead (developing on a shared machine).
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Service users must read the venv: world-readable, whoever's umask runs this.
+umask 022
+python=/usr/bin/python3
+lock=$FLASHPODS_REPO/requirements.lock
+stamp=$FLASHPODS_VENV/.flashpods-lock.sha256
+
+if [[ ! -x $FLASHPODS_VENV/bin/python ]]; then
+	parent=$(dirname "$FLASHPODS_VENV")
+	[[ -w $parent || ! -e $parent ]] || is_root ||
+		die "cannot create $FLASHPODS_VENV: run as root or set FLASHPODS_VENV to a writable path"
+	log "creating $FLASHPODS_VENV"
+	mkdir -p "$parent"
+	"$python" -m venv "$FLASHPODS_VENV"
+fi
+pip=("$FLASHPODS_VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+want=$(sha256sum "$lock" | cut -d' ' -f1)
+if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+	log "installing pinned dependencies from requirements.lock"
+	"${pip[@]}" install -r "$lock"
+	printf '%s\n' "$want" >"$stamp"
+fi
+
+packages=()
+for dir in services/api services/token services/devhost mcp; do
+	if [[ -f $FLASHPODS_REPO/$dir/pyproject.toml ]]; then
+		packages+=("$FLASHPODS_REPO/$dir")
+	else
+		log "warning: $dir has no pyproject.toml yet; not installed"
+	fi
+done
+# --no-deps: dependencies come from the lock only. --force-reinstall: same version
+# number, new code.
+if [[ ${FLASHPODS_EDITABLE:-0} == 1 ]]; then
+	"${pip[@]}" install --no-deps "${packages[@]/#/--editable=}"
+else
+	"${pip[@]}" install --no-deps --force-reinstall "${packages[@]}"
+fi
