@@ -1,0 +1,370 @@
+# services.flashpods: the whole Flashpods host behind one option block.
+#
+# This file declares the options and the assertions; each concern lives in its
+# own file (imports below). Paths, users and JSON keys follow docs/design.md.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.flashpods;
+  fpLib = import ./lib.nix { inherit lib; };
+  flashpodsPkgs = import ../pkgs { inherit pkgs lib; };
+  jsonFormat = pkgs.formats.json { };
+
+  pathOption =
+    default: description:
+    lib.mkOption {
+      type = lib.types.path;
+      inherit default description;
+    };
+in
+{
+  imports = [
+    ./wireguard.nix
+    ./firewall.nix
+    ./rsyncd.nix
+    ./podman.nix
+    ./spire.nix
+    ./services.nix
+    ./storage.nix
+  ];
+
+  options.services.flashpods = {
+    enable = lib.mkEnableOption "the Flashpods host (API, token service, rsyncd, SPIRE, rootless Podman behind WireGuard)";
+
+    package = {
+      api = lib.mkOption {
+        type = lib.types.package;
+        default = flashpodsPkgs.flashpods-api;
+        defaultText = lib.literalExpression "flashpods-api built from services/api";
+        description = "The Flashpods API package (provides the WSGI app and `flashpods-reaper`).";
+      };
+      token = lib.mkOption {
+        type = lib.types.package;
+        default = flashpodsPkgs.flashpods-token;
+        defaultText = lib.literalExpression "flashpods-token built from services/token";
+        description = "The token exchange service package.";
+      };
+      init = lib.mkOption {
+        type = lib.types.package;
+        default = flashpodsPkgs.flashpods-init;
+        defaultText = lib.literalExpression "the static flashpods-init helper from images/helper";
+        description = "The static in-container helper, bind-mounted read-only into every job container.";
+      };
+    };
+
+    wireguard = {
+      interface = lib.mkOption {
+        type = lib.types.str;
+        default = "wg0";
+        description = "Name of the WireGuard interface between the host and the laptop.";
+      };
+      listenPort = lib.mkOption {
+        type = lib.types.port;
+        default = 51820;
+        description = "UDP port WireGuard listens on; the only port open to the internet.";
+      };
+      hostAddress = lib.mkOption {
+        type = lib.types.str;
+        default = "10.0.0.1/24";
+        description = "The host's address on the tunnel, with prefix length.";
+      };
+      laptopAddress = lib.mkOption {
+        type = lib.types.str;
+        default = "10.0.0.2";
+        description = "The laptop's tunnel address (no prefix); the only source allowed to reach the API and rsync.";
+      };
+      laptopPublicKey = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        description = "The laptop's WireGuard public key (`wg pubkey < laptop.key`).";
+      };
+      privateKeyFile = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "/var/lib/flashpods-secrets/wg-host.key";
+        description = ''
+          Path on the host to the host's WireGuard private key (`wg genkey`),
+          readable by root only. Never a store path: the store is world-readable.
+        '';
+      };
+    };
+
+    ssh.openPublicly = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Also open SSH on every interface. By default SSH is reachable over the
+        WireGuard interface only. Set this during the first deployment if the
+        tunnel is not yet tested, so a mistake cannot lock you out.
+      '';
+    };
+
+    api = {
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 8080;
+        description = "TCP port of the API, bound to the WireGuard address only.";
+      };
+      tokenFile = lib.mkOption {
+        type = lib.types.nullOr lib.types.str;
+        default = null;
+        example = "/var/lib/flashpods-secrets/api-token";
+        description = ''
+          Path on the host to the API bearer token (`openssl rand -hex 32`).
+          Delivered to the API with systemd `LoadCredential`; never a store path.
+        '';
+      };
+      maxConcurrentJobs = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 4;
+        description = "Jobs running at once; further jobs queue.";
+      };
+      queueLimit = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 1000;
+        description = "Queued jobs accepted before the API answers 429.";
+      };
+      defaultTimeout = lib.mkOption {
+        type = fpLib.durationType;
+        default = "1h";
+        description = "Timeout of a job that does not ask for one.";
+      };
+      maxTimeout = lib.mkOption {
+        type = fpLib.durationType;
+        default = "24h";
+        description = "Largest timeout a job may ask for.";
+      };
+      images = {
+        worker = lib.mkOption {
+          type = lib.types.str;
+          default = "localhost/flashpods-worker:latest";
+          description = "Image of `spawn_worker` jobs.";
+        };
+        subAgent = lib.mkOption {
+          type = lib.types.str;
+          default = "localhost/flashpods-agent:latest";
+          description = "Image of `spawn_sub_agent` jobs.";
+        };
+        allowed = lib.mkOption {
+          type = lib.types.listOf lib.types.str;
+          default = [
+            cfg.api.images.worker
+            cfg.api.images.subAgent
+          ];
+          defaultText = lib.literalExpression "[ cfg.api.images.worker cfg.api.images.subAgent ]";
+          description = "Images a job may name; anything else is refused.";
+        };
+        load = lib.mkOption {
+          type = lib.types.listOf lib.types.package;
+          default = [
+            flashpodsPkgs.worker-image
+            flashpodsPkgs.agent-image
+          ];
+          defaultText = lib.literalExpression "[ worker-image agent-image ] of this flake";
+          description = ''
+            Image archives (`dockerTools` outputs) loaded into the `flashpods`
+            user's Podman store at boot, so the host needs no registry.
+          '';
+        };
+      };
+      settings = lib.mkOption {
+        type = lib.types.submodule { freeformType = jsonFormat.type; };
+        default = { };
+        example = {
+          limits.log_bytes = 16777216;
+          reaper.interval_s = 5;
+        };
+        description = ''
+          Extra keys of the API configuration JSON (`FLASHPODS_API_CONFIG`,
+          docs/design.md), merged over what the options above generate.
+          Never put secrets here: the file is in the world-readable store.
+        '';
+      };
+    };
+
+    token = {
+      socket = lib.mkOption {
+        type = lib.types.str;
+        default = "/run/flashpods/token.sock";
+        description = "Unix socket of the token service; there is no TCP listener.";
+      };
+      policy = lib.mkOption {
+        type = lib.types.submodule {
+          options = {
+            worker = lib.mkOption {
+              type = lib.types.listOf lib.types.str;
+              default = [ ];
+              description = "Secret names a worker job may receive.";
+            };
+            agent = lib.mkOption {
+              type = lib.types.listOf lib.types.str;
+              default = [ ];
+              description = "Secret names a sub-agent job may receive.";
+            };
+          };
+        };
+        default = { };
+        example = {
+          worker = [ "GITHUB_TOKEN" ];
+          agent = [
+            "ANTHROPIC_API_KEY"
+            "GITHUB_TOKEN"
+          ];
+        };
+        description = "Which secrets each role receives from the token service.";
+      };
+      secrets = lib.mkOption {
+        type = lib.types.attrsOf lib.types.str;
+        default = { };
+        example = {
+          ANTHROPIC_API_KEY = "/var/lib/flashpods-secrets/anthropic";
+        };
+        description = ''
+          Secret name -> path of a file on the host holding its value. Each is
+          passed to the token service with `LoadCredential`; values never enter
+          the Nix store.
+        '';
+      };
+      settings = lib.mkOption {
+        type = lib.types.submodule { freeformType = jsonFormat.type; };
+        default = { };
+        description = "Extra keys of the token service configuration JSON (`FLASHPODS_TOKEN_CONFIG`).";
+      };
+    };
+
+    spire = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = ''
+          Attest job containers with SPIRE (production). When false the token
+          service falls back to kernel `peer` attestation, the dev-host mode.
+        '';
+      };
+      package = lib.mkPackageOption pkgs "spire" { };
+      trustDomain = lib.mkOption {
+        type = lib.types.str;
+        default = "flashpods.internal";
+        description = "SPIFFE trust domain of job identities.";
+      };
+      jwtSvidTtl = lib.mkOption {
+        type = fpLib.durationType;
+        default = "5m";
+        description = "Lifetime of the JWT-SVIDs job containers present to the token service.";
+      };
+      serverPort = lib.mkOption {
+        type = lib.types.port;
+        default = 8081;
+        description = "TCP port of the SPIRE server, bound to loopback for the one local agent.";
+      };
+    };
+
+    retention = {
+      artifacts = lib.mkOption {
+        type = fpLib.durationType;
+        default = "1h";
+        description = "How long artifacts of a finished job are kept.";
+      };
+      logs = lib.mkOption {
+        type = fpLib.durationType;
+        default = "24h";
+        description = "How long logs of a finished job are kept.";
+      };
+      uploads = lib.mkOption {
+        type = fpLib.durationType;
+        default = "1h";
+        description = "How long an unused upload (or kept upload base) is kept.";
+      };
+    };
+
+    storage = {
+      uploads = pathOption "/tmp/flashpods/uploads" "Root of the rsync `uploads` module.";
+      artifacts = pathOption "/var/lib/flashpods/artifacts" "Per-job artifact directories.";
+      workspaces = pathOption "/var/lib/flashpods/workspaces" "Per-job workspaces mounted at /workspace.";
+      db = pathOption "/var/lib/flashpods/db" "Directory of the job database (flashpods.db).";
+      logs = pathOption "/var/log/flashpods" "Per-job logs.";
+    };
+
+    rsync.port = lib.mkOption {
+      type = lib.types.port;
+      default = 873;
+      description = "TCP port of the rsync daemon, bound to the WireGuard address only.";
+    };
+
+    podman.uid = lib.mkOption {
+      type = lib.types.int;
+      default = 1001;
+      description = ''
+        Fixed uid of the `flashpods` user. The firewall matches job traffic by
+        socket owner, and the Podman socket unit needs `/run/user/<uid>`; both
+        want the number at evaluation time.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.wireguard.laptopPublicKey != null;
+        message = "services.flashpods.wireguard.laptopPublicKey must be set to the laptop's WireGuard public key (`wg pubkey < laptop.key`; see docs/nixos.md).";
+      }
+      {
+        assertion = cfg.wireguard.privateKeyFile != null;
+        message = "services.flashpods.wireguard.privateKeyFile must be set to a root-only file holding the host's WireGuard private key (`wg genkey`; see docs/nixos.md).";
+      }
+      {
+        assertion = cfg.api.tokenFile != null;
+        message = "services.flashpods.api.tokenFile must be set to a root-only file holding the API bearer token (`openssl rand -hex 32`; see docs/nixos.md).";
+      }
+      {
+        assertion = builtins.all (p: !(lib.hasPrefix builtins.storeDir (toString p))) (
+          lib.filter (p: p != null) [
+            cfg.wireguard.privateKeyFile
+            cfg.api.tokenFile
+          ]
+          ++ builtins.attrValues cfg.token.secrets
+        );
+        message = "services.flashpods: privateKeyFile, api.tokenFile and token.secrets must be paths on the host outside ${builtins.storeDir}; the Nix store is world-readable.";
+      }
+      {
+        assertion = builtins.match "[0-9.]+/[0-9]+" cfg.wireguard.hostAddress != null;
+        message = "services.flashpods.wireguard.hostAddress must be an IPv4 address with prefix length, e.g. \"10.0.0.1/24\".";
+      }
+      {
+        assertion = builtins.match "[0-9.]+" cfg.wireguard.laptopAddress != null;
+        message = "services.flashpods.wireguard.laptopAddress must be a bare IPv4 address without prefix, e.g. \"10.0.0.2\".";
+      }
+      (
+        let
+          granted = lib.unique (cfg.token.policy.worker ++ cfg.token.policy.agent);
+          missing = lib.filter (name: !(cfg.token.secrets ? ${name})) granted;
+        in
+        {
+          assertion = missing == [ ];
+          message = "services.flashpods.token.policy grants ${lib.concatStringsSep ", " missing} but services.flashpods.token.secrets has no file for ${
+            if builtins.length missing == 1 then "it" else "them"
+          }; add services.flashpods.token.secrets.<NAME> = \"/path/to/file\".";
+        }
+      )
+      {
+        assertion = builtins.all (name: builtins.match "[A-Za-z_][A-Za-z0-9_]*" name != null) (
+          builtins.attrNames cfg.token.secrets
+        );
+        message = "services.flashpods.token.secrets: names must be environment variable names ([A-Za-z_][A-Za-z0-9_]*); they become variables inside the job.";
+      }
+      {
+        assertion = lib.elem cfg.api.images.worker cfg.api.images.allowed && lib.elem cfg.api.images.subAgent cfg.api.images.allowed;
+        message = "services.flashpods.api.images.allowed must contain api.images.worker and api.images.subAgent.";
+      }
+      {
+        assertion = cfg.api.port != cfg.rsync.port;
+        message = "services.flashpods.api.port and services.flashpods.rsync.port must differ.";
+      }
+    ];
+  };
+}

@@ -1,0 +1,53 @@
+# Pure helpers shared by the module files. Kept free of `config` and `pkgs`
+# so scripts/lib/check-nix.sh can evaluate them with nothing but nixpkgs' lib.
+{ lib }:
+let
+  unitSeconds = {
+    s = 1;
+    m = 60;
+    h = 3600;
+    d = 86400;
+  };
+in
+rec {
+  # "90s", "30m", "1h", "2d" -> seconds. The spec writes retention as "1h"
+  # and "24h"; the services read plain seconds (`*_s` keys of design.md).
+  durationToSeconds =
+    text:
+    let
+      parsed = builtins.match "([0-9]+)([smhd])" text;
+    in
+    if parsed == null then
+      throw "flashpods: '${text}' is not a duration; write a number followed by s, m, h or d (e.g. \"1h\")"
+    else
+      lib.toInt (builtins.elemAt parsed 0) * unitSeconds.${builtins.elemAt parsed 1};
+
+  # Option type for durations, checked when the configuration is evaluated so
+  # a typo fails `nixos-rebuild` with the option's name, not at service start.
+  durationType = lib.types.addCheck lib.types.str (
+    text: builtins.match "[0-9]+[smhd]" text != null
+  ) // {
+    description = "duration such as \"30s\", \"15m\", \"1h\" or \"2d\"";
+  };
+
+  # Replaces every `@NAME@` placeholder of a shared template (the same files
+  # the dev host renders in Python) and refuses to leave one unreplaced, so a
+  # placeholder added to the template without a value here fails evaluation.
+  renderTemplate =
+    name: text: values:
+    let
+      placeholders = map (key: "@${key}@") (builtins.attrNames values);
+      rendered = builtins.replaceStrings placeholders (map toString (builtins.attrValues values)) text;
+      leftover = builtins.match "(.*[^@]|)@([A-Z][A-Z0-9_]*)@.*" rendered;
+    in
+    if leftover != null then
+      throw "flashpods: template ${name} has placeholder @${builtins.elemAt leftover 1}@ that the NixOS module does not fill"
+    else
+      rendered;
+
+  # "10.0.0.1/24" -> "10.0.0.1".
+  addressWithoutPrefix = cidr: builtins.head (lib.splitString "/" cidr);
+
+  # SPIFFE IDs of design.md ("Token exchange wire format").
+  hostAgentId = trustDomain: "spiffe://${trustDomain}/agent/host";
+}

@@ -1,0 +1,285 @@
+# The Flashpods services: the API (gunicorn) and the reaper as flashpods-api,
+# the token service as flashpods-token. Never as `flashpods`: a process that
+# escapes a container lands there and must find nothing to use (design.md,
+# "Host users and groups"). Each reads one JSON file (FLASHPODS_API_CONFIG /
+# FLASHPODS_TOKEN_CONFIG) with the keys of design.md; secrets only by path,
+# through systemd credentials.
+{
+  config,
+  lib,
+  pkgs,
+  ...
+}:
+let
+  cfg = config.services.flashpods;
+  fpLib = import ./lib.nix { inherit lib; };
+  jsonFormat = pkgs.formats.json { };
+  seconds = fpLib.durationToSeconds;
+  hostIp = fpLib.addressWithoutPrefix cfg.wireguard.hostAddress;
+  credential = unit: name: "/run/credentials/${unit}.service/${name}";
+  podmanPackage = config.virtualisation.podman.package;
+
+  # One file per unit: each points at its own credentials directory.
+  apiConfigFor =
+    unit:
+    jsonFormat.generate "flashpods-${unit}.json" (
+      cfg.api.settings // { token_file = credential unit "api-token"; }
+    );
+
+  tokenConfig = jsonFormat.generate "flashpods-token.json" cfg.token.settings;
+
+  gunicornEnv = pkgs.python3.withPackages (ps: [
+    (ps.toPythonModule cfg.package.api)
+    ps.gunicorn
+  ]);
+
+  # What every Flashpods unit gets; each adds what it needs on top.
+  hardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    CapabilityBoundingSet = "";
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+    UMask = "0007";
+  };
+
+  storageDirs = with cfg.storage; [
+    uploads
+    workspaces
+    artifacts
+    logs
+    db
+  ];
+
+  apiUnitBase = unit: {
+    after = [
+      "flashpods-podman.service"
+      "flashpods-images.service"
+      "systemd-tmpfiles-setup.service"
+    ]
+    ++ lib.optional cfg.spire.enable "spire-server.service";
+    wants = [ "flashpods-podman.service" ];
+    path = [ podmanPackage ] ++ lib.optional cfg.spire.enable cfg.spire.package;
+    environment = {
+      FLASHPODS_API_CONFIG = toString (apiConfigFor unit);
+      HOME = "/var/lib/flashpods-api";
+      XDG_RUNTIME_DIR = "/run/${unit}";
+    };
+    restartTriggers = [ (apiConfigFor unit) ];
+    serviceConfig = hardening // {
+      User = "flashpods-api";
+      Group = "flashpods-api";
+      LoadCredential = [ "api-token:${cfg.api.tokenFile}" ];
+      StateDirectory = "flashpods-api";
+      StateDirectoryMode = "0700";
+      RuntimeDirectory = unit;
+      RuntimeDirectoryMode = "0700";
+      ReadWritePaths = storageDirs;
+      # No PrivateTmp: the uploads directory lives under /tmp (the seed's
+      # path) and is shared with rsyncd.
+      PrivateTmp = false;
+      Restart = "always";
+      RestartSec = 2;
+    };
+  };
+in
+{
+  config = lib.mkIf cfg.enable {
+    users.groups.flashpods-api = { };
+    users.users.flashpods-api = {
+      isSystemUser = true;
+      group = "flashpods-api";
+      extraGroups = [ "flashpods" ];
+      description = "Flashpods API and reaper";
+    };
+    users.groups.flashpods-token = { };
+    users.users.flashpods-token = {
+      isSystemUser = true;
+      group = "flashpods-token";
+      extraGroups = [ "flashpods" ];
+      description = "Flashpods token exchange service";
+    };
+
+    # The API configuration (design.md, FLASHPODS_API_CONFIG). mkDefault so
+    # services.flashpods.api.settings can override any key.
+    services.flashpods.api.settings = lib.mapAttrsRecursive (_: lib.mkDefault) {
+      instance = config.networking.hostName;
+      db_path = "${cfg.storage.db}/flashpods.db";
+      storage = {
+        inherit (cfg.storage)
+          uploads
+          workspaces
+          artifacts
+          logs
+          ;
+      };
+      podman_url = "unix://${cfg.podman.socket}";
+      rsync_url = "rsync://${hostIp}:${toString cfg.rsync.port}/uploads";
+      # Second layer behind the firewall: only the laptop's address.
+      allowed_peers = [ cfg.wireguard.laptopAddress ];
+      max_concurrent_jobs = cfg.api.maxConcurrentJobs;
+      queue_limit = cfg.api.queueLimit;
+      default_timeout_s = seconds cfg.api.defaultTimeout;
+      max_timeout_s = seconds cfg.api.maxTimeout;
+      kill_grace_s = 10;
+      images = {
+        inherit (cfg.api.images) worker allowed;
+        sub_agent = cfg.api.images.subAgent;
+      };
+      agent = {
+        command = [ "/flashpods/agent/entrypoint" ];
+        env = { };
+      };
+      # NixOS's Podman 5 defaults to pasta; the firewall's owner match covers
+      # it like slirp4netns (tests/nixos run the invariants with it).
+      network_mode = "pasta";
+      helper_path = lib.getExe cfg.package.init;
+      token_socket = cfg.token.socket;
+      attestation = if cfg.spire.enable then "spire" else "peer";
+      spire = {
+        server_cli = "spire-server";
+        server_socket = "/run/spire/server/private/api.sock";
+        trust_domain = cfg.spire.trustDomain;
+        parent_id = fpLib.hostAgentId cfg.spire.trustDomain;
+        jwt_svid_ttl_s = seconds cfg.spire.jwtSvidTtl;
+        agent_socket = "/run/spire/agent/public/api.sock";
+      };
+      retention = {
+        artifacts_s = seconds cfg.retention.artifacts;
+        logs_s = seconds cfg.retention.logs;
+        uploads_s = seconds cfg.retention.uploads;
+      };
+      limits = {
+        log_bytes = 67108864;
+        artifact_bytes = 1073741824;
+        upload_bytes = 1073741824;
+      };
+      reaper.interval_s = 1.0;
+    };
+
+    # The token service configuration (design.md, FLASHPODS_TOKEN_CONFIG).
+    services.flashpods.token.settings = lib.mapAttrsRecursive (_: lib.mkDefault) {
+      inherit (cfg.token) socket;
+      socket_group = "flashpods";
+      mode = if cfg.spire.enable then "spire" else "peer";
+      trust_domain = cfg.spire.trustDomain;
+      podman_url = "unix://${cfg.podman.socket}";
+      instance = config.networking.hostName;
+      roles = {
+        inherit (cfg.token.policy) worker agent;
+      };
+      secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
+      audit_log = "/var/log/flashpods-token/audit.log";
+      spire = {
+        bundle_file = null;
+        agent_socket = if cfg.spire.enable then config.services.spire.agent.settings.agent.socket_path else null;
+        audience = "flashpods-token";
+      };
+    };
+
+    systemd.services.flashpods-api = lib.mkMerge [
+      (apiUnitBase "flashpods-api")
+      {
+      description = "Flashpods API (gunicorn)";
+      wantedBy = [ "multi-user.target" ];
+      # It binds the tunnel address, which exists once the interface is up.
+      after = [ "wireguard-${cfg.wireguard.interface}.service" ];
+      requires = [ "wireguard-${cfg.wireguard.interface}.service" ];
+      serviceConfig = {
+        ExecStart = lib.escapeShellArgs [
+          (lib.getExe' gunicornEnv "gunicorn")
+          "--bind"
+          "${hostIp}:${toString cfg.api.port}"
+          # One process: the job queue and its concurrency limit live in it.
+          "--workers"
+          "1"
+          "--threads"
+          "8"
+          "--access-logfile"
+          "-"
+          "flashpods_api.app:create_app()"
+        ];
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        # Third layer: the API's sockets talk to the laptop (and loopback for
+        # local checks) and nothing else.
+        IPAddressDeny = "any";
+        IPAddressAllow = [
+          cfg.wireguard.laptopAddress
+          "localhost"
+        ];
+      };
+      }
+    ];
+
+    systemd.services.flashpods-reaper = lib.mkMerge [
+      (apiUnitBase "flashpods-reaper")
+      {
+      description = "Flashpods reaper (job timeouts, final logs, retention)";
+      wantedBy = [ "multi-user.target" ];
+      serviceConfig = {
+        ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+      };
+      }
+    ];
+
+    systemd.services.flashpods-token = {
+      description = "Flashpods token exchange service (unix socket only)";
+      wantedBy = [ "multi-user.target" ];
+      after = [
+        "flashpods-podman.service"
+        "systemd-tmpfiles-setup.service"
+      ]
+      ++ lib.optional cfg.spire.enable "spire-agent.service";
+      wants = lib.optional cfg.spire.enable "spire-agent.service";
+      environment.FLASHPODS_TOKEN_CONFIG = toString tokenConfig;
+      restartTriggers = [ tokenConfig ];
+      serviceConfig = hardening // {
+        ExecStart = lib.getExe' cfg.package.token "flashpods-token";
+        User = "flashpods-token";
+        Group = "flashpods-token";
+        LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.token.secrets;
+        # /run/flashpods is the socket's directory (storage.nix).
+        ReadWritePaths = [ (builtins.dirOf cfg.token.socket) ];
+        LogsDirectory = "flashpods-token";
+        LogsDirectoryMode = "0750";
+        PrivateTmp = true;
+        # Unix sockets only: the service can never listen on TCP.
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+        Restart = "always";
+        RestartSec = 2;
+      }
+      // lib.optionalAttrs (!cfg.spire.enable) {
+        # Peer attestation reads the pid namespace of another uid's process
+        # through a pidfd (firewall-findings.md); that needs CAP_SYS_PTRACE.
+        CapabilityBoundingSet = [ "CAP_SYS_PTRACE" ];
+        AmbientCapabilities = [ "CAP_SYS_PTRACE" ];
+        ProtectProc = "default";
+        SystemCallFilter = [ "@system-service" ];
+      };
+    };
+  };
+}
