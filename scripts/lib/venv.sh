@@ -44,5 +44,13 @@ done
 if [[ ${FLASHPODS_EDITABLE:-0} == 1 ]]; then
 	"${pip[@]}" install --no-deps "${packages[@]/#/--editable=}"
 else
-	"${pip[@]}" install --no-deps --force-reinstall "${packages[@]}"
+	# Build from a copy: setuptools leaves build/ and *.egg-info in the tree it builds.
+	copy=$(mktemp -d /var/tmp/flashpods-pkgs.XXXXXX)
+	trap 'rm -rf "$copy"' EXIT
+	copies=()
+	for package in "${packages[@]}"; do
+		cp -r "$package" "$copy/$(basename "$package")"
+		copies+=("$copy/$(basename "$package")")
+	done
+	"${pip[@]}" install --no-deps --force-reinstall "${copies[@]}"
 fi

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .host import DEFAULT_ROOT, SERVICE_ORDER, DevHost, HostSettings
+from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
 ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
@@ -49,12 +49,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     run.add_argument("--rsync-port", type=int, default=_env_int("FLASHPODS_DEV_RSYNC_PORT", 8873))
     run.add_argument("--max-concurrent-jobs", type=int, default=4)
-    run.add_argument("--firewall", action=argparse.BooleanOptionalAction, default=False)
+    run.add_argument(
+        "--firewall",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="load the nftables table inet flashpods (root only)",
+    )
+    run.add_argument(
+        "--laptop-if",
+        default="lo",
+        help="interface the laptop's traffic arrives on (the WireGuard interface; lo on loopback)",
+    )
+    run.add_argument("--laptop-addr", default="127.0.0.1", help="the laptop's address")
     run.add_argument("--detach", action="store_true", help="return once /healthz answers")
+    env_file = os.environ.get("FLASHPODS_DEV_ENV_FILE")
     run.add_argument(
         "--env-file",
         type=Path,
-        default=None,
+        default=Path(env_file) if env_file else None,
         help="where to write FLASHPODS_API_URL etc. (default ~/.config/flashpods/dev-host.env "
         "of the invoking user)",
     )
@@ -96,7 +108,28 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         secrets=secrets,
         roles=roles,
         firewall=args.firewall,
+        venv=Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
+        api_overrides={"allowed_peers": [args.laptop_addr]},
+        firewall_values={
+            "wg_if": args.laptop_if,
+            "laptop_addr": args.laptop_addr,
+            "resolvers": resolvers(),
+        },
     )
+
+
+def resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The nameservers jobs may query (the firewall lets the job uid reach only these)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            found.append(fields[1].split("%")[0])
+    return found
 
 
 def _running_pid(root: Path) -> int | None:
@@ -165,9 +198,10 @@ def invoking_user() -> pwd.struct_passwd:
 
 
 def write_client_env(host: DevHost, env_file: Path | None) -> Path:
+    """FLASHPODS_API_URL & co. for the client, owned by the user behind sudo."""
     user = invoking_user()
-    config_dir = Path(user.pw_dir) / ".config" / "flashpods"
-    target = env_file or config_dir / "dev-host.env"
+    target = env_file or Path(user.pw_dir) / ".config" / "flashpods" / "dev-host.env"
+    created = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     # The API's own token file is readable by the API user only: the client gets a copy.
     token_copy = target.parent / f"{target.stem}.api-token"
@@ -179,12 +213,9 @@ def write_client_env(host: DevHost, env_file: Path | None) -> Path:
         f"FLASHPODS_RSYNC_URL={host.rsync_url}",
     ]
     target.write_text("\n".join(lines) + "\n")
-    for path in (token_copy, target):
-        if os.geteuid() == 0:
+    if os.geteuid() == 0:
+        for path in (token_copy, target, *created):
             os.chown(path, user.pw_uid, user.pw_gid)
-    for directory in {target.parent, config_dir}:
-        if os.geteuid() == 0 and directory.is_relative_to(user.pw_dir):
-            os.chown(directory, user.pw_uid, user.pw_gid)
     return target
 
 
@@ -213,6 +244,7 @@ def detach(args: argparse.Namespace) -> int:
     ):
         argv += [flag, str(value)]
     argv.append("--firewall" if args.firewall else "--no-firewall")
+    argv += ["--laptop-if", args.laptop_if, "--laptop-addr", args.laptop_addr]
     if args.env_file:
         argv += ["--env-file", str(args.env_file)]
     root.mkdir(parents=True, exist_ok=True)
