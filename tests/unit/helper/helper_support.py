@@ -40,3 +40,29 @@ def run_helper(
     return subprocess.run(
         [str(helper), *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+# The job image every dev host has (busybox-static; see images/worker/).
+WORKER_IMAGE = "localhost/flashpods-worker:latest"
+
+
+def podman(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """The podman CLI as the flashpods user, the way the API runs jobs."""
+    return subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "flashpods",
+            "--",
+            "env",
+            "-i",
+            "HOME=/home/flashpods",
+            "XDG_RUNTIME_DIR=/run/user/1001",
+            "PATH=/usr/bin:/bin",
+            "podman",
+            *args,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
