@@ -85,6 +85,7 @@ class Flashpods:
             filters,
             link_dest=link_dest,
             progress=progress,
+            total_hint=size.bytes,
         )
         return UploadReport(
             upload_id=answer["upload_id"],

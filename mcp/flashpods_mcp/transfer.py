@@ -129,6 +129,7 @@ def upload(
     filters: Sequence[str],
     link_dest: str | None = None,
     progress: ProgressFn | None = None,
+    total_hint: int | None = None,
 ) -> UploadStats:
     """rsync -a --delete SOURCE/ into rsync_base/upload_id/; returns rsync's statistics."""
     target = f"{rsync_base.rstrip('/')}/{upload_id}/"
@@ -147,32 +148,30 @@ def upload(
         argv.append(f"--link-dest={link_dest}")
     argv += [*filters, f"{source}/", target]
 
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    assert process.stdout is not None and process.stderr is not None
-    # Drain stderr on the side so a chatty rsync can never block on a full pipe.
-    errors: list[bytes] = []
-    drain = threading.Thread(target=lambda: errors.append(process.stderr.read()), daemon=True)
-    drain.start()
     output = bytearray()
-    pending = b""
-    while True:
-        chunk = process.stdout.read1(65536)
-        if not chunk:
-            break
-        output += chunk
-        pending += chunk
-        *lines, pending = re.split(rb"[\r\n]", pending)
-        for line in lines:
-            match = PROGRESS_RE.match(line)
-            if match and progress:
-                done_bytes = int(match.group(1).replace(b",", b""))
-                percent = int(match.group(2))
-                total = done_bytes * 100 // percent if percent else None
-                progress(done_bytes, total, f"uploading {source.name}: {percent}%")
-    code = process.wait()
-    drain.join()
+    errors: list[bytes] = []
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None and process.stderr is not None
+        stderr_pipe = process.stderr
+        # Drain stderr on the side so a chatty rsync can never block on a full pipe.
+        drain = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
+        drain.start()
+        pending = b""
+        while chunk := process.stdout.read1(65536):
+            output += chunk
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for line in lines:
+                match = PROGRESS_RE.match(line)
+                if match and progress:
+                    done_bytes = int(match.group(1).replace(b",", b""))
+                    percent = int(match.group(2))
+                    total = total_hint or (done_bytes * 100 // percent if percent else None)
+                    progress(done_bytes, total, f"uploading {source.name}: {percent}%")
+        code = process.wait()
+        drain.join()
     stderr = b"".join(errors)
     if code != 0:
         raise rsync_error(code, stderr, target)

@@ -1,0 +1,136 @@
+"""Every HTTP failure becomes a sentence the agent can act on (fake API on loopback)."""
+
+import io
+import time
+
+import pytest
+from flashpods_mcp.client import ApiClient
+from flashpods_mcp.config import load_settings
+from flashpods_mcp.errors import FlashpodsError
+
+TOKEN = "tok-unit-secret"
+JOB = "job_0123456789ab"
+
+
+def client_for(url, tmp_path, **env):
+    settings = load_settings(
+        {"HOME": str(tmp_path), "FLASHPODS_API_URL": url, "FLASHPODS_API_TOKEN": TOKEN, **env}
+    )
+    return ApiClient(settings)
+
+
+def test_api_down_names_the_url(tmp_path, unused_port):
+    url = f"http://127.0.0.1:{unused_port}"  # nothing listens there
+    with pytest.raises(FlashpodsError) as info:
+        client_for(url, tmp_path).list_jobs()
+    assert "is the WireGuard tunnel up" in str(info.value)
+    assert f"tried {url}" in str(info.value)
+
+
+ERRORS = [
+    # (status, body, call, words in the sentence)
+    # wrong token: says which two things disagree
+    (
+        401,
+        {"error": "bad token", "code": "unauthorized"},
+        "list",
+        "FLASHPODS_API_TOKEN does not match the host's token file",
+    ),
+    # unknown job: names the id and where to look
+    (404, {"error": "no such job", "code": "not_found"}, "get", f"Unknown job {JOB}"),
+    (
+        429,
+        {"error": "1000 jobs queued", "code": "queue_full"},
+        "spawn",
+        "job queue is full (host says: 1000 jobs queued)",
+    ),
+    (
+        413,
+        {"error": "upload exceeds 1 GiB", "code": "too_large"},
+        "spawn",
+        "Too large for the host (host says: upload exceeds 1 GiB)",
+    ),
+    # bad input: the host's own sentence, verbatim
+    (
+        400,
+        {"error": "timeout_s must be at most 86400", "code": "bad_input"},
+        "spawn",
+        "timeout_s must be at most 86400",
+    ),
+    (409, {"error": "job is final", "code": "wrong_state"}, "kill", "job is final"),
+    (
+        503,
+        {"error": "podman is not answering", "code": "podman_down"},
+        "list",
+        "not ready (host says: podman is not answering)",
+    ),
+    (500, b"<html>boom</html>", "list", "failed with HTTP 500"),
+    (403, {"error": "peer 10.0.0.9 not allowed"}, "list", "allowed_peers"),
+]
+
+CALLS = {
+    "list": ("GET", "/jobs", lambda c: c.list_jobs()),
+    "get": ("GET", f"/jobs/{JOB}", lambda c: c.get_job(JOB)),
+    "spawn": ("POST", "/jobs", lambda c: c.create_job({"kind": "worker", "command": "true"})),
+    "kill": ("POST", f"/jobs/{JOB}/kill", lambda c: c.kill_job(JOB)),
+}
+
+
+@pytest.mark.parametrize(("status", "body", "call", "words"), ERRORS)
+def test_http_errors_become_sentences(fake_api, tmp_path, status, body, call, words):
+    method, path, fn = CALLS[call]
+    fake_api.routes[(method, path)] = (status, body)
+    with pytest.raises(FlashpodsError) as info:
+        fn(client_for(fake_api.url, tmp_path))
+    assert words in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+def test_bearer_token_is_sent(fake_api, tmp_path):
+    fake_api.routes[("GET", "/jobs")] = (200, {"jobs": [{"id": JOB, "status": "running"}]})
+    assert client_for(fake_api.url, tmp_path).list_jobs(status="running", limit=5)[0]["id"] == JOB
+    assert fake_api.requests[-1]["auth"] == f"Bearer {TOKEN}"
+    assert "status=running" in fake_api.requests[-1]["path"]
+
+
+def test_slow_api_times_out(fake_api, tmp_path):
+    def slow(handler):
+        time.sleep(1.0)
+        return (200, {"jobs": []})
+
+    fake_api.routes[("GET", "/jobs")] = slow
+    client = client_for(fake_api.url, tmp_path, FLASHPODS_HTTP_TIMEOUT_S="0.2")
+    with pytest.raises(FlashpodsError, match="did not answer within 0.2 s"):
+        client.list_jobs()
+
+
+def test_not_json_is_explained(fake_api, tmp_path):
+    fake_api.routes[("GET", "/jobs")] = (200, b"hello from some other server")
+    with pytest.raises(FlashpodsError, match="not JSON"):
+        client_for(fake_api.url, tmp_path).list_jobs()
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "job_short", "JOB_0123456789AB", ""])
+def test_bad_job_ids_never_reach_the_network(fake_api, tmp_path, bad):
+    with pytest.raises(FlashpodsError, match="is not a job id"):
+        client_for(fake_api.url, tmp_path).get_job(bad)
+    assert fake_api.requests == []
+
+
+def test_upload_reservation_must_return_an_id(fake_api, tmp_path):
+    fake_api.routes[("POST", "/uploads")] = (201, {"upload_id": "../x"})
+    with pytest.raises(FlashpodsError, match="no valid upload id"):
+        client_for(fake_api.url, tmp_path).create_upload("up_aaaaaaaaaaaaaaaa")
+    assert fake_api.requests[-1]["json"] == {"basis": "up_aaaaaaaaaaaaaaaa"}
+
+
+def test_artifact_download_streams_to_the_file(fake_api, tmp_path):
+    payload = bytes(range(256)) * 8192  # 2 MiB: several chunks
+    fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = (200, payload)
+    seen = []
+    out = io.BytesIO()
+    written = client_for(fake_api.url, tmp_path).download_artifacts_tar(
+        JOB, out, lambda done, total: seen.append((done, total))
+    )
+    assert written == len(payload) and out.getvalue() == payload
+    assert seen[-1] == (len(payload), len(payload)) and len(seen) >= 2

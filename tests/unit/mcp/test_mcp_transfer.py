@@ -1,0 +1,132 @@
+"""rsync uploads against a real rsync daemon on loopback: filters, size cap, progress,
+the link-dest basis that makes a re-upload cheap, and refused connections."""
+
+import os
+
+import pytest
+from flashpods_mcp import transfer
+from flashpods_mcp.errors import FlashpodsError
+
+
+def make_tree(root, files=50, size=4096):
+    (root / "src").mkdir(parents=True)
+    for i in range(files):
+        (root / "src" / f"f{i:04}.txt").write_bytes(os.urandom(size))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = tmp_path / "project"
+    make_tree(p)
+    (p / ".git" / "objects").mkdir(parents=True)
+    (p / ".git" / "objects" / "pack").write_bytes(b"g" * 100_000)
+    (p / ".gitignore").write_text("build/\n*.log\n")
+    (p / "build").mkdir()
+    (p / "build" / "big.o").write_bytes(b"o" * 200_000)
+    (p / "debug.log").write_bytes(b"l" * 50_000)
+    (p / "flashpods-artifacts" / "job_x").mkdir(parents=True)
+    (p / "flashpods-artifacts" / "job_x" / "old").write_bytes(b"a" * 30_000)
+    return p
+
+
+def sent_names(root):
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_measure_applies_the_default_excludes(project):
+    size = transfer.measure(project, transfer.filter_args())
+    # 50 files of 4096 bytes plus the 13-byte .gitignore; no .git, build/, *.log, artifacts
+    assert size.bytes == 50 * 4096 + len("build/\n*.log\n")
+
+
+def test_include_git_and_extra_excludes(project):
+    with_git = transfer.measure(project, transfer.filter_args(include_git=True))
+    assert with_git.bytes == 50 * 4096 + 13 + 100_000
+    fewer = transfer.measure(project, transfer.filter_args(exclude=["f000*"]))
+    assert fewer.bytes == 40 * 4096 + 13
+
+
+@pytest.mark.parametrize("bad", ["", "  ", "a\nb"])
+def test_unusable_exclude_patterns(bad):
+    with pytest.raises(FlashpodsError, match="not usable"):
+        transfer.filter_args(exclude=[bad])
+
+
+def test_size_cap_is_a_clear_error(project):
+    size = transfer.measure(project, transfer.filter_args())
+    with pytest.raises(FlashpodsError, match="more than the cap of 1,000 bytes"):
+        transfer.check_size(project, size, 1000)
+
+
+def test_upload_sends_the_filtered_tree_with_progress(project, rsync_daemon):
+    seen = []
+    stats = transfer.upload(
+        project,
+        rsync_daemon.url,
+        "up_aaaaaaaaaaaaaaaa",
+        transfer.filter_args(),
+        progress=lambda done, total, msg: seen.append((done, total)),
+    )
+    landed = rsync_daemon.uploads / "up_aaaaaaaaaaaaaaaa"
+    assert sent_names(landed) == {f"src/f{i:04}.txt" for i in range(50)} | {".gitignore"}
+    assert stats.total_size == 50 * 4096 + 13
+    assert stats.bytes_sent >= stats.total_size  # random data: no compression win
+    assert seen and seen[-1][0] == stats.total_size
+
+
+def test_link_dest_basis_makes_a_reupload_cheap(tmp_path, rsync_daemon):
+    tree = make_tree(tmp_path / "many", files=1000, size=2048)
+    filters = transfer.filter_args()
+    first = transfer.upload(tree, rsync_daemon.url, "up_1111111111111111", filters)
+    # what the API does at job start: the upload becomes the kept basis
+    bases = rsync_daemon.uploads / ".bases"
+    bases.mkdir()
+    (rsync_daemon.uploads / "up_1111111111111111").rename(bases / "up_1111111111111111")
+    (tree / "src" / "f0000.txt").write_bytes(os.urandom(2048))  # one file changed
+    second = transfer.upload(
+        tree,
+        rsync_daemon.url,
+        "up_2222222222222222",
+        filters,
+        link_dest="../.bases/up_1111111111111111/",
+    )
+    assert first.bytes_sent > 2_000_000
+    assert second.bytes_sent < first.bytes_sent / 10, (first, second)
+    assert second.files_transferred == 1
+    new = rsync_daemon.uploads / "up_2222222222222222" / "src"
+    old = bases / "up_1111111111111111" / "src"
+    # unchanged files are hard links to the basis, the changed one is new
+    assert os.stat(new / "f0001.txt").st_ino == os.stat(old / "f0001.txt").st_ino
+    assert os.stat(new / "f0000.txt").st_ino != os.stat(old / "f0000.txt").st_ino
+
+
+def test_unknown_module_is_explained(project, rsync_daemon):
+    url = rsync_daemon.url.replace("/uploads", "/nosuchmodule")
+    with pytest.raises(FlashpodsError, match="no such module"):
+        transfer.upload(project, url, "up_aaaaaaaaaaaaaaaa", transfer.filter_args())
+
+
+def test_refused_port_is_explained(project, unused_port):
+    url = f"rsync://127.0.0.1:{unused_port}/uploads"
+    with pytest.raises(FlashpodsError, match="refused the connection") as info:
+        transfer.upload(project, url, "up_aaaaaaaaaaaaaaaa", transfer.filter_args())
+    assert "FLASHPODS_RSYNC_URL" in str(info.value)
+
+
+def test_parse_stats():
+    text = (
+        "Number of files: 1,001 (reg: 1,000, dir: 1)\n"
+        "Number of regular files transferred: 3\n"
+        "Total file size: 2,048,000 bytes\n"
+        "Literal data: 6,144 bytes\n"
+        "Total bytes sent: 40,123\n"
+    )
+    s = transfer.parse_stats(text)
+    assert (s.files, s.files_transferred, s.total_size, s.literal_bytes, s.bytes_sent) == (
+        1001,
+        3,
+        2_048_000,
+        6144,
+        40123,
+    )
