@@ -20,6 +20,7 @@ rec {
   flashpods-api = pythonApp ../../services/api "flashpods_api";
   flashpods-token = pythonApp ../../services/token "flashpods_token";
   flashpods-mcp = pythonApp ../../mcp "flashpods_mcp";
+  flashpods-devhost = pythonApp ../../services/devhost "flashpods_devhost";
 
   flashpods-init = pkgs.callPackage ./flashpods-init.nix { };
 
