@@ -245,10 +245,18 @@ static int parse_response(struct buf *resp, struct buf *body, struct err *e)
 {
     char *data = resp->data ? resp->data : "";
     size_t len = resp->len;
+    /* Status line: "HTTP/1.x NNN[ reason]". */
     int status = 0;
-    char reason[2];
-    if (len < 12 || strncmp(data, "HTTP/1.", 7) != 0 ||
-        sscanf(data + 8, " %3d%1c", &status, reason) < 1 || status < 100 || status > 599) {
+    int well_formed = len >= 13 && strncmp(data, "HTTP/1.", 7) == 0 && data[8] == ' ';
+    for (int i = 9; well_formed && i < 12; i++) {
+        if (data[i] < '0' || data[i] > '9')
+            well_formed = 0;
+        else
+            status = status * 10 + (data[i] - '0');
+    }
+    if (well_formed && data[12] != ' ' && data[12] != '\r' && data[12] != '\n')
+        well_formed = 0;
+    if (!well_formed || status < 100) {
         err_set(e, "the token service's answer is not HTTP (%zu bytes); check that "
                    "FLASHPODS_TOKEN_SOCKET names the token service's socket",
                 len);

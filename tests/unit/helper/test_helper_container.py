@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from helper_standin import (
     pretty_jwt_output,
     write_agent_script,
 )
-from helper_support import WORKER_IMAGE, podman
+from helper_support import WORKER_IMAGE, make_root, podman
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -41,6 +42,7 @@ class Jobs:
         mounts: list[str] = (),
         env: dict[str, str] | None = None,
         helper_args: tuple[str, ...] = ("--",),
+        image: str = WORKER_IMAGE,
     ):
         name = f"{self.instance}-{len(self.names)}"
         self.names.append(name)
@@ -59,7 +61,7 @@ class Jobs:
             args += ["-v", mount]
         for key, value in (env or {}).items():
             args += ["-e", f"{key}={value}"]
-        args += [WORKER_IMAGE, "/flashpods/bin/flashpods-init", *helper_args, *command]
+        args += [image, "/flashpods/bin/flashpods-init", *helper_args, *command]
         return podman(*args)
 
     def remove(self) -> None:
@@ -231,3 +233,75 @@ def test_normalize_in_a_throwaway_container(helper, workdir, jobs):
     assert stat.S_IMODE((workspace / "d" / "e").stat().st_mode) == 0o770
     assert stat.S_IMODE((workspace / "d" / "e" / "f").stat().st_mode) == 0o660
     assert os.readlink(workspace / "d" / "link") == "/etc"
+
+
+def test_copy_in_reads_a_base_through_the_flashpods_group(helper, workdir, jobs):
+    # Bases are api:flashpods 2750 (docs/design.md, "Paths"): the job reads
+    # them through its primary group, which --userns=keep-id maps through.
+    # A file without group read (0600) cannot be copied: the job stops and
+    # names it instead of running on an incomplete workspace.
+    base = workdir / "base"
+    (base / "dir").mkdir(parents=True)
+    (base / "dir" / "shared.txt").write_text("group can read")
+    for path, mode in [
+        (base, 0o2750),
+        (base / "dir", 0o2750),
+        (base / "dir" / "shared.txt", 0o640),
+    ]:
+        os.chown(path, 0, FLASHPODS_UID)  # root stands in for the API user
+        path.chmod(mode)
+    workspace = owned_by_flashpods(workdir / "workspace")
+    mounts = [f"{base}:/flashpods/input:ro", f"{workspace}:/workspace"]
+
+    ok = jobs.run(helper, ["cat", "/workspace/dir/shared.txt"], mounts=mounts)
+
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == "group can read"
+
+    (base / "private.txt").write_text("owner only")
+    os.chown(base / "private.txt", 0, FLASHPODS_UID)
+    (base / "private.txt").chmod(0o600)
+    (workspace / ".flashpods-ready").unlink()
+
+    refused = jobs.run(helper, ["echo", "RAN"], mounts=mounts)
+
+    assert refused.returncode == 125
+    assert "RAN" not in refused.stdout
+    assert "copy-in of private.txt failed: cannot open the source file: Permission denied" in (
+        refused.stderr
+    )
+    assert not (workspace / ".flashpods-ready").exists()
+
+
+@pytest.fixture
+def empty_image() -> Iterator[str]:
+    """An image with no files at all: no libc, no loader, no /etc/passwd."""
+    root = make_root("helper-image")
+    archive = root / "empty.tar"
+    with tarfile.open(archive, "w"):
+        pass
+    archive.chmod(0o644)
+    name = f"localhost/flashpods-helper-test-empty:{uuid.uuid4().hex[:10]}"
+    imported = podman("import", "--change", "ENV PATH=/bin", str(archive), name)
+    assert imported.returncode == 0, imported.stderr
+    yield name
+    podman("rmi", "--force", name)
+    archive.unlink()
+    root.rmdir()
+
+
+def test_works_in_an_image_without_libc(helper, workdir, token_server, jobs, empty_image):
+    # A third-party image must not need changes: the helper brings everything
+    # it needs. The command is the host's static busybox, mounted as /bin/sh.
+    server = token_server(grant({"GITHUB_TOKEN": "ghp-empty"}), mode=0o666)
+
+    result = jobs.run(
+        helper,
+        ["sh", "-c", 'printf "%s" "$GITHUB_TOKEN"'],
+        mounts=[f"{server.path}:{CONTAINER_SOCKET}", "/bin/busybox:/bin/sh:ro"],
+        env={"FLASHPODS_TOKEN_SOCKET": CONTAINER_SOCKET},
+        image=empty_image,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ghp-empty"
