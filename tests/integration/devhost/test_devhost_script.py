@@ -1,0 +1,109 @@
+"""`scripts/dev-host --detach` starts a host a client can use; `scripts/dev-host stop` ends it.
+
+Runs on its own root, ports, instance and client env file (environment variables), so it
+never collides with a real dev host on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+from flashpods_devhost.pytest_plugin import TEST_BASE
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs}
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+def dev_env():
+    unique = secrets.token_hex(4)
+    root = TEST_BASE / f"script-{unique}"
+    env = os.environ | {
+        "FLASHPODS_DEV_ROOT": str(root),
+        "FLASHPODS_DEV_INSTANCE": f"t-script-{unique}",
+        "FLASHPODS_DEV_API_PORT": str(_free_port()),
+        "FLASHPODS_DEV_RSYNC_PORT": str(_free_port()),
+        "FLASHPODS_DEV_ENV_FILE": str(root.with_name(f"script-{unique}-client") / "dev-host.env"),
+    }
+    yield env
+    # Whatever happened, nothing of this host may outlive the test.
+    subprocess.run([str(REPO / "scripts/dev-host"), "stop"], env=env, timeout=120, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(Path(env["FLASHPODS_DEV_ENV_FILE"]).parent, ignore_errors=True)
+
+
+def _dev_host(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO / "scripts/dev-host"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_detach_then_stop(dev_env: dict[str, str]) -> None:
+    # setup.sh already ran (scripts/test); --no-firewall: the table would bind the whole
+    # machine's flashpods uid, and other tests share it.
+    started = _dev_host(dev_env, "--detach", "--no-install", "--no-firewall")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp" in started.stdout
+
+    env_file = Path(dev_env["FLASHPODS_DEV_ENV_FILE"])
+    client = _read_env(env_file)
+    api_port = int(dev_env["FLASHPODS_DEV_API_PORT"])
+    rsync_port = int(dev_env["FLASHPODS_DEV_RSYNC_PORT"])
+    assert client["FLASHPODS_API_URL"] == f"http://127.0.0.1:{api_port}"
+    assert client["FLASHPODS_RSYNC_URL"] == f"rsync://127.0.0.1:{rsync_port}/uploads"
+    for key, value in client.items():
+        assert f"{key}={value}" in started.stdout
+    token = Path(client["FLASHPODS_API_TOKEN_FILE"]).read_text().strip()
+
+    # The settings work as written: health, auth, and rsyncd's module answers.
+    api = client["FLASHPODS_API_URL"]
+    assert requests.get(f"{api}/healthz", timeout=10).status_code == 200
+    assert requests.get(f"{api}/jobs", timeout=10).status_code == 401
+    auth = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{api}/jobs", headers=auth, timeout=10).status_code == 200
+    assert _listening(rsync_port)
+
+    # A second start on the same root is refused with a sentence, not a second host.
+    again = _dev_host(dev_env, "--detach", "--no-install", "--no-firewall")
+    assert again.returncode != 0
+    assert "already runs" in again.stderr
+
+    pid = int((Path(dev_env["FLASHPODS_DEV_ROOT"]) / "run" / "devhost.pid").read_text())
+    stopped = _dev_host(dev_env, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(f"/proc/{pid}").exists()
+    assert not _listening(api_port) and not _listening(rsync_port)
+    # Nothing that ran from this root is left.
+    root = dev_env["FLASHPODS_DEV_ROOT"]
+    leftovers = subprocess.run(["pgrep", "-f", root], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == ""
