@@ -16,7 +16,7 @@ cflags="-D_GNU_SOURCE -static -O2 -Wall -Wextra -Werror"
 
 # The compiler and the static C library: installed here on a fresh Debian
 # machine when running as root, otherwise the error says what to install.
-libc_a=$(gcc -print-file-name=libc.a 2>/dev/null || true)
+libc_a=$("$cc" -print-file-name=libc.a 2>/dev/null || true)
 if ! command -v "$cc" >/dev/null 2>&1 || [ ! -f "$libc_a" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "build-helper: installing gcc and libc6-dev" >&2
