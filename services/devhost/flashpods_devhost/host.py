@@ -256,8 +256,12 @@ class DevHost:
             }
             if name == "api":
                 bind = f"{s.api_host}:{self.api_port}"
-                argv = [str(venv_bin / "flashpods-api"), "--bind", bind]
-                env = api_env | {"FLASHPODS_API_BIND": bind, "WEB_CONCURRENCY": str(s.api_workers)}
+                argv = [
+                    str(venv_bin / "flashpods-api"),
+                    f"--bind={bind}",
+                    f"--workers={s.api_workers}",
+                ]
+                env = api_env
             else:
                 argv = [str(venv_bin / "flashpods-reaper")]
                 env = api_env
@@ -337,6 +341,12 @@ class DevHost:
             "rsync_port": self.rsync_port,
             "job_uid": self.accounts.podman.uid,
         } | self.settings.firewall_values
+        missing = sorted({"wg_if", "laptop_addr", "resolvers"} - values.keys())
+        if missing:
+            raise ValueError(
+                f"firewall=True needs HostSettings.firewall_values with {', '.join(missing)} "
+                "(the laptop's interface and address, the resolvers jobs may use)"
+            )
         render.load_firewall(render.render_firewall(**values), self.settings.netns)
         self._firewall_loaded = True
 

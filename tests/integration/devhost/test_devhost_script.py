@@ -31,6 +31,15 @@ def _read_env(path: Path) -> dict[str, str]:
     return {key: value for key, value in pairs}
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (PID 1 here need not reap the orphans it inherits)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -101,7 +110,7 @@ def test_detach_then_stop(dev_env: dict[str, str]) -> None:
     pid = int((Path(dev_env["FLASHPODS_DEV_ROOT"]) / "run" / "devhost.pid").read_text())
     stopped = _dev_host(dev_env, "stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert not Path(f"/proc/{pid}").exists()
+    assert not _alive(pid)
     assert not _listening(api_port) and not _listening(rsync_port)
     # Nothing that ran from this root is left.
     root = dev_env["FLASHPODS_DEV_ROOT"]
