@@ -20,6 +20,9 @@ missing() {
 
 mapfile -t want < <(missing "${packages[@]}")
 mapfile -t want_nr < <(missing "${no_recommends[@]}")
+# npm may come with a nodejs from another repository (NodeSource bundles it): only ask
+# Debian for it when there is no npm command at all.
+command -v npm >/dev/null || want+=(npm)
 if ((${#want[@]} + ${#want_nr[@]} == 0)); then
 	exit 0
 fi

@@ -24,3 +24,7 @@ if [[ -f $lib/build-helper.sh ]]; then
 	fi
 fi
 step bash "$lib/build-images.sh"
+# Third-party MCP clients (Inspector CLI, Claude Code) the MCP tests drive.
+if [[ -f $lib/install-node-tools.sh ]]; then
+	step bash "$lib/install-node-tools.sh"
+fi
