@@ -1,0 +1,1 @@
+"""Flashpods API: HTTP routes, job store, Podman runtime and reaper."""

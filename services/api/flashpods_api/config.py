@@ -1,0 +1,184 @@
+"""The API and reaper configuration: one JSON file (docs/design.md, "Configuration files").
+
+Unknown keys are an error that names the key, so a typo never silently falls back to a
+default. Secrets are never in this file, only paths to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "FLASHPODS_API_CONFIG"
+
+DEFAULTS: dict[str, Any] = {
+    "instance": "dev",
+    "token_file": "/run/credentials/flashpods-api/api-token",
+    "db_path": "/var/lib/flashpods/db/flashpods.db",
+    "storage": {
+        "uploads": "/tmp/flashpods/uploads",
+        "workspaces": "/var/lib/flashpods/workspaces",
+        "artifacts": "/var/lib/flashpods/artifacts",
+        "logs": "/var/log/flashpods",
+    },
+    "podman_url": "unix:///run/flashpods/podman/podman.sock",
+    "rsync_url": "rsync://10.0.0.1/uploads",
+    "allowed_peers": [],
+    "max_concurrent_jobs": 4,
+    "queue_limit": 1000,
+    "default_timeout_s": 3600,
+    "max_timeout_s": 86400,
+    "kill_grace_s": 10,
+    "images": {
+        "worker": "localhost/flashpods-worker:latest",
+        "sub_agent": "localhost/flashpods-agent:latest",
+        "allowed": ["localhost/flashpods-worker:latest", "localhost/flashpods-agent:latest"],
+    },
+    "agent": {"command": ["/flashpods/agent/entrypoint"], "env": {}},
+    "network_mode": "slirp4netns",
+    "helper_path": "/opt/flashpods/lib/flashpods-init",
+    "token_socket": "/run/flashpods/token.sock",
+    "attestation": "peer",
+    "spire": {
+        "server_cli": "spire-server",
+        "server_socket": "/run/spire/server/private/api.sock",
+        "trust_domain": "flashpods.internal",
+        "parent_id": "spiffe://flashpods.internal/agent/host",
+        "jwt_svid_ttl_s": 300,
+        "agent_socket": "/run/spire/sockets/agent.sock",
+    },
+    "retention": {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600},
+    "limits": {
+        "log_bytes": 64 * 1024 * 1024,
+        "artifact_bytes": 1024 * 1024 * 1024,
+        "upload_bytes": 1024 * 1024 * 1024,
+    },
+    "reaper": {"interval_s": 1.0},
+}
+
+# Sections whose inner keys are fixed (checked one level down); "agent.env" is free-form.
+_NESTED = ("storage", "images", "agent", "spire", "retention", "limits", "reaper")
+NETWORK_MODES = ("slirp4netns", "bridge", "pasta")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or has a wrong key or value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    raw: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.raw[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.raw["storage"]["uploads"])
+
+    @property
+    def bases_dir(self) -> Path:
+        return self.uploads_dir / ".bases"
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return Path(self.raw["storage"]["workspaces"])
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return Path(self.raw["storage"]["artifacts"])
+
+    @property
+    def logs_dir(self) -> Path:
+        return Path(self.raw["storage"]["logs"])
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Merge `data` over the defaults, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError("The API configuration must be a JSON object.")
+    merged = copy.deepcopy(DEFAULTS)
+    for key, value in data.items():
+        if key not in DEFAULTS:
+            raise ConfigError(
+                f"Unknown key {key!r} in the API configuration; remove it or fix its spelling."
+            )
+        if key in _NESTED:
+            if not isinstance(value, dict):
+                raise ConfigError(f"Configuration key {key!r} must be a JSON object.")
+            for inner, inner_value in value.items():
+                if inner not in DEFAULTS[key]:
+                    raise ConfigError(
+                        f"Unknown key {key}.{inner!r} in the API configuration; remove it or fix its spelling."
+                    )
+                merged[key][inner] = inner_value
+        else:
+            merged[key] = value
+    _check(merged)
+    return Config(merged)
+
+
+def _check(cfg: dict[str, Any]) -> None:
+    def positive(path: str, value: Any, kind: type | tuple[type, ...] = int) -> None:
+        if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+            raise ConfigError(f"Configuration key {path} must be a positive number, not {value!r}.")
+
+    positive("max_concurrent_jobs", cfg["max_concurrent_jobs"])
+    positive("queue_limit", cfg["queue_limit"])
+    positive("default_timeout_s", cfg["default_timeout_s"], (int, float))
+    positive("max_timeout_s", cfg["max_timeout_s"], (int, float))
+    positive("kill_grace_s", cfg["kill_grace_s"], (int, float))
+    if cfg["default_timeout_s"] > cfg["max_timeout_s"]:
+        raise ConfigError("default_timeout_s must not be larger than max_timeout_s.")
+    for key, value in cfg["retention"].items():
+        positive(f"retention.{key}", value, (int, float))
+    for key, value in cfg["limits"].items():
+        positive(f"limits.{key}", value)
+    positive("reaper.interval_s", cfg["reaper"]["interval_s"], (int, float))
+    if cfg["network_mode"] not in NETWORK_MODES:
+        raise ConfigError(
+            f"network_mode must be one of {', '.join(NETWORK_MODES)}, not {cfg['network_mode']!r}."
+        )
+    if cfg["attestation"] not in ("peer", "spire"):
+        raise ConfigError(f"attestation must be 'peer' or 'spire', not {cfg['attestation']!r}.")
+    if not isinstance(cfg["allowed_peers"], list) or not all(
+        isinstance(p, str) for p in cfg["allowed_peers"]
+    ):
+        raise ConfigError(
+            "allowed_peers must be a list of IP address strings ([] allows any peer)."
+        )
+    images = cfg["images"]
+    for kind in ("worker", "sub_agent"):
+        if images[kind] not in images["allowed"]:
+            raise ConfigError(
+                f"images.{kind} ({images[kind]!r}) must also be listed in images.allowed."
+            )
+    command = cfg["agent"]["command"]
+    if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+        raise ConfigError("agent.command must be a non-empty list of strings (argv).")
+    if not isinstance(cfg["agent"]["env"], dict):
+        raise ConfigError("agent.env must be a JSON object of NAME: value strings.")
+    if not isinstance(cfg["instance"], str) or not cfg["instance"]:
+        raise ConfigError("instance must be a non-empty string (it labels this host's containers).")
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the configuration from `path`, or from $FLASHPODS_API_CONFIG."""
+    if path is None:
+        path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"No configuration: pass --config PATH or set {CONFIG_ENV}.")
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the API configuration {path}: {exc.strerror}.") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"The API configuration {path} is not valid JSON: {exc}.") from exc
+    return from_dict(data)

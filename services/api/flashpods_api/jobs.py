@@ -1,0 +1,363 @@
+"""The job lifecycle shared by the API and the reaper: create, claim and start, stop, finish.
+
+Starting is idempotent, so a job left in 'starting' by a crash can simply be started
+again: directories are created if missing, the upload is renamed to its kept base only
+if it has not been yet, and an existing container of that name is adopted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from . import artifacts, logs, workspace_diff
+from .config import Config
+from .runtime import PodmanError, RunSpec, Runtime
+from .store import ACTIVE, FINAL, Store
+
+log = logging.getLogger(__name__)
+
+DIR_MODE = 0o2770
+
+
+class Registrar(Protocol):
+    def register(self, job_id: str, kind: str) -> None: ...
+    def unregister(self, job_id: str) -> None: ...
+
+
+def default_registrar(config: Config) -> Registrar:
+    from .registrar import make_registrar  # written alongside SPIRE support (docs/design.md)
+
+    return make_registrar(config)
+
+
+class StartError(Exception):
+    """A job cannot start for a reason the user can act on; the message says which."""
+
+
+class Engine:
+    def __init__(
+        self, config: Config, store: Store, runtime: Runtime, registrar: Registrar
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.registrar = registrar
+
+    # -- paths ---------------------------------------------------------------
+
+    def workspace(self, job_id: str) -> Path:
+        return self.config.workspaces_dir / job_id
+
+    def artifacts(self, job_id: str) -> Path:
+        return self.config.artifacts_dir / job_id
+
+    def upload_dir(self, upload_id: str) -> Path:
+        return self.config.uploads_dir / upload_id
+
+    def base_dir(self, upload_id: str) -> Path:
+        return self.config.bases_dir / upload_id
+
+    # -- starting ------------------------------------------------------------
+
+    def start_next(self) -> list[str]:
+        """Start queued jobs FIFO while under the cap; returns the ids claimed."""
+        started = []
+        while True:
+            job_id = self.store.claim(self.config.max_concurrent_jobs)
+            if job_id is None:
+                return started
+            self.start_claimed(job_id)
+            started.append(job_id)
+
+    def try_start(self, job_id: str) -> bool:
+        """The fast path of POST /jobs: start this job now if it is the head of the queue and under the cap."""
+        if self.store.claim(self.config.max_concurrent_jobs, job_id) != job_id:
+            return False
+        self.start_claimed(job_id)
+        return True
+
+    def start_claimed(self, job_id: str) -> None:
+        job = self.store.get_job(job_id)
+        if job is None or job["status"] != "starting":
+            return
+        try:
+            input_dir = self._prepare(job)
+            self.registrar.register(job_id, job["kind"])
+            spec = self._spec(job, input_dir)
+            note = self._run_or_adopt(spec)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error sentence
+            self._fail_start(job, _start_error(exc))
+            return
+        self.store.transition(
+            job_id, ("starting",), status="running", started_at=time.time(), limits_not_applied=note
+        )
+
+    def _run_or_adopt(self, spec: RunSpec) -> str | None:
+        try:
+            _cid, note = self.runtime.run(spec)
+            return note
+        except PodmanError as exc:
+            if "already in use" not in exc.stderr:
+                raise
+        # A start before a crash got this far already: adopt what is running, redo the rest.
+        for container in self.runtime.containers():
+            if spec.job_id in (container.get("Names") or []):
+                if container.get("State") in ("running", "exited", "stopped"):
+                    return self.runtime.limits_note(spec.resources)
+                self.runtime.remove(spec.job_id)
+        _cid, note = self.runtime.run(spec)
+        return note
+
+    def _prepare(self, job: dict[str, Any]) -> str | None:
+        job_id = job["id"]
+        for path in (self.workspace(job_id), self.artifacts(job_id)):
+            path.mkdir(exist_ok=True)
+            os.chmod(path, DIR_MODE)
+        self.config.logs_dir.mkdir(exist_ok=True)
+        # Create the live log ourselves: conmon would create it 0600 as flashpods, which
+        # the API user could not read. An existing file keeps our owner and mode.
+        fd = os.open(
+            logs.ctr_log_path(self.config.logs_dir, job_id),
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            0o660,
+        )
+        os.fchmod(fd, 0o660)
+        os.close(fd)
+        upload_id = job.get("upload_id")
+        if not upload_id:
+            return None
+        base = self.base_dir(upload_id)
+        if not base.exists():
+            self.config.bases_dir.mkdir(exist_ok=True)
+            try:
+                os.rename(self.upload_dir(upload_id), base)
+            except FileNotFoundError:
+                raise StartError(
+                    f"The upload {upload_id} is gone from the host (expired?); upload the files again and resubmit."
+                ) from None
+        return str(base)
+
+    def _spec(self, job: dict[str, Any], input_dir: str | None) -> RunSpec:
+        cfg = self.config
+        env = {
+            "FLASHPODS_JOB_ID": job["id"],
+            "FLASHPODS_JOB_KIND": job["kind"],
+            "FLASHPODS_TOKEN_SOCKET": "/run/flashpods/token.sock",
+            "FLASHPODS_ATTESTATION": cfg.attestation,
+            "SPIFFE_ENDPOINT_SOCKET": "unix:///run/spire/sockets/agent.sock",
+            "HOME": "/tmp/home",
+            "TMPDIR": "/tmp",
+        }
+        if job["kind"] == "worker":
+            argv = ["/flashpods/bin/flashpods-init", "--", "sh", "-c", job["command"]]
+        else:
+            argv = ["/flashpods/bin/flashpods-init", "--", *cfg.agent["command"]]
+            env = {**cfg.agent["env"], **env, "FLASHPODS_PROMPT": job["prompt"]}
+        env.update(job["env"] or {})
+        return RunSpec(
+            job_id=job["id"],
+            kind=job["kind"],
+            instance=cfg.instance,
+            image=job["image"],
+            argv=argv,
+            env=env,
+            workspace=str(self.workspace(job["id"])),
+            artifacts=str(self.artifacts(job["id"])),
+            log_path=str(logs.ctr_log_path(cfg.logs_dir, job["id"])),
+            helper_path=cfg.helper_path,
+            token_socket=cfg.token_socket,
+            network_mode=cfg.network_mode,
+            input_dir=input_dir,
+            agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
+            resources=job["resources"] or {},
+        )
+
+    def _fail_start(self, job: dict[str, Any], error: str) -> None:
+        job_id = job["id"]
+        log.warning("job %s could not start: %s", job_id, error)
+        try:
+            self.runtime.remove(job_id)
+        except PodmanError:
+            pass  # the reaper removes containers of final jobs
+        self._unregister(job_id)
+        if self.store.transition(
+            job_id, ("starting",), status="failed", error=error, **self._final_times()
+        ):
+            self.remove_tree(self.workspace(job_id))
+
+    # -- stopping ------------------------------------------------------------
+
+    def kill(self, job_id: str) -> dict[str, Any] | None:
+        """Dequeue a queued job or ask a starting/running one to stop; idempotent."""
+        if self.store.transition(
+            job_id, ("queued",), status="killed", error=None, **self._final_times()
+        ):
+            return self.store.get_job(job_id)
+        job = self.store.get_job(job_id)
+        if job is None or job["status"] in FINAL:
+            return job
+        if job["stop_requested_at"] is None:
+            self.store.transition(job_id, ACTIVE, stop_requested_at=time.time(), stop_reason="kill")
+        if job["status"] == "running":
+            self.signal(job_id, "TERM")
+        return self.store.get_job(job_id)
+
+    def signal(self, job_id: str, sig: str) -> None:
+        try:
+            self.runtime.signal(job_id, sig)
+        except PodmanError as exc:
+            log.warning("could not signal %s: %s", job_id, exc)
+
+    # -- finishing -----------------------------------------------------------
+
+    def finish(self, job: dict[str, Any], exit_code: int | None, lost: bool = False) -> None:
+        """Record a job's end: final log, workspace changes, status; then drop its workspace and container."""
+        job_id = job["id"]
+        cap = self.config.limits["log_bytes"]
+        log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
+        changes = self._record_changes(job)
+        reason = job.get("stop_reason")
+        error = None
+        if lost:
+            status = "lost"
+            error = (
+                "The job's container disappeared while Flashpods was not watching (removed outside Flashpods, "
+                "or its Podman storage was reset); its exit code is unknown and its log is kept up to that point."
+            )
+        elif reason == "timeout":
+            status = "timed_out"
+            error = (
+                f"The job ran longer than its timeout_s of {job['timeout_s']:g} s and was stopped."
+            )
+        elif reason == "kill":
+            status = "killed"
+        elif reason == "log_cap":
+            status = "failed"
+            error = (
+                f"The job wrote more than {2 * cap} bytes of output (twice the log cap of {cap} bytes) and was killed; "
+                "write large output to /artifacts instead of stdout."
+            )
+        else:
+            status = "succeeded" if exit_code == 0 else "failed"
+        done = self.store.transition(
+            job_id,
+            ACTIVE,
+            status=status,
+            exit_code=exit_code,
+            error=error,
+            log_bytes=log_bytes,
+            log_capped=int(capped),
+            workspace_changes=changes,
+            **self._final_times(),
+        )
+        if not done:
+            return
+        if job.get("upload_id"):
+            self.store.set_upload(job["upload_id"], "used", last_used_at=time.time())
+        self._unregister(job_id)
+        self.remove_tree(self.workspace(job_id))
+        try:
+            self.runtime.remove(job_id)
+        except PodmanError as exc:
+            log.warning("could not remove container %s (retried by the reaper): %s", job_id, exc)
+
+    def _record_changes(self, job: dict[str, Any]) -> dict[str, Any] | None:
+        job_id = job["id"]
+        workspace = self.workspace(job_id)
+        if not workspace.exists():
+            return None  # recorded before a crash, workspace already gone
+        base = self.base_dir(job["upload_id"]) if job.get("upload_id") else None
+        out = artifacts.workspace_root(self.config.artifacts_dir, job_id)
+        cap = self.config.limits["artifact_bytes"]
+        self._normalize_if_locked(workspace)
+        self._normalize_if_locked(self.artifacts(job_id))
+        try:
+            return workspace_diff.record(base, workspace, out, cap)
+        except OSError as exc:
+            log.warning("workspace changes of %s not recorded: %s", job_id, exc)
+            return {"error": f"workspace changes could not be recorded: {exc.strerror or exc}"}
+
+    def _unregister(self, job_id: str) -> None:
+        try:
+            self.registrar.unregister(job_id)
+        except Exception as exc:  # noqa: BLE001 - a stale entry must not block the job's end
+            log.warning("could not unregister %s: %s", job_id, exc)
+
+    def _final_times(self) -> dict[str, float]:
+        now = time.time()
+        ret = self.config.retention
+        return {
+            "finished_at": now,
+            "artifacts_expire_at": now + ret["artifacts_s"],
+            "logs_expire_at": now + ret["logs_s"],
+        }
+
+    # -- files a job may have locked -----------------------------------------
+
+    def _normalize_if_locked(self, root: Path) -> None:
+        """If the job left a file or dir the API user cannot read or remove, open it up.
+
+        The job runs as `flashpods` and may chmod its files; the API user reaches them
+        only through the group bits, so `flashpods-init --normalize` restores them from a
+        throwaway container running as that same uid (docs/design.md).
+        """
+        if root.exists() and _locked(root):
+            self.normalize(root)
+
+    def normalize(self, root: Path) -> None:
+        try:
+            self.runtime.normalize(self.config.images["worker"], self.config.helper_path, str(root))
+        except PodmanError as exc:
+            log.warning("could not normalize %s: %s", root, exc)
+
+    def remove_tree(self, root: Path) -> None:
+        """rmtree that opens up job-locked files once (normalize) before giving up."""
+        if not root.exists() and not root.is_symlink():
+            return
+        try:
+            shutil.rmtree(root)
+        except PermissionError:
+            self.normalize(root)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _locked(root: Path) -> bool:
+    if os.geteuid() == 0:
+        return False
+    mine = os.geteuid()
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in dirnames + filenames:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                return True
+            if st.st_uid == mine:
+                continue
+            need = 0o070 if name in dirnames else 0o060
+            if (st.st_mode & need) != need and not _is_link(st.st_mode):
+                return True
+    return False
+
+
+def _is_link(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISLNK(mode)
+
+
+def _start_error(exc: Exception) -> str:
+    if isinstance(exc, StartError):
+        return str(exc)
+    if isinstance(exc, PodmanError):
+        return f"The container could not be started: {exc}."
+    if isinstance(exc, OSError):
+        return f"The job's directories could not be prepared on the host: {exc.strerror or exc} ({exc.filename})."
+    name = type(exc).__name__
+    if name == "RegistrarError":
+        return f"The job's SPIFFE identity could not be registered: {exc}"
+    return f"The job could not be started: {name}: {exc}."

@@ -1,0 +1,212 @@
+"""The reaper: one process per host that keeps jobs moving and the disk clean.
+
+Every tick it reconciles the database with `podman ps -a` for this instance (adopting
+running containers, recording exits, marking vanished ones lost, removing orphans),
+enforces timeouts and the log cap, starts queued jobs FIFO under the cap and applies
+retention. A file lock makes sure only one reaper runs per database.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import artifacts, logs
+from .jobs import Engine
+from .runtime import PodmanError
+from .store import FINAL
+
+log = logging.getLogger(__name__)
+
+START_STALE_S = 120.0  # a 'starting' job with no container after this long was orphaned by a crash
+RETENTION_EVERY_S = 5.0
+
+
+class Reaper:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.runtime = engine.runtime
+        self.config = engine.config
+        self.stop = threading.Event()
+        self._decoders: dict[str, logs.Decoder] = {}
+        self._last_retention = 0.0
+
+    def run_forever(self) -> None:
+        interval = float(self.config.reaper["interval_s"])
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except PodmanError as exc:
+                log.warning("podman unavailable this tick: %s", exc)
+            except Exception:  # noqa: BLE001 - one bad tick must not end the reaper
+                log.exception("reaper tick failed")
+            self.stop.wait(interval)
+
+    def tick(self) -> None:
+        self.store.beat("reaper", os.getpid())
+        containers = {name: c for c in self.runtime.containers() for name in (c.get("Names") or [])}
+        active = self.store.jobs_in(("starting", "running"))
+        active_ids = {job["id"] for job in active}
+        for job in active:
+            container = containers.get(job["id"])
+            if job["status"] == "running":
+                self._watch_running(job, container)
+            else:
+                self._watch_starting(job, container)
+        self._remove_orphans(containers, active_ids)
+        self.engine.start_next()
+        if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+            self._last_retention = time.monotonic()
+            self.retention()
+
+    # -- running jobs --------------------------------------------------------
+
+    def _watch_running(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
+        job_id = job["id"]
+        if container is None:
+            self._decoders.pop(job_id, None)
+            self.engine.finish(job, None, lost=True)
+            return
+        if container.get("State") in ("exited", "stopped"):
+            self._decoders.pop(job_id, None)
+            self.engine.finish(job, _exit_code(container))
+            return
+        now = time.time()
+        started = job["started_at"] or now
+        if job["stop_requested_at"] is None and now > started + job["timeout_s"]:
+            self.store.transition(
+                job_id, ("running",), stop_requested_at=now, stop_reason="timeout"
+            )
+            job = self.store.get_job(job_id) or job
+        self._enforce_log_cap(job)
+        job = self.store.get_job(job_id) or job
+        if job["stop_requested_at"] is not None and job["kill_sent_at"] is None:
+            if (
+                job["stop_reason"] == "log_cap"
+                or now > job["stop_requested_at"] + self.config.kill_grace_s
+            ):
+                self.engine.signal(job_id, "KILL")
+                self.store.transition(job_id, ("running",), kill_sent_at=now)
+            else:
+                self.engine.signal(job_id, "TERM")
+
+    def _enforce_log_cap(self, job: dict[str, Any]) -> None:
+        cap = self.config.limits["log_bytes"]
+        path = logs.ctr_log_path(self.config.logs_dir, job["id"])
+        decoder = self._decoders[job["id"]] = logs.decoded_size(path, self._decoders.get(job["id"]))
+        if decoder.decoded > cap and not job["log_capped"]:
+            self.store.transition(job["id"], ("running",), log_capped=1)
+        if decoder.decoded > 2 * cap and job["stop_reason"] != "log_cap":
+            self.store.transition(
+                job["id"],
+                ("running",),
+                stop_requested_at=time.time(),
+                stop_reason="log_cap",
+                kill_sent_at=None,
+            )
+
+    def _watch_starting(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
+        if time.time() - (job["claimed_at"] or 0) < START_STALE_S:
+            return  # an API worker is starting it right now
+        job_id = job["id"]
+        if container is not None and container.get("State") in ("running", "exited", "stopped"):
+            note = self.runtime.limits_note(job["resources"] or {})
+            self.store.transition(
+                job_id,
+                ("starting",),
+                status="running",
+                started_at=time.time(),
+                limits_not_applied=note,
+            )
+            return
+        if container is not None:
+            self.runtime.remove(job_id)  # created but never started: start over
+        log.warning("job %s was left starting by a crash; queueing it again", job_id)
+        self.store.transition(job_id, ("starting",), status="queued", claimed_at=None)
+
+    def _remove_orphans(self, containers: dict[str, dict[str, Any]], active_ids: set[str]) -> None:
+        for name in containers:
+            if name in active_ids:
+                continue
+            job = self.store.get_job(name)
+            if job is None or job["status"] in FINAL:
+                log.info(
+                    "removing container %s (%s)",
+                    name,
+                    "no job record" if job is None else "job is final",
+                )
+                self.runtime.remove(name)
+
+    # -- retention -----------------------------------------------------------
+
+    def retention(self) -> None:
+        now = time.time()
+        cfg = self.config
+        for job in self.store.expired_files(now):
+            job_id = job["id"]
+            if not job["artifacts_deleted"] and job["artifacts_expire_at"] < now:
+                self.engine.remove_tree(cfg.artifacts_dir / job_id)
+                self.engine.remove_tree(artifacts.workspace_root(cfg.artifacts_dir, job_id))
+                self.store.transition(job_id, FINAL, artifacts_deleted=1)
+            if not job["logs_deleted"] and job["logs_expire_at"] < now:
+                for path in (
+                    logs.final_log_path(cfg.logs_dir, job_id),
+                    logs.ctr_log_path(cfg.logs_dir, job_id),
+                ):
+                    path.unlink(missing_ok=True)
+                self.store.transition(job_id, FINAL, logs_deleted=1)
+        stale_before = now - cfg.retention["uploads_s"]
+        for upload in self.store.uploads_in("reserved"):
+            if upload["created_at"] < stale_before and self.store.set_upload(
+                upload["id"], "reserved", state="expired"
+            ):
+                self.engine.remove_tree(self.engine.upload_dir(upload["id"]))
+        for upload in self.store.used_bases_to_expire(stale_before):
+            self.engine.remove_tree(self.engine.base_dir(upload["id"]))
+            self.engine.remove_tree(
+                self.engine.upload_dir(upload["id"])
+            )  # a dequeued job never moved it
+            self.store.set_upload(upload["id"], "used", base_deleted=1)
+        self._remove_stray_workspaces()
+
+    def _remove_stray_workspaces(self) -> None:
+        """Workspaces of final jobs (a crash between recording the end and removing it)."""
+        root = self.config.workspaces_dir
+        if not root.is_dir():
+            return
+        for entry in os.scandir(root):
+            job = self.store.get_job(entry.name)
+            if job is not None and job["status"] in FINAL:
+                self.engine.remove_tree(Path(entry.path))
+
+
+def _exit_code(container: dict[str, Any]) -> int | None:
+    code = container.get("ExitCode")
+    return int(code) if isinstance(code, int) else None
+
+
+def hold_lock(db_path: str) -> int:
+    """One reaper per database: an exclusive lock next to it, held for the process's life."""
+    fd = os.open(f"{db_path}.reaper.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"Another flashpods-reaper already runs for {db_path}; stop it first."
+        ) from None
+    return fd
+
+
+def install_signal_handlers(reaper: Reaper) -> None:
+    def _stop(_signum: int, _frame: Any) -> None:
+        reaper.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)

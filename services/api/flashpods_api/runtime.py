@@ -1,0 +1,212 @@
+"""The only module that talks to Podman: the `podman` CLI through `sh`, always remote.
+
+The API and the reaper run as their own user and drive the `flashpods` user's rootless
+Podman through its socket (`--url`), so a process that escapes a container never lands
+in the API's account. Every call has a timeout; a failed call becomes a PodmanError that
+carries Podman's own stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sh
+
+# Containers see these paths; docs/design.md "The job container contract".
+HELPER_IN_CONTAINER = "/flashpods/bin/flashpods-init"
+TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
+AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
+INPUT_IN_CONTAINER = "/flashpods/input"
+TMPFS_SIZE = "1g"
+# Rlimits hold where cgroup limits do not (rootless on cgroup v1). NPROC counts per uid
+# and every job shares the flashpods uid, so it is a fork-bomb brake, not a per-job cap.
+ULIMITS = ("nofile=4096:4096", "nproc=16384:16384", "core=0:0")
+DEFAULT_PIDS = 4096
+
+_CGROUP_WARNING = re.compile(r"(?i)(resource limits are not supported|cgroups? ?v1).*")
+
+
+class PodmanError(Exception):
+    """A Podman call failed; `stderr` is Podman's own explanation."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+@dataclass
+class RunSpec:
+    """Everything needed to start one job container; see `run_args`."""
+
+    job_id: str
+    kind: str
+    instance: str
+    image: str
+    argv: list[str]
+    env: dict[str, str]
+    workspace: str
+    artifacts: str
+    log_path: str
+    helper_path: str
+    token_socket: str
+    network_mode: str
+    input_dir: str | None = None
+    agent_socket: str | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+def run_args(spec: RunSpec) -> list[str]:
+    """The `podman run` argv (after `run`) for a job: flags, mounts, env, labels, command."""
+
+    def bind(src: str, dst: str, ro: bool = False) -> list[str]:
+        return ["--mount", f"type=bind,source={src},destination={dst}" + (",ro=true" if ro else "")]
+
+    args = [
+        "-d",
+        "--name", spec.job_id,
+        "--label", f"flashpods.job={spec.job_id}",
+        "--label", f"flashpods.kind={spec.kind}",
+        "--label", f"flashpods.instance={spec.instance}",
+        "--userns=keep-id",
+        "--init",
+        "--security-opt", "no-new-privileges",
+        "--cap-drop", "ALL",
+        "--read-only",
+        "--tmpfs", f"/tmp:rw,size={TMPFS_SIZE},mode=1777",
+        "--log-driver", "k8s-file",
+        "--log-opt", f"path={spec.log_path}",
+        "--network", spec.network_mode,
+        "--hostname", spec.job_id,
+        "--workdir", "/workspace",
+        "--pids-limit", str(spec.resources.get("pids", DEFAULT_PIDS)),
+    ]  # fmt: skip
+    for limit in ULIMITS:
+        args += ["--ulimit", limit]
+    if "memory" in spec.resources:
+        args += ["--memory", f"{int(spec.resources['memory'])}m"]
+    if "cpus" in spec.resources:
+        args += ["--cpus", str(spec.resources["cpus"])]
+    args += bind(spec.workspace, "/workspace")
+    args += bind(spec.artifacts, "/artifacts")
+    if spec.input_dir:
+        args += bind(spec.input_dir, INPUT_IN_CONTAINER, ro=True)
+    args += bind(spec.helper_path, HELPER_IN_CONTAINER, ro=True)
+    args += bind(spec.token_socket, TOKEN_SOCKET_IN_CONTAINER)
+    if spec.agent_socket:
+        args += bind(spec.agent_socket, AGENT_SOCKET_IN_CONTAINER)
+    for name, value in spec.env.items():
+        args += ["--env", f"{name}={value}"]
+    args.append(spec.image)
+    args += spec.argv
+    return args
+
+
+class Runtime:
+    def __init__(self, podman_url: str, instance: str, timeout_s: float = 60.0) -> None:
+        self.instance = instance
+        self.timeout_s = timeout_s
+        self._podman = sh.Command("podman").bake(
+            "--url", podman_url, _tty_out=False, _env=_client_env()
+        )
+        self._cgroup_note: str | None = None
+        self._info_checked = False
+
+    def _call(self, *args: str, timeout: float | None = None) -> tuple[str, str]:
+        try:
+            proc = self._podman(*args, _timeout=timeout or self.timeout_s)
+        except sh.ErrorReturnCode as exc:
+            stderr = exc.stderr.decode(errors="replace").strip()
+            raise PodmanError(
+                f"podman {args[0]} failed: {stderr or 'exit code ' + str(exc.exit_code)}", stderr
+            ) from exc
+        except sh.TimeoutException as exc:
+            raise PodmanError(
+                f"podman {args[0]} did not answer within {timeout or self.timeout_s:g} s"
+            ) from exc
+        except sh.CommandNotFound as exc:
+            raise PodmanError("the podman command is not installed on this host") from exc
+        return proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+
+    def run(self, spec: RunSpec) -> tuple[str, str | None]:
+        """Start a job container; returns (container id, a note when limits were not applied)."""
+        out, err = self._call("run", *run_args(spec))
+        return out.strip(), self.limits_note(spec.resources, err)
+
+    def limits_note(self, resources: dict[str, Any], stderr: str = "") -> str | None:
+        """Say which limits the host ignored: from Podman's warning or the cgroup version."""
+        ignored = ["--pids-limit"] + [f"--{k}" for k in ("memory", "cpus") if k in resources]
+        warning = _CGROUP_WARNING.search(stderr)
+        if warning:
+            return f"Limits {', '.join(ignored)} were not applied: podman said {warning.group(0).strip()!r}."
+        note = self._cgroup_v1_note()
+        if note:
+            return f"Limits {', '.join(ignored)} were not applied: {note}."
+        return None
+
+    def _cgroup_v1_note(self) -> str | None:
+        if not self._info_checked:
+            try:
+                host = self.info().get("host", {})
+            except PodmanError:
+                return None
+            if host.get("cgroupVersion") == "v1" and host.get("security", {}).get("rootless"):
+                self._cgroup_note = (
+                    "rootless Podman on cgroup v1 ignores cgroup limits (ulimits still hold)"
+                )
+            self._info_checked = True
+        return self._cgroup_note
+
+    def info(self) -> dict[str, Any]:
+        out, _ = self._call("info", "--format", "json")
+        return json.loads(out)
+
+    def ping(self) -> None:
+        self._call("version", "--format", "json", timeout=10)
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container of this Flashpods instance, running or not."""
+        out, _ = self._call(
+            "ps", "-a", "--filter", f"label=flashpods.instance={self.instance}", "--format", "json"
+        )
+        return json.loads(out or "[]") or []
+
+    def signal(self, name: str, sig: str) -> None:
+        try:
+            self._call("kill", "--signal", sig, name, timeout=30)
+        except PodmanError as exc:
+            if not _gone(exc.stderr):
+                raise
+
+    def remove(self, name: str) -> None:
+        try:
+            self._call("rm", "-f", "-t", "0", name, timeout=60)
+        except PodmanError as exc:
+            if not _gone(exc.stderr):
+                raise
+
+    def normalize(self, image: str, helper_path: str, directory: str) -> None:
+        """chmod u+rwX,g+rwX a tree a job made unreadable, as the job's own uid (flashpods-init --normalize)."""
+        self._call(
+            "run", "--rm", "--userns=keep-id", "--network", "none", "--cap-drop", "ALL",
+            "--security-opt", "no-new-privileges", "--read-only",
+            "--label", f"flashpods.normalize={self.instance}",
+            "--mount", f"type=bind,source={helper_path},destination={HELPER_IN_CONTAINER},ro=true",
+            "--mount", f"type=bind,source={directory},destination=/flashpods/normalize",
+            image, HELPER_IN_CONTAINER, "--normalize", "/flashpods/normalize",
+            timeout=300,
+        )  # fmt: skip
+
+
+def _gone(stderr: str) -> bool:
+    return "no such container" in stderr.lower() or "no container with name or id" in stderr.lower()
+
+
+def _client_env() -> dict[str, str]:
+    # The remote client needs nothing of the caller's environment; a fixed one keeps a
+    # stray CONTAINER_HOST or XDG setting from redirecting it.
+    import os
+
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}

@@ -1,0 +1,340 @@
+"""The job store: the only module that talks to SQLite (through `dataset`, WAL).
+
+Several processes share the database (gunicorn workers, the reaper), so every state
+change is a compare-and-set: one UPDATE ... WHERE status IN (expected). Write
+transactions use BEGIN IMMEDIATE, so the check and the write happen under SQLite's one
+write lock and a burst of claims can never overshoot the cap on running jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import dataset
+from sqlalchemy import event, text
+from sqlalchemy.pool import NullPool
+
+FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
+ACTIVE = ("starting", "running")
+STATUSES = ("queued", "starting", "running", *FINAL)
+KINDS = ("worker", "sub_agent")
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        instance TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        command TEXT, prompt TEXT, image TEXT NOT NULL,
+        env TEXT NOT NULL, upload_id TEXT, timeout_s REAL NOT NULL,
+        resources TEXT NOT NULL, artifacts_glob TEXT,
+        created_at REAL NOT NULL, claimed_at REAL, started_at REAL, finished_at REAL,
+        exit_code INTEGER, error TEXT, log_bytes INTEGER,
+        artifacts_expire_at REAL, logs_expire_at REAL,
+        limits_not_applied TEXT,
+        stop_requested_at REAL, stop_reason TEXT, kill_sent_at REAL,
+        log_capped INTEGER NOT NULL DEFAULT 0,
+        workspace_changes TEXT,
+        artifacts_deleted INTEGER NOT NULL DEFAULT 0,
+        logs_deleted INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (instance, status, seq)",
+    """CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        basis TEXT, used_by TEXT, used_at REAL, last_used_at REAL,
+        base_deleted INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS uploads_state ON uploads (instance, state)",
+    """CREATE TABLE IF NOT EXISTS heartbeats (
+        name TEXT PRIMARY KEY, at REAL NOT NULL, pid INTEGER NOT NULL
+    )""",
+)
+
+_JSON_FIELDS = ("env", "resources", "workspace_changes")
+
+
+class UploadUnavailable(Exception):
+    """The upload id is unknown, already used by another job, or expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "unknown" | "used" | "expired"
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, db_path: str | Path, instance: str) -> None:
+        self.instance = instance
+        self._local = threading.local()
+        self.db = dataset.connect(
+            f"sqlite:///{db_path}",
+            engine_kwargs={
+                "poolclass": NullPool,
+                "connect_args": {"timeout": 30, "check_same_thread": False},
+            },
+        )
+        # Take transaction control away from Python's sqlite3 module so BEGIN is ours.
+        event.listen(self.db.engine, "connect", _autocommit_driver)
+        event.listen(self.db.engine, "begin", self._begin)
+        with self._tx(write=True):
+            for statement in _SCHEMA:
+                self.db.executable.execute(text(statement))
+        self.jobs = self.db["jobs"]
+        self.uploads = self.db["uploads"]
+        self.heartbeats = self.db["heartbeats"]
+
+    def _begin(self, conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(self._local, "write", False) else "BEGIN")
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[None]:
+        conn = self.db.executable
+        if conn.in_transaction() and not self.db.in_transaction:
+            conn.commit()  # end a read that dataset left open (SQLAlchemy autobegin)
+        self._local.write = write
+        try:
+            with self.db:
+                yield
+        finally:
+            self._local.write = False
+
+    def _exec(self, sql: str, **params: Any) -> Any:
+        return self.db.executable.execute(text(sql), params)
+
+    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with self._tx():
+            return [dict(r._mapping) for r in self._exec(sql, **params).fetchall()]
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- uploads -------------------------------------------------------------
+
+    def add_upload(self, upload_id: str, basis: str | None) -> None:
+        now = time.time()
+        with self._tx(write=True):
+            self.uploads.insert(
+                {
+                    "id": upload_id,
+                    "instance": self.instance,
+                    "state": "reserved",
+                    "created_at": now,
+                    "basis": basis,
+                }
+            )
+            if basis:
+                self._exec("UPDATE uploads SET last_used_at=:now WHERE id=:id", now=now, id=basis)
+
+    def get_upload(self, upload_id: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT * FROM uploads WHERE id=:id AND instance=:i", id=upload_id, i=self.instance
+        )
+        return rows[0] if rows else None
+
+    def uploads_in(self, state: str) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM uploads WHERE instance=:i AND state=:s", i=self.instance, s=state
+        )
+
+    def set_upload(self, upload_id: str, expected_state: str, **fields: Any) -> bool:
+        return self._cas("uploads", upload_id, (expected_state,), fields, state_col="state")
+
+    def used_bases_to_expire(self, before: float) -> list[dict[str, Any]]:
+        """Kept upload bases whose job is final and whose last use is older than `before`."""
+        return self._rows(
+            """SELECT u.* FROM uploads u JOIN jobs j ON j.id = u.used_by
+               WHERE u.instance=:i AND u.state='used' AND u.base_deleted=0
+                 AND j.status IN ('succeeded','failed','timed_out','killed','lost')
+                 AND coalesce(u.last_used_at, u.used_at) < :before""",
+            i=self.instance,
+            before=before,
+        )
+
+    # -- jobs ----------------------------------------------------------------
+
+    def create_job(self, record: dict[str, Any], queue_limit: int) -> dict[str, Any]:
+        """Insert a queued job, consuming its upload; refuses a full queue or a used upload."""
+        now = time.time()
+        row = {**record, "instance": self.instance, "status": "queued", "created_at": now}
+        for key in _JSON_FIELDS:
+            if key in row and row[key] is not None:
+                row[key] = json.dumps(row[key], sort_keys=True)
+        with self._tx(write=True):
+            queued = self._exec(
+                "SELECT count(*) FROM jobs WHERE instance=:i AND status='queued'", i=self.instance
+            ).scalar()
+            if queued >= queue_limit:
+                raise QueueFull()
+            upload_id = record.get("upload_id")
+            if upload_id:
+                taken = self._exec(
+                    """UPDATE uploads SET state='used', used_by=:job, used_at=:now, last_used_at=:now
+                       WHERE id=:id AND instance=:i AND state='reserved'""",
+                    job=record["id"],
+                    now=now,
+                    id=upload_id,
+                    i=self.instance,
+                ).rowcount
+                if taken != 1:
+                    state = self._exec(
+                        "SELECT state FROM uploads WHERE id=:id", id=upload_id
+                    ).scalar()
+                    raise UploadUnavailable({None: "unknown", "used": "used"}.get(state, "expired"))
+            self.jobs.insert(row)
+        job = self.get_job(record["id"])
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT * FROM jobs WHERE id=:id AND instance=:i", id=job_id, i=self.instance
+        )
+        return _decode(rows[0]) if rows else None
+
+    def list_jobs(
+        self, status: str | None, kind: str | None, limit: int, before_seq: int | None
+    ) -> list[dict[str, Any]]:
+        clauses = ["instance=:i"]
+        params: dict[str, Any] = {"i": self.instance, "limit": limit}
+        if status:
+            clauses.append("status=:status")
+            params["status"] = status
+        if kind:
+            clauses.append("kind=:kind")
+            params["kind"] = kind
+        if before_seq is not None:
+            clauses.append("seq < :before")
+            params["before"] = before_seq
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT :limit"
+        return [_decode(r) for r in self._rows(sql, **params)]
+
+    def jobs_in(self, statuses: tuple[str, ...]) -> list[dict[str, Any]]:
+        marks = ",".join(f":s{n}" for n in range(len(statuses)))
+        params = {f"s{n}": s for n, s in enumerate(statuses)}
+        sql = f"SELECT * FROM jobs WHERE instance=:i AND status IN ({marks}) ORDER BY seq"
+        return [_decode(r) for r in self._rows(sql, i=self.instance, **params)]
+
+    def job_ids(self) -> set[str]:
+        return {
+            r["id"] for r in self._rows("SELECT id FROM jobs WHERE instance=:i", i=self.instance)
+        }
+
+    def queue_position(self, job: dict[str, Any]) -> int:
+        rows = self._rows(
+            "SELECT count(*) AS n FROM jobs WHERE instance=:i AND status='queued' AND seq <= :seq",
+            i=self.instance,
+            seq=job["seq"],
+        )
+        return int(rows[0]["n"])
+
+    def count_active(self) -> int:
+        rows = self._rows(
+            "SELECT count(*) AS n FROM jobs WHERE instance=:i AND status IN ('starting','running')",
+            i=self.instance,
+        )
+        return int(rows[0]["n"])
+
+    def claim(self, cap: int, job_id: str | None = None) -> str | None:
+        """Atomically move the head of the FIFO queue to 'starting' if fewer than `cap` jobs are active.
+
+        With `job_id`, claims only if that job is the head. Returns the claimed job id or None.
+        """
+        only = "AND id=:id" if job_id else ""
+        with self._tx(write=True):
+            row = self._exec(
+                f"""UPDATE jobs SET status='starting', claimed_at=:now
+                    WHERE seq = (SELECT min(seq) FROM jobs WHERE instance=:i AND status='queued')
+                      AND status='queued' {only}
+                      AND (SELECT count(*) FROM jobs WHERE instance=:i AND status IN ('starting','running')) < :cap
+                    RETURNING id""",
+                now=time.time(),
+                i=self.instance,
+                cap=cap,
+                id=job_id,
+            ).fetchone()
+        return row[0] if row else None
+
+    def transition(self, job_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+        """Compare-and-set: apply `fields` only if the job's status is one of `expected`."""
+        return self._cas("jobs", job_id, expected, fields, state_col="status")
+
+    def _cas(
+        self,
+        table: str,
+        row_id: str,
+        expected: tuple[str, ...],
+        fields: dict[str, Any],
+        state_col: str,
+    ) -> bool:
+        sets = ", ".join(f"{k}=:f_{k}" for k in fields)
+        marks = ",".join(f":e{n}" for n in range(len(expected)))
+        params = {
+            f"f_{k}": (json.dumps(v) if k in _JSON_FIELDS and v is not None else v)
+            for k, v in fields.items()
+        }
+        params.update({f"e{n}": s for n, s in enumerate(expected)})
+        with self._tx(write=True):
+            count = self._exec(
+                f"UPDATE {table} SET {sets} WHERE id=:id AND instance=:i AND {state_col} IN ({marks})",
+                id=row_id,
+                i=self.instance,
+                **params,
+            ).rowcount
+        return count == 1
+
+    def expired_files(self, now: float) -> list[dict[str, Any]]:
+        return [
+            _decode(r)
+            for r in self._rows(
+                """SELECT * FROM jobs WHERE instance=:i AND status IN
+                     ('succeeded','failed','timed_out','killed','lost')
+                   AND ((artifacts_deleted=0 AND artifacts_expire_at < :now)
+                     OR (logs_deleted=0 AND logs_expire_at < :now))""",
+                i=self.instance,
+                now=now,
+            )
+        ]
+
+    # -- heartbeats ----------------------------------------------------------
+
+    def beat(self, name: str, pid: int) -> None:
+        with self._tx(write=True):
+            self._exec(
+                "INSERT INTO heartbeats (name, at, pid) VALUES (:n, :at, :pid)"
+                " ON CONFLICT(name) DO UPDATE SET at=:at, pid=:pid",
+                n=f"{self.instance}:{name}",
+                at=time.time(),
+                pid=pid,
+            )
+
+    def last_beat(self, name: str) -> float | None:
+        rows = self._rows("SELECT at FROM heartbeats WHERE name=:n", n=f"{self.instance}:{name}")
+        return rows[0]["at"] if rows else None
+
+    def ping(self) -> None:
+        self._rows("SELECT 1 AS one")
+
+
+def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_FIELDS:
+        if out.get(key) is not None:
+            out[key] = json.loads(out[key])
+    return out

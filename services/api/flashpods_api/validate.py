@@ -1,0 +1,194 @@
+"""Checks on everything that comes from the network, before it touches Podman, disk or SQL.
+
+Each refusal is an ApiError (400) whose sentence says what to change.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from . import ids
+from .config import Config
+from .errors import bad_request
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Names Flashpods sets or that would change how every program in the container behaves.
+RESERVED_ENV = {"HOME", "TMPDIR", "PATH", "HOSTNAME", "USER", "LOGNAME", "SHELL", "container"}
+RESERVED_PREFIXES = ("FLASHPODS_", "SPIFFE_", "LD_")
+MAX_ENV = 100
+MAX_ENV_VALUE = 32 * 1024
+MAX_COMMAND = 64 * 1024
+MAX_PROMPT = 120 * 1024  # it travels as an environment variable (Linux caps one at 128 KiB)
+MAX_GLOB = 1024
+JOB_FIELDS = {
+    "kind",
+    "command",
+    "prompt",
+    "upload_id",
+    "image",
+    "env",
+    "timeout_s",
+    "resources",
+    "artifacts_glob",
+}
+RESOURCE_BOUNDS = {"cpus": (0.01, 1024.0), "memory": (6, 4 * 1024 * 1024), "pids": (16, 1_000_000)}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _text(value: Any, name: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request(f"bad_{name}", f"'{name}' must be a non-empty string.")
+    if "\0" in value:
+        raise bad_request(f"bad_{name}", f"'{name}' must not contain NUL bytes.")
+    if len(value.encode()) > limit:
+        raise bad_request(
+            f"bad_{name}", f"'{name}' is longer than {limit} bytes; shorten it or put it in a file."
+        )
+    return value
+
+
+def job_request(body: Any, config: Config) -> dict[str, Any]:
+    """Validate a POST /jobs body; returns the fields of the new job record."""
+    if not isinstance(body, dict):
+        raise bad_request(
+            "bad_json", 'The request body must be a JSON object like {"kind": "worker", ...}.'
+        )
+    unknown = sorted(set(body) - JOB_FIELDS)
+    if unknown:
+        raise bad_request(
+            "unknown_field",
+            f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(JOB_FIELDS))}.",
+        )
+    kind = body.get("kind")
+    if kind not in ("worker", "sub_agent"):
+        raise bad_request("bad_kind", '\'kind\' must be "worker" or "sub_agent".')
+    record: dict[str, Any] = {"kind": kind, "command": None, "prompt": None}
+    if kind == "worker":
+        if "prompt" in body:
+            raise bad_request("bad_prompt", "A worker job takes 'command', not 'prompt'.")
+        record["command"] = _text(body.get("command"), "command", MAX_COMMAND)
+    else:
+        if "command" in body:
+            raise bad_request("bad_command", "A sub_agent job takes 'prompt', not 'command'.")
+        record["prompt"] = _text(body.get("prompt"), "prompt", MAX_PROMPT)
+
+    upload_id = body.get("upload_id")
+    if upload_id is not None and not ids.is_upload_id(upload_id):
+        raise bad_request(
+            "bad_upload_id",
+            "'upload_id' must be an id returned by POST /uploads (up_ + 16 characters).",
+        )
+    record["upload_id"] = upload_id
+
+    image = body.get("image", config.images[kind])
+    if not isinstance(image, str) or image not in config.images["allowed"]:
+        raise bad_request(
+            "image_not_allowed",
+            f"Image {image!r} is not allowed on this host; use one of: {', '.join(config.images['allowed'])}.",
+        )
+    record["image"] = image
+    record["env"] = env(body.get("env", {}))
+    record["timeout_s"] = timeout(
+        body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
+    )
+    record["resources"] = resources(body.get("resources", {}))
+    glob = body.get("artifacts_glob")
+    if glob is not None:
+        _text(glob, "artifacts_glob", MAX_GLOB)
+    record["artifacts_glob"] = glob
+    return record
+
+
+def env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise bad_request("bad_env", "'env' must be a JSON object of NAME: \"value\" strings.")
+    if len(value) > MAX_ENV:
+        raise bad_request("bad_env", f"'env' has more than {MAX_ENV} variables; pass fewer.")
+    for name, val in value.items():
+        if not ENV_NAME.fullmatch(name):
+            raise bad_request(
+                "bad_env",
+                f"Environment variable name {name!r} is not a name (letters, digits, _; not starting with a digit).",
+            )
+        if name in RESERVED_ENV or name.startswith(RESERVED_PREFIXES):
+            raise bad_request(
+                "reserved_env",
+                f"Environment variable {name} is set by Flashpods and cannot be overridden; rename it.",
+            )
+        if not isinstance(val, str) or "\0" in val or len(val.encode()) > MAX_ENV_VALUE:
+            raise bad_request(
+                "bad_env",
+                f"The value of {name} must be a string without NUL bytes, at most {MAX_ENV_VALUE} bytes.",
+            )
+    return dict(value)
+
+
+def timeout(value: Any, maximum: float) -> float:
+    if not _number(value) or value != value or value <= 0 or value > maximum:
+        raise bad_request(
+            "bad_timeout",
+            f"'timeout_s' must be a number of seconds above 0 and at most {maximum:g} (this host's maximum).",
+        )
+    return float(value)
+
+
+def resources(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise bad_request(
+            "bad_resources",
+            '\'resources\' must be an object like {"cpus": 1.5, "memory": 2048, "pids": 512}.',
+        )
+    out: dict[str, Any] = {}
+    for key, val in value.items():
+        if key not in RESOURCE_BOUNDS:
+            raise bad_request(
+                "bad_resources", f"Unknown resource {key!r}; use cpus, memory (MiB) or pids."
+            )
+        low, high = RESOURCE_BOUNDS[key]
+        integral = key != "cpus"
+        if (
+            not _number(val)
+            or val != val
+            or (integral and not float(val).is_integer())
+            or not low <= val <= high
+        ):
+            unit = (
+                "a whole number of MiB"
+                if key == "memory"
+                else "a whole number"
+                if integral
+                else "a decimal number"
+            )
+            raise bad_request(
+                "bad_resources", f"resources.{key} must be {unit} from {low:g} to {high:g}."
+            )
+        out[key] = int(val) if integral else float(val)
+    if "cpus" in out and out["cpus"] > (os.cpu_count() or 1):
+        raise bad_request(
+            "bad_resources", f"resources.cpus must not exceed this host's {os.cpu_count()} CPUs."
+        )
+    return out
+
+
+def job_id(value: str) -> str:
+    if not ids.is_job_id(value):
+        raise bad_request(
+            "bad_job_id", "Job ids look like job_ followed by 12 characters a-z and 2-7."
+        )
+    return value
+
+
+def query_int(args: Any, name: str, default: int, low: int, high: int) -> int:
+    raw = args.get(name)
+    if raw is None:
+        return default
+    if not re.fullmatch(r"[0-9]{1,18}", raw) or not low <= int(raw) <= high:
+        raise bad_request(
+            f"bad_{name}", f"Query parameter '{name}' must be a whole number from {low} to {high}."
+        )
+    return int(raw)
