@@ -41,6 +41,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     mcp = FastMCP(
         "flashpods",
+        log_level="WARNING",
         instructions=(
             "Runs jobs on a Flashpods host: spawn_worker runs a shell command on a copy of a "
             "local directory inside a container, spawn_sub_agent runs a coding agent there. "

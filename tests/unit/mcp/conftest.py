@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from mcp.client.stdio import stdio_client
+from mcp.types import ListRootsResult, Root
+from pydantic import FileUrl
+
+from mcp import ClientSession, StdioServerParameters
 
 
 def free_port() -> int:
@@ -132,3 +141,40 @@ def rsync_daemon(tmp_path):
 def unused_port() -> int:
     """A loopback port with nothing listening on it."""
     return free_port()
+
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@asynccontextmanager
+async def mcp_session(env: dict[str, str], roots: list[Path] | None):
+    """A real MCP client session (the SDK's stdio client) with `flashpods-mcp`.
+
+    `roots=None`: a client without the roots capability.
+    """
+    params = StdioServerParameters(
+        command=str(VENV_BIN / "flashpods-mcp"),
+        env={"PATH": os.environ["PATH"], **env},
+    )
+
+    async def list_roots(_ctx) -> ListRootsResult:
+        return ListRootsResult(roots=[Root(uri=FileUrl(p.as_uri()), name=p.name) for p in roots])
+
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(
+            read, write, list_roots_callback=list_roots if roots is not None else None
+        ) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def tool_text(result) -> str:
+    return "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
+
+
+@pytest.fixture
+def open_mcp():
+    """The session factory, as a fixture (test modules cannot import conftest safely)."""
+    return mcp_session
