@@ -64,6 +64,8 @@ class _CappedReader:
 
 class ExchangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Answer even malformed/HTTP-0.9 requests with a status line and JSON.
+    default_request_version = "HTTP/1.1"
 
     def version_string(self) -> str:
         return "flashpods-token"
