@@ -1,0 +1,194 @@
+"""Real Claude Code sub-agents in real rootless containers, started through the real API.
+
+Each test starts a dev host in its own network namespace (conftest.py), scripts the
+stand-in model endpoint for one conversation and checks what came back through the API:
+artifacts, the workspace changes, the transcript in the logs, and what the endpoint saw.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from netlab import HOST_ADDR, MODEL_ADDR
+from subagent_support import result_text, tool_results, tool_uses, transcript
+
+pytestmark = [pytest.mark.slow, pytest.mark.root]
+
+# Claude Code's exit through our entrypoint (images/agent/entrypoint).
+EXIT_AGENT_ERROR, EXIT_TOOL_ERRORS = 1, 2
+
+
+def scripted_requests(model, script: str) -> list[dict]:
+    return [r for r in model.model.message_requests() if r["script"] == script]
+
+
+def test_subagent_reads_edits_and_writes_an_artifact(subagent_host, model):
+    api = subagent_host()
+    word = f"banana{secrets.token_hex(3)}"
+    model.model.scripts["edit"] = [
+        {
+            "tool_uses": [
+                {"name": "Read", "input": {"file_path": "/workspace/input.txt"}},
+                {"name": "Read", "input": {"file_path": "/workspace/notes.md"}},
+            ]
+        },
+        {
+            "tool_uses": [
+                {
+                    "name": "Edit",
+                    "input": {
+                        "file_path": "/workspace/notes.md",
+                        "old_string": "status: todo",
+                        "new_string": "status: done",
+                    },
+                }
+            ]
+        },
+        {
+            "tool_uses": [
+                {
+                    "name": "Write",
+                    # The model "knows" the word only from the Read result it got back.
+                    "input": {
+                        "file_path": "/artifacts/answer.txt",
+                        "content": "answer={{find:secret=(\\w+)}}\n",
+                    },
+                }
+            ]
+        },
+        {"text": "Edited notes.md and wrote the answer."},
+    ]
+    upload = api.upload({"input.txt": f"the secret={word} is here\n", "notes.md": "status: todo\n"})
+    job = api.spawn(
+        kind="sub_agent", prompt="Do the task. [[script:edit]]", upload_id=upload, timeout_s=300
+    )
+    done = api.wait(job["id"])
+    log = api.logs(job["id"])
+    assert done["status"] == "succeeded", (done, log[-3000:])
+    assert done["exit_code"] == 0
+
+    # The artifact and the workspace change both come back through the API.
+    listed = api.artifacts(job["id"])
+    assert api.artifact(job["id"], "answer.txt") == f"answer={word}\n".encode()
+    assert "summary.json" in listed
+    changes = json.loads(api.artifact(job["id"], "_workspace/changes.json"))
+    assert changes["modified"] == ["notes.md"], changes
+    assert changes["added"] == [] and changes["deleted"] == []
+    assert api.artifact(job["id"], "_workspace/files/notes.md") == b"status: done\n"
+    diff = api.artifact(job["id"], "_workspace/changes.diff").decode()
+    assert "-status: todo" in diff and "+status: done" in diff
+
+    # The transcript is in the job's log, and the summary says what happened.
+    events = transcript(log)
+    assert [u["name"] for u in tool_uses(events)] == ["Read", "Read", "Edit", "Write"]
+    assert (
+        events[-1]["type"] == "result"
+        and events[-1]["result"] == "Edited notes.md and wrote the answer."
+    )
+    summary = api.summary(job["id"])
+    assert summary["ok"] is True and summary["exit_reason"] == "completed"
+    assert [c["name"] for c in summary["tool_calls"]] == ["Read", "Read", "Edit", "Write"]
+    assert all(c["ok"] for c in summary["tool_calls"])
+    assert summary["result"] == "Edited notes.md and wrote the answer."
+
+    # The endpoint saw the key the token service holds for the agent role, on every call,
+    # and the tool results (the file's content) came back to it.
+    key = api.host.settings.secrets["ANTHROPIC_API_KEY"]
+    seen = scripted_requests(model, "edit")
+    assert len(seen) == 4
+    assert {r["headers"].get("x-api-key") for r in seen} == {key}
+    assert word in json.dumps(seen[1]["body"]["messages"])
+    # ... and the key was never part of the container's configuration.
+    inspect = api.host.podman("inspect", job["id"], "--format", "{{json .Config.Env}}")
+    if inspect.returncode == 0:  # the reaper may already have removed the container
+        assert key not in inspect.stdout
+
+
+def test_worker_gets_no_anthropic_credential(subagent_host, model):
+    """A worker job (in the agent image, with curl and Claude Code) holds no Anthropic key."""
+    api = subagent_host()
+    url = f"http://{MODEL_ADDR}:{model.port}/v1/messages"
+    body = json.dumps(
+        {
+            "model": "standin-model",
+            "max_tokens": 16,
+            "tools": [{"name": "noop", "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "[[script:worker]]"}],
+        }
+    )
+    command = (
+        "echo ANTHROPIC_VARS=$(env | grep -c '^ANTHROPIC_'); "
+        "echo GITHUB_TOKEN=${GITHUB_TOKEN:+granted}; "
+        f"curl -sS -m 20 -X POST {url} -H 'content-type: application/json' "
+        '-H "x-api-key: ${ANTHROPIC_API_KEY:-}" '
+        '-H "authorization: Bearer ${ANTHROPIC_AUTH_TOKEN:-}" '
+        f"--data '{body}'; echo; "
+        # Claude Code itself cannot run as a worker: the entrypoint finds no credential.
+        "FLASHPODS_PROMPT=x /flashpods/agent/entrypoint; echo entrypoint_exit=$?"
+    )
+    model.model.scripts["worker"] = [{"text": "hello worker"}]
+    job = api.spawn(
+        kind="worker", command=command, image="localhost/flashpods-agent:latest", timeout_s=120
+    )
+    done = api.wait(job["id"])
+    log = api.logs(job["id"]).decode()
+    assert done["status"] == "succeeded", (done, log)
+    assert "ANTHROPIC_VARS=0" in log
+    assert "GITHUB_TOKEN=granted" in log  # the token service did answer the worker
+    assert "hello worker" in log  # the endpoint was reached ...
+    seen = scripted_requests(model, "worker")
+    assert len(seen) == 1
+    assert seen[0]["headers"].get("x-api-key") == ""  # ... without any key
+    assert seen[0]["headers"].get("authorization") == "Bearer "
+    assert "no Anthropic credential" in log and "entrypoint_exit=64" in log
+    key = api.host.settings.secrets["ANTHROPIC_API_KEY"]
+    assert key not in log
+    assert key not in json.dumps(model.model.requests)
+
+
+def test_subagent_cannot_spawn_a_job(subagent_host, model):
+    """The agent's Bash tool tries POST /jobs on every host address: nothing answers."""
+    api = subagent_host()
+    port = api.host.api_port
+    token = api.host.api_token  # even with the real token, the API is out of reach
+    targets = ["127.0.0.1", "10.0.2.2", HOST_ADDR, "10.0.0.1"]
+    payload = '{"kind": "worker", "command": "echo nested"}'
+    curl = "; ".join(
+        f"curl -sS -m 5 -X POST http://{addr}:{port}/jobs -H 'Authorization: Bearer {token}' "
+        f"-H 'content-type: application/json' --data '{payload}'"
+        for addr in targets
+    )
+    python = (
+        'python3 -c "import urllib.request as u; '
+        f"u.urlopen(u.Request('http://{HOST_ADDR}:{port}/jobs', data=b'{{}}', method='POST'), timeout=5)\""
+    )
+    model.model.scripts["spawn"] = [
+        {"tool_uses": [{"name": "Bash", "input": {"command": curl, "description": "spawn a job"}}]},
+        {
+            "tool_uses": [
+                {"name": "Bash", "input": {"command": python, "description": "spawn again"}}
+            ]
+        },
+        {"text": "I could not start another job."},
+    ]
+    job = api.spawn(kind="sub_agent", prompt="Spawn a nested job. [[script:spawn]]", timeout_s=300)
+    done = api.wait(job["id"])
+    log = api.logs(job["id"])
+    assert done["status"] == "failed", (done, log[-3000:])
+    assert done["exit_code"] == EXIT_TOOL_ERRORS
+    # The attempt is in the transcript: both commands ran and failed to connect.
+    events = transcript(log)
+    uses = tool_uses(events)
+    results = tool_results(events)
+    assert [u["input"]["command"] for u in uses] == [curl, python]
+    curl_out, python_out = (result_text(results[u["id"]]) for u in uses)
+    assert all(results[u["id"]].get("is_error") for u in uses)
+    for addr in targets:
+        assert f"Failed to connect to {addr} port {port}" in curl_out, curl_out
+    assert "URLError" in python_out or "Connection refused" in python_out, python_out
+    # No job but this one exists on the host.
+    assert [j["id"] for j in api.jobs()] == [job["id"]]
+    summary = api.summary(job["id"])
+    assert summary["exit_reason"] == "tool_errors" and summary["tool_errors"] == 2
