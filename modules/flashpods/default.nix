@@ -119,6 +119,11 @@ in
           Delivered to the API with systemd `LoadCredential`; never a store path.
         '';
       };
+      workers = lib.mkOption {
+        type = lib.types.ints.positive;
+        default = 2;
+        description = "gunicorn worker processes of the API (each runs many threads).";
+      };
       maxConcurrentJobs = lib.mkOption {
         type = lib.types.ints.positive;
         default = 4;

@@ -28,11 +28,6 @@ let
 
   tokenConfig = jsonFormat.generate "flashpods-token.json" cfg.token.settings;
 
-  gunicornEnv = pkgs.python3.withPackages (ps: [
-    (ps.toPythonModule cfg.package.api)
-    ps.gunicorn
-  ]);
-
   # What every Flashpods unit gets; each adds what it needs on top.
   hardening = {
     NoNewPrivileges = true;
@@ -203,18 +198,14 @@ in
       after = [ "wireguard-${cfg.wireguard.interface}.service" ];
       requires = [ "wireguard-${cfg.wireguard.interface}.service" ];
       serviceConfig = {
+        # The package's own gunicorn launcher (the one the dev host runs):
+        # gthread workers around flashpods_api.app:create_app().
         ExecStart = lib.escapeShellArgs [
-          (lib.getExe' gunicornEnv "gunicorn")
+          (lib.getExe' cfg.package.api "flashpods-api")
           "--bind"
           "${hostIp}:${toString cfg.api.port}"
-          # One process: the job queue and its concurrency limit live in it.
           "--workers"
-          "1"
-          "--threads"
-          "8"
-          "--access-logfile"
-          "-"
-          "flashpods_api.app:create_app()"
+          (toString cfg.api.workers)
         ];
         RestrictAddressFamilies = [
           "AF_UNIX"

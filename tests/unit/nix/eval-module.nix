@@ -1,0 +1,179 @@
+# Evaluates modules/flashpods with nixpkgs' lib and the stubs next to this
+# file, and returns plain data (JSON) that test_nix_module.py checks: the
+# generated service configurations, the rendered templates, the units, and
+# the messages of failing assertions for broken configurations.
+#   nix-instantiate --eval --strict --json tests/unit/nix/eval-module.nix \
+#     --arg nixpkgsLib /path/to/nixpkgs.lib/lib
+{ nixpkgsLib }:
+let
+  lib = import nixpkgsLib;
+  stubs = import ./stubs.nix { inherit lib; };
+
+  fakePackages = {
+    api = stubs.fakeDrv "flashpods-api" { meta.mainProgram = "flashpods-api"; };
+    token = stubs.fakeDrv "flashpods-token" { meta.mainProgram = "flashpods-token"; };
+    init = stubs.fakeDrv "flashpods-init" { meta.mainProgram = "flashpods-init"; };
+  };
+
+  # A complete, valid host configuration.
+  valid = {
+    services.openssh.enable = true;
+    networking.nameservers = [
+      "203.0.113.53"
+      "2001:db8::53"
+    ];
+    services.flashpods = {
+      enable = true;
+      package = fakePackages;
+      api.images.load = [ ];
+      wireguard = {
+        laptopPublicKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+        privateKeyFile = "/var/lib/flashpods-secrets/wg-host.key";
+      };
+      api.tokenFile = "/var/lib/flashpods-secrets/api-token";
+      token = {
+        policy = {
+          worker = [ "GITHUB_TOKEN" ];
+          agent = [
+            "ANTHROPIC_API_KEY"
+            "GITHUB_TOKEN"
+          ];
+        };
+        secrets = {
+          ANTHROPIC_API_KEY = "/var/lib/flashpods-secrets/anthropic";
+          GITHUB_TOKEN = "/var/lib/flashpods-secrets/github";
+        };
+      };
+    };
+  };
+
+  evaluate =
+    modules:
+    (lib.evalModules {
+      modules = [
+        stubs.module
+        ../../../modules/flashpods
+      ]
+      ++ modules;
+    }).config;
+
+  failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  # True when evaluating `select config` fails (a type check or a `throw`).
+  evaluationFails =
+    modules: select:
+    !(builtins.tryEval (builtins.deepSeq (select (evaluate modules)) true)).success;
+
+  withFlashpods = settings: [
+    valid
+    { services.flashpods = settings; }
+  ];
+
+  good = evaluate [ valid ];
+  units = good.systemd.services;
+  pick = names: attrs: lib.filterAttrs (name: _: lib.elem name names) attrs;
+  unitFacts = lib.mapAttrs (_: unit: {
+    inherit (unit)
+      after
+      requires
+      wantedBy
+      environment
+      ;
+    serviceConfig = pick [
+      "User"
+      "Group"
+      "ExecStart"
+      "LoadCredential"
+      "ProtectSystem"
+      "PrivateTmp"
+      "NoNewPrivileges"
+      "RestrictAddressFamilies"
+      "CapabilityBoundingSet"
+      "AmbientCapabilities"
+      "IPAddressDeny"
+      "IPAddressAllow"
+      "ReadWritePaths"
+      "RuntimeDirectory"
+      "UMask"
+      "DynamicUser"
+    ] unit.serviceConfig;
+  }) units;
+in
+{
+  valid = {
+    failedAssertions = failedAssertions good;
+    apiConfig = builtins.fromJSON units.flashpods-api.environment.FLASHPODS_API_CONFIG;
+    reaperConfig = builtins.fromJSON units.flashpods-reaper.environment.FLASHPODS_API_CONFIG;
+    tokenConfig = builtins.fromJSON units.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
+    units = unitFacts;
+    firewall = good.environment.etc."flashpods/firewall.nft".text;
+    firewallTableBody = good.networking.nftables.tables.flashpods.content;
+    firewallTableFamily = good.networking.nftables.tables.flashpods.family;
+    flushRuleset = good.networking.nftables.flushRuleset;
+    rsyncdConfig = lib.last (lib.splitString "--config=" units.flashpods-rsyncd.serviceConfig.ExecStart);
+    tmpfiles = good.systemd.tmpfiles.settings."10-flashpods";
+    openFirewallUdp = good.networking.firewall.allowedUDPPorts;
+    wgTcpPorts = good.networking.firewall.interfaces.wg0.allowedTCPPorts;
+    sshOpenPublicly = good.services.openssh.openFirewall;
+    wireguard = good.networking.wireguard.interfaces.wg0;
+    users = lib.mapAttrs (_: u: pick [ "uid" "isNormalUser" "isSystemUser" "linger" "autoSubUidGidRange" "extraGroups" "group" ] u) good.users.users;
+    spireServer = good.services.spire.server.settings;
+    spireAgent = good.services.spire.agent.settings;
+  };
+
+  peerMode = {
+    tokenConfig = builtins.fromJSON (evaluate (withFlashpods { spire.enable = false; }))
+      .systemd.services.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
+    tokenUnit = pick [ "AmbientCapabilities" "CapabilityBoundingSet" ] (evaluate (withFlashpods { spire.enable = false; }))
+      .systemd.services.flashpods-token.serviceConfig;
+    spireEnabled = (evaluate (withFlashpods { spire.enable = false; })).services.spire.server.enable or false;
+  };
+
+  overrides = {
+    # api.settings overrides a generated key; retention durations convert.
+    apiConfig = builtins.fromJSON (evaluate (withFlashpods {
+      api.settings.limits.log_bytes = 1024;
+      retention.artifacts = "90s";
+      api.defaultTimeout = "2d";
+    })).systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG;
+    sshOpenPublicly = (evaluate (withFlashpods { ssh.openPublicly = true; })).services.openssh.openFirewall;
+  };
+
+  broken = {
+    # Nothing set but enable: every required setting is named.
+    missingEverything = failedAssertions (evaluate [
+      {
+        services.flashpods = {
+          enable = true;
+          package = fakePackages;
+          api.images.load = [ ];
+        };
+      }
+    ]);
+    policyWithoutSecret = failedAssertions (evaluate (withFlashpods {
+      token.policy.worker = [ "NPM_TOKEN" ];
+    }));
+    secretInStore = failedAssertions (evaluate (withFlashpods {
+      api.tokenFile = lib.mkForce "/nix/store/00000000000000000000000000000000-token";
+    }));
+    badSecretName = failedAssertions (evaluate (withFlashpods {
+      token.secrets."not a name" = "/var/lib/x";
+    }));
+    addressWithoutPrefix = failedAssertions (evaluate (withFlashpods {
+      wireguard.hostAddress = "10.0.0.1";
+    }));
+    oldSpire = failedAssertions (evaluate (withFlashpods {
+      spire.package = stubs.fakeDrv "spire-1.8.0" { version = "1.8.0"; };
+    }));
+    samePorts = failedAssertions (evaluate (withFlashpods {
+      rsync.port = 8080;
+    }));
+    badDurationFails = evaluationFails (withFlashpods { retention.logs = "one day"; }) (
+      c: c.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG
+    );
+  };
+
+  disabled = {
+    units = builtins.attrNames (evaluate [ { services.flashpods.enable = false; } ]).systemd.services;
+  };
+}
