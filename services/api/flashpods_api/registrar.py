@@ -102,7 +102,7 @@ class SpireRegistrar:
             out = json.loads(proc.stdout or "{}")
         except json.JSONDecodeError:
             raise RegistrarError(
-                f"spire-server entry {args[0]} printed something not JSON"
+                f"spire-server entry {args[0]} did not print JSON (is it older than -output json?)"
             ) from None
         if not isinstance(out, dict):
             raise RegistrarError(f"spire-server entry {args[0]} printed an unexpected shape")
