@@ -48,9 +48,17 @@ static int clear_entry(int dfd, const char *name, int keep_dir)
 
 static int copy_file(struct walk *w, int sfd, int dfd, const char *name, const struct stat *sb)
 {
-    int in = openat(sfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK + fstat: if the entry stopped being a regular file since
+     * it was listed (a FIFO), skip past it instead of blocking forever. */
+    int in = openat(sfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (in < 0)
         return fail(w, "cannot open the source file");
+    struct stat now;
+    if (fstat(in, &now) < 0 || !S_ISREG(now.st_mode)) {
+        close(in);
+        errno = EINVAL;
+        return fail(w, "the source file changed while it was copied");
+    }
     if (clear_entry(dfd, name, 0) < 0) {
         close(in);
         return fail(w, "cannot replace the existing entry");
@@ -129,8 +137,7 @@ static int copy_dir(struct walk *w, int sfd, int dfd, const char *name, const st
         close(d);
         return fail(w, "cannot make the directory writable");
     }
-    int rc = copy_dir_contents(w, s, d, 0);
-    close(s);
+    int rc = copy_dir_contents(w, s, d, 0); /* takes s */
     if (rc == 0) {
         struct timespec times[2] = {sb->st_atim, sb->st_mtim};
         if (fchmod(d, sb->st_mode & 07777) < 0)
@@ -144,15 +151,16 @@ static int copy_dir(struct walk *w, int sfd, int dfd, const char *name, const st
     return rc;
 }
 
+/* Copies what the source directory sfd holds into dfd; takes ownership of
+ * sfd (it becomes the directory stream's descriptor), so a deep tree costs
+ * two descriptors per level. */
 static int copy_dir_contents(struct walk *w, int sfd, int dfd, int top)
 {
-    int it = dup(sfd);
-    if (it < 0)
-        return fail(w, "cannot read the source directory");
-    DIR *dir = fdopendir(it);
+    DIR *dir = fdopendir(sfd);
     if (!dir) {
-        close(it);
-        return fail(w, "cannot read the source directory");
+        int rc = fail(w, "cannot read the source directory");
+        close(sfd);
+        return rc;
     }
     int rc = 0;
     for (;;) {
@@ -209,8 +217,7 @@ int copyin_tree(const char *src, const char *dst, struct copy_stats *st, struct 
         close(s);
         return -1;
     }
-    int rc = copy_dir_contents(&w, s, d, 1);
-    close(s);
+    int rc = copy_dir_contents(&w, s, d, 1); /* takes s */
     close(d);
     return rc;
 }

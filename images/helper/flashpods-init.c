@@ -17,9 +17,11 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,6 +59,43 @@ static const char *env_or(const char *name, const char *def)
 {
     const char *v = getenv(name);
     return v && *v ? v : def;
+}
+
+/* Opens /dev/null on any of fds 0-2 that is closed, so no socket or pipe
+ * the helper opens can land there and leak into the command as its stdout. */
+static void guard_std_fds(void)
+{
+    for (int fd = 0; fd < 3; fd++) {
+        if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+            continue;
+        int n = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (n >= 0 && n != fd) {
+            dup2(n, fd);
+            close(n);
+        }
+    }
+}
+
+/* Copy-in and --normalize hold one or two descriptors per directory level:
+ * they may use all the descriptors the container allows, not just the soft
+ * limit. The command gets the limit it was started with back. */
+static struct rlimit original_nofile;
+static int nofile_raised;
+
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        original_nofile = rl;
+        rl.rlim_cur = rl.rlim_max;
+        nofile_raised = setrlimit(RLIMIT_NOFILE, &rl) == 0;
+    }
+}
+
+static void restore_fd_limit(void)
+{
+    if (nofile_raised)
+        (void)setrlimit(RLIMIT_NOFILE, &original_nofile);
 }
 
 static int step_copyin(void)
@@ -219,6 +258,7 @@ static int run_normalize(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    guard_std_fds();
     if (argc >= 2 && !strcmp(argv[1], "--help")) {
         (void)write_all(STDOUT_FILENO, usage, sizeof usage - 1);
         return 0;
@@ -228,6 +268,7 @@ int main(int argc, char **argv)
         (void)write_all(STDOUT_FILENO, v, sizeof v - 1);
         return 0;
     }
+    raise_fd_limit();
     if (argc >= 2 && !strcmp(argv[1], "--normalize"))
         return run_normalize(argc - 2, argv + 2);
 
@@ -250,6 +291,7 @@ int main(int argc, char **argv)
     if (step_exchange() < 0)
         return EXIT_HELPER_FAILED;
 
+    restore_fd_limit();
     execvp(argv[first], argv + first);
     int saved = errno;
     if (saved == ENOENT || saved == ENOTDIR) {

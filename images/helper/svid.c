@@ -63,16 +63,20 @@ int svid_parse_output(const char *out, size_t len, struct buf *jwt)
 static int run_once(const char *agent, char *const argv[], struct buf *out, char *why,
                     size_t whylen)
 {
-    int op[2], ep[2];
-    if (pipe2(op, O_CLOEXEC) < 0)
+    int op[2], ep[2], saved;
+    if (pipe2(op, O_CLOEXEC) < 0) {
+        saved = errno;
         goto fail_errno;
+    }
     if (pipe2(ep, O_CLOEXEC) < 0) {
+        saved = errno;
         close(op[0]);
         close(op[1]);
         goto fail_errno;
     }
     pid_t pid = fork();
     if (pid < 0) {
+        saved = errno;
         close(op[0]);
         close(op[1]);
         close(ep[0]);
@@ -166,7 +170,7 @@ static int run_once(const char *agent, char *const argv[], struct buf *out, char
     return -1;
 
 fail_errno:
-    snprintf(why, whylen, "cannot start spire-agent: %s", strerror(errno));
+    snprintf(why, whylen, "cannot start spire-agent: %s", strerror(saved));
     return -1;
 }
 

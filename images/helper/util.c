@@ -29,6 +29,11 @@ void say(const char *fmt, ...)
     size_t len = (size_t)n + (size_t)m;
     if (len > sizeof line - 2)
         len = sizeof line - 2;
+    /* A file name may hold a newline or an escape sequence: one line,
+     * nothing a terminal would interpret. */
+    for (size_t i = (size_t)n; i < len; i++)
+        if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
+            line[i] = '?';
     line[len++] = '\n';
     (void)write_all(STDERR_FILENO, line, len);
 }

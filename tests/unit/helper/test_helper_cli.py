@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
+from helper_standin import grant
 from helper_support import base_env, run_helper
 
 
@@ -93,3 +95,26 @@ def test_help_and_version(helper, workdir):
     assert version.returncode == 0
     assert version.stdout.startswith("flashpods-init 1 source-sha256 ")
     assert len(version.stdout.split()[-1]) == 64
+
+
+def test_closed_stdout_is_not_reused_for_the_helpers_own_files(helper, workdir, token_server):
+    # Started with stdout closed, the helper must not leave one of its own
+    # sockets or pipes there for the command: it puts /dev/null on fd 1.
+    server = token_server(grant({"GITHUB_TOKEN": "x"}))
+    env = base_env(workdir, FLASHPODS_TOKEN_SOCKET=str(server.path))
+
+    result = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            'exec "$0" -- /bin/sh -c \'x=$(readlink /proc/$$/fd/1); echo "$x" >&2\' >&-',
+            str(helper),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "/dev/null\n"

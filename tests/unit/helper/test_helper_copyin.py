@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 from helper_support import base_env, run_helper
@@ -199,3 +200,50 @@ def test_unreadable_source_file_fails_without_marker(helper, workdir):
     assert "copy-in of secret.txt failed" in result.stderr
     assert "Permission denied" in result.stderr
     assert not (dst / MARKER).exists()
+
+
+def test_deep_tree_with_a_low_descriptor_limit(helper, workdir):
+    # Two descriptors per level: 400 levels need more than a soft limit of
+    # 256; the helper raises it for the copy and gives the command the
+    # limit it was started with.
+    src = workdir / "input"
+    deep = src.joinpath(*["d"] * 400)
+    deep.mkdir(parents=True)
+    (deep / "bottom.txt").write_text("bottom")
+    dst = workdir / "workspace"
+    dst.mkdir()
+    env = copy_env(workdir, src, dst)
+
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'ulimit -Sn 256 && exec "$0" -- /bin/sh -c "ulimit -Sn"', str(helper)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "256\n"
+    assert dst.joinpath(*["d"] * 400, "bottom.txt").read_text() == "bottom"
+
+
+def test_message_about_a_strange_file_name_stays_one_line(helper, workdir):
+    src = workdir / "input"
+    src.mkdir()
+    strange = src / "bad\nname\x1b[31m"
+    strange.write_text("x")
+    strange.chmod(0o600)  # root-owned: unreadable for flashpods
+    dst = workdir / "workspace"
+    dst.mkdir()
+    os.chown(dst, 1001, 1001)
+
+    result = run_helper(
+        Path("/usr/bin/setpriv"),
+        ["--reuid=1001", "--regid=1001", "--clear-groups", str(helper), "--", "/bin/true"],
+        copy_env(workdir, src, dst),
+    )
+
+    assert result.returncode == 125
+    lines = [line for line in result.stderr.splitlines() if "copy-in" in line]
+    assert len(lines) == 1
+    assert "bad?name?[31m" in lines[0]
