@@ -63,6 +63,7 @@ def create_app(
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.url_map.merge_slashes = False  # "a//b" is a bad artifact path, not a redirect
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = store or Store(cfg.db_path, cfg.instance)
     runtime = runtime or Runtime(cfg.podman_url, cfg.instance)

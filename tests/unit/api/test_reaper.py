@@ -1,0 +1,173 @@
+"""The reaper against a fake Podman: exits, timeouts, lost containers, orphans, retention."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+from flashpods_api.store import Store
+
+
+def test_exit_codes_become_succeeded_or_failed(host):
+    ok, bad = host.job("true"), host.job("false")
+    host.runtime.exit(ok["id"], 0)
+    host.runtime.exit(bad["id"], 3)
+    host.reaper.tick()
+    assert host.store.get_job(ok["id"])["status"] == "succeeded"
+    failed = host.store.get_job(bad["id"])
+    assert (failed["status"], failed["exit_code"], failed["error"]) == ("failed", 3, None)
+    assert host.registrar.unregistered == [ok["id"], bad["id"]]
+    assert host.runtime.boxes == {}
+
+
+def test_queued_jobs_start_fifo_when_a_slot_frees(make_host):
+    host = make_host(max_concurrent_jobs=1)
+    jobs = [host.job(f"echo {n}") for n in range(3)]
+    host.reaper.tick()
+    assert [host.store.get_job(j["id"])["status"] for j in jobs] == ["running", "queued", "queued"]
+    host.runtime.exit(jobs[0]["id"], 0)
+    host.reaper.tick()
+    assert [host.store.get_job(j["id"])["status"] for j in jobs] == ["succeeded", "running", "queued"]
+
+
+def test_timeout_stops_with_term_then_kill_after_the_grace(make_host):
+    host = make_host(kill_grace_s=0.2)
+    job = host.job("sleep 100", timeout_s=0.1)
+    time.sleep(0.15)
+    host.reaper.tick()
+    assert (job["id"], "TERM") in host.runtime.signals
+    assert host.store.get_job(job["id"])["status"] == "running"
+    time.sleep(0.25)
+    host.reaper.tick()  # grace over: SIGKILL (the fake exits with 137)
+    assert (job["id"], "KILL") in host.runtime.signals
+    host.reaper.tick()
+    final = host.store.get_job(job["id"])
+    assert (final["status"], final["exit_code"]) == ("timed_out", 137)
+    assert "timeout_s" in final["error"]
+
+
+def test_vanished_container_is_lost_with_its_log_kept(host):
+    job = host.job()
+    host.write_ctr_log(job["id"], ["2026-01-01T00:00:00.0+00:00 stdout F last words"])
+    del host.runtime.boxes[job["id"]]
+    host.reaper.tick()
+    lost = host.store.get_job(job["id"])
+    assert lost["status"] == "lost" and "disappeared" in lost["error"]
+    assert (Path(host.raw["storage"]["logs"]) / f"{job['id']}.log").read_bytes() == b"last words\n"
+
+
+def test_orphan_containers_without_a_record_are_removed(host):
+    host.runtime.boxes["job_zzzzzzzzzzzz"] = {"Names": ["job_zzzzzzzzzzzz"], "State": "running"}
+    host.reaper.tick()
+    assert "job_zzzzzzzzzzzz" in host.runtime.removed
+
+
+def test_a_job_left_starting_by_a_crash_is_queued_again_then_started(make_host):
+    host = make_host(max_concurrent_jobs=1)
+    job = host.job()
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    second = host.post("/jobs", {"kind": "worker", "command": "x"}).get_json()["job"]
+    # Simulate an API killed between the claim and podman run.
+    host.runtime.down = True
+    host.store.transition(second["id"], ("running",), status="starting", claimed_at=time.time() - 1000)
+    host.runtime.boxes.pop(second["id"], None)
+    host.runtime.down = False
+    host.reaper.tick()
+    assert host.store.get_job(second["id"])["status"] == "running"
+
+
+def test_log_cap_notes_and_hard_cap_kills(make_host):
+    host = make_host(limits={"log_bytes": 100})
+    job = host.job()
+    host.write_ctr_log(job["id"], [f"2026-01-01T00:00:00.0+00:00 stdout F {'x' * 60}"] * 2)
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["log_capped"] == 1
+    host.write_ctr_log(job["id"], [f"2026-01-01T00:00:00.0+00:00 stdout F {'y' * 60}"] * 2)
+    host.reaper.tick()
+    assert (job["id"], "KILL") in host.runtime.signals
+    host.reaper.tick()
+    final = host.store.get_job(job["id"])
+    assert final["status"] == "failed" and "log cap" in final["error"]
+    log = (Path(host.raw["storage"]["logs"]) / f"{job['id']}.log").read_bytes()
+    assert log.startswith(b"x" * 60 + b"\n") and b"log size cap of 100 bytes" in log
+    assert final["log_bytes"] == len(log)
+
+
+def test_retention_deletes_artifacts_logs_and_stale_uploads(make_host):
+    host = make_host(retention={"artifacts_s": 0.1, "logs_s": 0.1, "uploads_s": 0.1})
+    upload = host.post("/uploads").get_json()["upload_id"]
+    stale = host.post("/uploads").get_json()["upload_id"]
+    job = host.job(upload_id=upload)
+    art = Path(host.raw["storage"]["artifacts"]) / job["id"]
+    (art / "out.txt").write_text("x")
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    time.sleep(0.2)
+    host.reaper.retention()
+    final = host.get(f"/jobs/{job['id']}").get_json()["job"]
+    assert final["artifacts_available"] is False and final["logs_available"] is False
+    assert not art.exists()
+    assert not (Path(host.raw["storage"]["logs"]) / f"{job['id']}.log").exists()
+    uploads = Path(host.raw["storage"]["uploads"])
+    assert not (uploads / stale).exists() and not (uploads / ".bases" / upload).exists()
+    assert host.store.get_upload(stale)["state"] == "expired"
+    resp = host.get(f"/jobs/{job['id']}/artifacts")
+    assert (resp.status_code, resp.get_json()["code"]) == (410, "artifacts_expired")
+
+
+def test_locked_files_are_normalized_before_removal(host, monkeypatch):
+    import flashpods_api.jobs as jobs
+
+    job = host.job()
+    ws = Path(host.raw["storage"]["workspaces"]) / job["id"]
+    (ws / "locked").mkdir()
+    calls = []
+
+    def fake_rmtree(path, ignore_errors=False):
+        calls.append(path)
+        if len(calls) == 1:
+            raise PermissionError(13, "Permission denied")
+        real_rmtree(path)
+
+    real_rmtree = jobs.shutil.rmtree
+    monkeypatch.setattr(jobs.shutil, "rmtree", fake_rmtree)
+    host.engine.remove_tree(ws)
+    assert host.runtime.normalized == [str(ws)] and not ws.exists()
+
+
+def _claimer(db: str, cap: int, out: multiprocessing.Queue) -> None:
+    store = Store(db, "race")
+    got = []
+    while True:
+        job_id = store.claim(cap)
+        if job_id is None:
+            break
+        got.append(job_id)
+    out.put(got)
+
+
+def test_claims_from_many_processes_never_exceed_the_cap(tmp_path):
+    db = str(tmp_path / "race.db")
+    store = Store(db, "race")
+    for n in range(40):
+        store.create_job(
+            {"id": f"job_{n:012d}", "kind": "worker", "command": "x",
+             "image": "i", "env": {}, "timeout_s": 5, "resources": {}},
+            1000,
+        )  # fmt: skip
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(db, 3, out)) for _ in range(6)]
+    for p in procs:
+        p.start()
+    claimed = [job for _ in procs for job in out.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=60)
+    assert len(claimed) == 3 and len(set(claimed)) == 3
+    assert store.count_active() == 3
+    # FIFO: the three oldest jobs were the ones claimed.
+    oldest = [j["id"] for j in store.list_jobs(None, None, 100, None)][-3:]
+    assert sorted(claimed) == sorted(oldest)
+    assert store._rows("PRAGMA journal_mode") == [{"journal_mode": "wal"}]
