@@ -247,6 +247,8 @@ def api_error(response: requests.Response, base: str, job_id: str | None) -> Fla
             f"{response.request.method} {response.request.path_url} is not a route of "
             f"the API at {base}{suffix}; is FLASHPODS_API_URL the Flashpods API?"
         )
+    if status == 410:
+        return FlashpodsError(detail or f"That is gone from the host at {base} (410).")
     if status == 413:
         return FlashpodsError(f"Too large for the host{suffix or '.'}")
     if status == 429:
