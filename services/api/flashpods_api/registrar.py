@@ -175,7 +175,9 @@ class SpireRegistrar:
 
 
 def make_registrar(config: dict) -> SpireRegistrar | NoopRegistrar:
-    """The registrar for an API config (its `attestation` and `spire` keys)."""
+    """The registrar for an API config (its `attestation` and `spire` keys): the JSON dict,
+    or the API's Config object, whose `.raw` is that dict."""
+    config = getattr(config, "raw", config)
     if config.get("attestation", "peer") != "spire":
         return NoopRegistrar()
     spire = config.get("spire") or {}

@@ -166,3 +166,15 @@ def test_peer_mode_registrar_does_nothing(tmp_path):
     r.unregister("job_aaaaaaaaaaaa")
     r.sweep(set())
     assert os.listdir(tmp_path) == []
+
+
+def test_accepts_the_apis_config_object(standin):
+    from flashpods_api.config import Config
+
+    cfg = Config({"attestation": "peer"})
+    assert isinstance(make_registrar(cfg), NoopRegistrar)
+    cfg = Config({"attestation": "spire", "spire": {
+        "server_cli": str(STANDIN), "server_socket": SOCK,
+        "trust_domain": "flashpods.internal", "parent_id": PARENT}})  # fmt: skip
+    make_registrar(cfg).register("job_cfgcfgcfgcfg", "worker")
+    assert entries(standin)[0]["spiffe_id"]["path"] == "/job/job_cfgcfgcfgcfg/worker"
