@@ -1,0 +1,152 @@
+"""What every benchmark shares: a dev host, an API session, timing and statistics.
+
+Every figure is a ratio against the bare tool measured in the same run on the same
+host (these machines are shared and noisy: absolute times mean little, ratios hold).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from flashpods_devhost.host import DevHost
+from flashpods_devhost.pytest_plugin import new_settings
+
+WORKER_IMAGE = "localhost/flashpods-worker:latest"
+FINAL = {"succeeded", "failed", "timed_out", "killed", "lost"}
+
+
+@dataclass
+class Result:
+    """One row of docs/benchmarks.md."""
+
+    id: str
+    what: str
+    flashpods: str  # the measured figure, human readable
+    bare: str  # the bare tool's figure from the same run
+    ratio: float | None
+    target: str  # e.g. "<= 1.10"
+    met: bool | None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile; good enough for tens to thousands of samples."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no samples")
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+@contextlib.contextmanager
+def bench_host(**overrides: Any) -> Iterator[DevHost]:
+    """A dev host of its own for one benchmark, stopped and removed afterwards."""
+    host = DevHost(new_settings(**overrides))
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop(remove_root=True)
+
+
+class Api:
+    """A thin, keep-alive API client for benchmarks (the MCP client is measured in P3)."""
+
+    def __init__(self, host: DevHost) -> None:
+        self.base = host.api_url
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {host.api_token}"
+
+    def post_job(self, command: str, **extra: Any) -> dict[str, Any]:
+        body = {"kind": "worker", "command": command, **extra}
+        response = self.session.post(f"{self.base}/jobs", json=body, timeout=120)
+        response.raise_for_status()
+        return response.json()["job"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        response = self.session.get(f"{self.base}/jobs/{job_id}", timeout=60)
+        response.raise_for_status()
+        return response.json()["job"]
+
+    def wait_status(self, job_id: str, wanted: set[str], timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in wanted:
+                return job
+            if job["status"] in FINAL or time.monotonic() > deadline:
+                raise RuntimeError(f"job {job_id} is {job['status']}, wanted {sorted(wanted)}")
+            time.sleep(0.01)
+
+    def kill(self, job_id: str) -> None:
+        self.session.post(f"{self.base}/jobs/{job_id}/kill", timeout=120).raise_for_status()
+
+
+def bare_podman_run(host: DevHost, *args: str) -> str:
+    """`podman run -d` as the sandbox user, labelled so the host's stop() removes it."""
+    done = host.podman(
+        "run", "-d", "--label", f"flashpods.instance={host.settings.instance}", *args
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"podman run failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of processes and all their descendants, in KiB."""
+    seen: set[int] = set()
+    todo = list(pids)
+    total = 0
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        with contextlib.suppress(OSError):
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                children = open(f"/proc/{pid}/task/{task}/children").read().split()
+                todo.extend(int(c) for c in children)
+    return total
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    podman = subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout
+    mem_kib = int(open("/proc/meminfo").readline().split()[1])
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem_kib // 1024 // 1024} GiB, "
+        f"kernel {platform.release()}, {podman.strip()}, Python {platform.python_version()}"
+    )

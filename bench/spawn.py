@@ -1,0 +1,101 @@
+"""P1 cold spawn and P2 warm start: POST /jobs until the job runs, versus `podman run -d`.
+
+Samples of Flashpods and of the bare tool alternate, so both see the same noise.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .common import (
+    WORKER_IMAGE,
+    Api,
+    Result,
+    bare_podman_run,
+    bench_host,
+    median,
+    ms,
+    percentile,
+)
+
+
+def _spawn_to_running(api: Api, command: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    job = api.post_job(command)
+    if job["status"] != "running":
+        job = api.wait_status(job["id"], {"running"})
+    return time.perf_counter() - start, job["id"]
+
+
+def _measure(host, api: Api, samples: int) -> tuple[list[float], list[float]]:
+    ours: list[float] = []
+    bare: list[float] = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        container = bare_podman_run(host, "--userns=keep-id", WORKER_IMAGE, "sleep", "600")
+        bare.append(time.perf_counter() - start)
+        seconds, job_id = _spawn_to_running(api, "sleep 600")
+        ours.append(seconds)
+        # Clean up between samples so neither side pays for a growing container count.
+        api.kill(job_id)
+        host.podman("rm", "-f", "-t", "0", container)
+    return ours, bare
+
+
+def cold(samples: int) -> Result:
+    with bench_host(max_concurrent_jobs=4) as host:
+        api = Api(host)
+        _measure(host, api, 2)  # warm the image cache and the API's connections
+        ours, bare = _measure(host, api, samples)
+    ratio = median(ours) / median(bare)
+    return Result(
+        id="P1",
+        what="cold spawn: POST /jobs to running vs `podman run -d` (same image, same user)",
+        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
+        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
+        ratio=ratio,
+        target="<= 1.10",
+        met=ratio <= 1.10,
+        notes=f"{samples} alternating samples",
+    )
+
+
+def warm(samples: int) -> Result:
+    """P2: the warm pool hands a pre-started, pre-labelled container its command."""
+    overrides = {"warm_pool": {"worker": 2}}
+    with bench_host(max_concurrent_jobs=8, api_overrides=overrides) as host:
+        api = Api(host)
+        _wait_pool(host, api, 2)
+        ours: list[float] = []
+        bare: list[float] = []
+        for _ in range(samples):
+            start = time.perf_counter()
+            container = bare_podman_run(host, "--userns=keep-id", WORKER_IMAGE, "sleep", "600")
+            bare.append(time.perf_counter() - start)
+            seconds, job_id = _spawn_to_running(api, "sleep 600")
+            ours.append(seconds)
+            api.kill(job_id)
+            host.podman("rm", "-f", "-t", "0", container)
+            _wait_pool(host, api, 1)
+    ratio = median(ours) / median(bare)
+    return Result(
+        id="P2",
+        what="warm start: POST /jobs to running through the warm pool vs `podman run -d`",
+        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
+        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
+        ratio=ratio,
+        target="<= 0.50",
+        met=ratio <= 0.5,
+        notes=f"{samples} alternating samples; pool refilled between samples",
+    )
+
+
+def _wait_pool(host, api: Api, at_least: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = api.session.get(f"{api.base}/healthz", timeout=30).json()
+        ready = health.get("checks", {}).get("warm_pool", {}).get("ready", {}).get("worker", 0)
+        if ready >= at_least:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the warm pool did not reach {at_least} ready worker containers")
