@@ -184,7 +184,7 @@ in
       audit_log = "/var/log/flashpods-token/audit.log";
       spire = {
         bundle_file = null;
-        agent_socket = if cfg.spire.enable then config.services.spire.agent.settings.agent.socket_path else null;
+        agent_socket = null;
         audience = "flashpods-token";
       };
     };
@@ -243,8 +243,8 @@ in
         "flashpods-podman.service"
         "systemd-tmpfiles-setup.service"
       ]
-      ++ lib.optional cfg.spire.enable "spire-agent.service";
-      wants = lib.optional cfg.spire.enable "spire-agent.service";
+      ++ lib.optional cfg.spire.enable "flashpods-spire-bundle.service";
+      wants = lib.optional cfg.spire.enable "flashpods-spire-bundle.service";
       environment.FLASHPODS_TOKEN_CONFIG = toString tokenConfig;
       restartTriggers = [ tokenConfig ];
       serviceConfig = hardening // {

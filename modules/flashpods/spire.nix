@@ -26,6 +26,7 @@ let
   serverSocket = config.services.spire.server.settings.server.socket_path;
   agentSocket = config.services.spire.agent.settings.agent.socket_path;
   stateDir = "/var/lib/flashpods-spire";
+  bundleFile = "/var/lib/flashpods-spire-bundle/bundle.spiffe";
   spireVersion = cfg.spire.package.version;
   minimumVersion = "1.9.0";
 in
@@ -90,9 +91,6 @@ in
           join_token_file = "$CREDENTIALS_DIRECTORY/join_token";
           trust_bundle_path = "$CREDENTIALS_DIRECTORY/trust_bundle";
           trust_bundle_format = "pem";
-          # The token service verifies SVIDs with FetchJWTBundles without a
-          # registration entry of its own (08-spire.md, "Facts").
-          allow_unauthenticated_verifiers = true;
         };
         plugins = {
           # The agent's own SVID and key survive restarts: a join token is
@@ -187,9 +185,50 @@ in
       '';
     };
 
-    # The API (entry create/delete) and the token service (bundle) use these.
+    # The token service verifies JWT-SVIDs against the bundle file the server
+    # exports (it has no Workload API client; token config spire.bundle_file).
+    # Re-exported every minute, so a rotated JWT key reaches it long before
+    # SVIDs signed with it exist (SPIRE publishes new keys ahead of use).
+    systemd.services.flashpods-spire-bundle = {
+      description = "Flashpods: export the SPIRE trust bundle for the token service";
+      after = [ "spire-server.service" ];
+      requires = [ "spire-server.service" ];
+      wantedBy = [ "multi-user.target" ];
+      before = [ "flashpods-token.service" ];
+      path = [ cfg.spire.package ];
+      serviceConfig = {
+        Type = "oneshot";
+        StateDirectory = "flashpods-spire-bundle";
+        StateDirectoryMode = "0755";
+      };
+      script = ''
+        set -eu
+        sock=${lib.escapeShellArg serverSocket}
+        for _ in $(seq 1 120); do
+          spire-server healthcheck -socketPath "$sock" >/dev/null 2>&1 && break
+          sleep 0.5
+        done
+        spire-server bundle show -socketPath "$sock" -format spiffe > ${bundleFile}.new
+        chmod 0644 ${bundleFile}.new
+        mv ${bundleFile}.new ${bundleFile}
+      '';
+    };
+    systemd.timers.flashpods-spire-bundle = {
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnUnitActiveSec = "1min";
+        AccuracySec = "5s";
+      };
+    };
+
+    # The API (entry create/delete) uses the server's admin socket.
     users.users.flashpods-api.extraGroups = [ "spire-server" ];
     environment.systemPackages = [ cfg.spire.package ];
+
+    services.flashpods.token.settings.spire = {
+      bundle_file = bundleFile;
+      agent_socket = null;
+    };
 
     services.flashpods.api.settings.spire = {
       server_cli = lib.getExe' cfg.spire.package "spire-server";

@@ -1,0 +1,128 @@
+#!/bin/bash
+# Offline checks of the Nix code. The machines that build this project have no Nix
+# binary cache and no GitHub, so nothing here builds a derivation or fetches nixpkgs:
+#   1. parse   every .nix file with `nix-instantiate --parse` (Debian's nix-bin);
+#   2. eval    flake.lock, flake.nix and the pyproject.toml files the Nix packages
+#              read, with Nix builtins only (tests/unit/nix/eval-offline.nix);
+#   3. module  the NixOS module's own options, defaults, generated configs and
+#              assertions with lib.evalModules (tests/unit/nix/eval-module.nix), and the
+#              ruleset it renders with `nft -c` in a fresh network namespace. Needs a
+#              copy of nixpkgs' lib: FLASHPODS_NIXPKGS_LIB=<checkout of
+#              nix-community/nixpkgs.lib> (the directory holding lib/default.nix);
+#              skipped with a message when there is none;
+#   4. format  `nixfmt --check` when nixfmt is installed (Debian 12 has no package;
+#              `nix fmt` / `nix flake check` run it on a machine with Nix).
+# Usage: check-nix.sh [parse|eval|module|format]...   (default: all four)
+set -euo pipefail
+# shellcheck source=scripts/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+cd "$FLASHPODS_REPO"
+
+command -v nix-instantiate >/dev/null ||
+	die "nix-instantiate not found: install Debian's nix-bin (scripts/lib/packages.sh installs it)"
+
+failed=()
+step() { printf -- '--- nix %s\n' "$*"; }
+
+nix_files() {
+	find . -name '*.nix' -not -path './.git/*' -not -path './result*' -type f | sort
+}
+
+check_parse() {
+	step "parse: nix-instantiate --parse on every .nix file"
+	local file count=0 bad=0
+	while IFS= read -r file; do
+		count=$((count + 1))
+		if ! nix-instantiate --parse "$file" >/dev/null; then
+			log "does not parse: $file"
+			bad=$((bad + 1))
+		fi
+	done < <(nix_files)
+	echo "parsed $count files, $bad failed"
+	((bad == 0))
+}
+
+check_eval() {
+	step "eval: flake.lock, flake.nix, pyproject.toml (builtins only)"
+	nix-instantiate --eval --strict tests/unit/nix/eval-offline.nix >/dev/null
+	echo "ok"
+}
+
+# The directory of nixpkgs' lib, or empty. A checkout left by an earlier session at
+# /var/tmp/nixpkgs.lib is used when the variable is unset.
+nixpkgs_lib() {
+	local dir=${FLASHPODS_NIXPKGS_LIB:-}
+	if [[ -z $dir && -f /var/tmp/nixpkgs.lib/lib/default.nix ]]; then
+		dir=/var/tmp/nixpkgs.lib
+	fi
+	if [[ -n $dir && -f $dir/default.nix && ! -f $dir/lib/default.nix ]]; then
+		dir=$(dirname "$dir") # pointed at lib/ itself
+	fi
+	[[ -n $dir && -f $dir/lib/default.nix ]] && echo "$dir"
+	return 0
+}
+
+check_module() {
+	step "module: lib.evalModules of modules/flashpods (options, configs, assertions)"
+	local lib_dir
+	lib_dir=$(nixpkgs_lib)
+	if [[ -z $lib_dir ]]; then
+		echo "SKIPPED: no copy of nixpkgs' lib. Set FLASHPODS_NIXPKGS_LIB to a checkout of" \
+			"nix-community/nixpkgs.lib (the directory that holds lib/default.nix) to evaluate" \
+			"the module's options and assertions here."
+		return 0
+	fi
+	local out
+	out=$(mktemp)
+	# shellcheck disable=SC2064  # expand now: the file name is fixed
+	trap "rm -f '$out' '$out.nft'" RETURN
+	nix-instantiate --eval --strict --json tests/unit/nix/eval-module.nix \
+		--arg nixpkgsLib "$lib_dir/lib" >"$out"
+	jq -e '.valid.failedAssertions == []' "$out" >/dev/null ||
+		{
+			log "a valid configuration fails assertions: $(jq -c .valid.failedAssertions "$out")"
+			return 1
+		}
+	jq -e '.broken.missingEverything | length == 3' "$out" >/dev/null ||
+		{
+			log "missing settings are not all reported: $(jq -c .broken.missingEverything "$out")"
+			return 1
+		}
+	echo "evaluated with $lib_dir"
+
+	step "module: nft -c of the ruleset the module renders (fresh network namespace)"
+	if ! is_root || ! command -v nft >/dev/null || ! command -v unshare >/dev/null; then
+		echo "SKIPPED: needs root, nft and unshare"
+		return 0
+	fi
+	jq -r '.valid.firewall' "$out" >"$out.nft"
+	unshare --net nft -c -f "$out.nft"
+	echo "ok"
+}
+
+check_format() {
+	step "format: nixfmt --check"
+	if ! command -v nixfmt >/dev/null; then
+		echo "SKIPPED: nixfmt is not installed (Debian 12 has no nixfmt package);" \
+			"\`nix fmt\` and \`nix flake check\` (checks.formatting) run it on a machine with Nix."
+		return 0
+	fi
+	local files
+	mapfile -t files < <(nix_files)
+	nixfmt --check "${files[@]}"
+}
+
+steps=("$@")
+((${#steps[@]})) || steps=(parse eval module format)
+for name in "${steps[@]}"; do
+	case $name in
+	parse | eval | module | format) "check_$name" || failed+=("$name") ;;
+	*) die "unknown step '$name': use parse, eval, module or format" ;;
+	esac
+done
+
+if ((${#failed[@]})); then
+	log "failed: ${failed[*]}"
+	exit 1
+fi
+echo "nix checks passed: ${steps[*]}"
