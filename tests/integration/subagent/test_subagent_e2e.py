@@ -160,10 +160,8 @@ def test_subagent_cannot_spawn_a_job(subagent_host, model):
         f"-H 'content-type: application/json' --data '{payload}'"
         for addr in targets
     )
-    python = (
-        'python3 -c "import urllib.request as u; '
-        f"u.urlopen(u.Request('http://{HOST_ADDR}:{port}/jobs', data=b'{{}}', method='POST'), timeout=5)\""
-    )
+    request = f"u.Request('http://{HOST_ADDR}:{port}/jobs', data=b'{{}}', method='POST')"
+    python = f'python3 -c "import urllib.request as u; u.urlopen({request}, timeout=5)"'
     model.model.scripts["spawn"] = [
         {"tool_uses": [{"name": "Bash", "input": {"command": curl, "description": "spawn a job"}}]},
         {
@@ -192,3 +190,94 @@ def test_subagent_cannot_spawn_a_job(subagent_host, model):
     assert [j["id"] for j in api.jobs()] == [job["id"]]
     summary = api.summary(job["id"])
     assert summary["exit_reason"] == "tool_errors" and summary["tool_errors"] == 2
+
+
+# A model that keeps the agent busy: one Bash call that sleeps far longer than the test.
+SLEEPER = [
+    {
+        "tool_uses": [
+            {
+                "name": "Bash",
+                "input": {
+                    "command": "echo sleeping; sleep 600",
+                    "timeout": 600000,
+                    "description": "wait",
+                },
+            }
+        ]
+    },
+    {"text": "woke up"},
+]
+
+
+def _busy_job(api, model, script: str, timeout_s: float) -> dict:
+    model.model.scripts[script] = SLEEPER
+    job = api.spawn(kind="sub_agent", prompt=f"Wait. [[script:{script}]]", timeout_s=timeout_s)
+    # Busy means: the model has been asked and the agent is inside its Bash call.
+    api.wait_for("the agent's first model call", lambda: scripted_requests(model, script), 120)
+    return job
+
+
+def test_subagent_timeout_stops_a_busy_agent(subagent_host, model):
+    api = subagent_host()
+    job = _busy_job(api, model, "sleep-timeout", timeout_s=8)
+    done = api.wait(job["id"], timeout=120)
+    assert done["status"] == "timed_out", done
+    events = transcript(api.logs(job["id"]))
+    assert [u["input"]["command"] for u in tool_uses(events)] == ["echo sleeping; sleep 600"]
+    # The model was never asked again: the agent did not get past its sleep.
+    assert len(scripted_requests(model, "sleep-timeout")) == 1
+
+
+def test_kill_job_stops_a_busy_agent(subagent_host, model):
+    api = subagent_host()
+    job = _busy_job(api, model, "sleep-kill", timeout_s=600)
+    assert api.job(job["id"])["status"] == "running"
+    api.kill(job["id"])
+    done = api.wait(job["id"], timeout=60)
+    assert done["status"] == "killed", done
+    assert len(scripted_requests(model, "sleep-kill")) == 1
+    # The entrypoint saw SIGTERM, stopped Claude Code and still wrote its summary.
+    summary = api.summary(job["id"])
+    assert summary["exit_reason"] == "terminated" and summary["ok"] is False
+    assert summary["tool_calls"] == [{"name": "Bash", "ok": None}]
+
+
+def test_turn_cap_from_the_host_config_ends_the_run(subagent_host, model):
+    api = subagent_host(agent_env={"FLASHPODS_AGENT_MAX_TURNS": "3"})
+    model.model.scripts["forever"] = [
+        {"repeat": {"name": "Bash", "input": {"command": "echo tick"}}}
+    ]
+    job = api.spawn(kind="sub_agent", prompt="Keep going. [[script:forever]]", timeout_s=300)
+    done = api.wait(job["id"])
+    assert done["status"] == "failed" and done["exit_code"] == EXIT_AGENT_ERROR, done
+    summary = api.summary(job["id"])
+    assert summary["exit_reason"] == "max_turns", summary
+    assert "maximum number of turns (3)" in summary["message"]
+    # Claude Code counts the turn that hit the cap; it never asks the model a 5th time.
+    assert 3 <= len(scripted_requests(model, "forever")) <= 4
+    assert all(c["ok"] for c in summary["tool_calls"])
+
+
+def test_failed_tool_calls_fail_the_run_although_claude_exits_0(subagent_host, model):
+    api = subagent_host()
+    model.model.scripts["broken"] = [
+        {"tool_uses": [{"name": "Read", "input": {"file_path": "/workspace/missing.txt"}}]},
+        {"tool_uses": [{"name": "Bash", "input": {"command": "exit 3"}}]},
+        {"text": "Done, I think."},
+    ]
+    job = api.spawn(kind="sub_agent", prompt="Try. [[script:broken]]", timeout_s=300)
+    done = api.wait(job["id"])
+    log = api.logs(job["id"])
+    assert done["status"] == "failed" and done["exit_code"] == EXIT_TOOL_ERRORS, (done, log[-2000:])
+    events = transcript(log)
+    result = events[-1]
+    assert result["type"] == "result" and result["is_error"] is False  # Claude Code: success
+    summary = api.summary(job["id"])
+    assert summary["agent_exit_code"] == 0
+    assert summary["exit_reason"] == "tool_errors" and summary["tool_errors"] == 2
+    assert [(c["name"], c["ok"]) for c in summary["tool_calls"]] == [
+        ("Read", False),
+        ("Bash", False),
+    ]
+    assert b"FAILED: 2 tool call(s) failed (Bash, Read)" in log
