@@ -111,6 +111,7 @@ class PeerAttestor:
         self._trust_domain = trust_domain
         self._instance = instance
         self._entries: dict[str, _Entry] = {}  # container id -> entry
+        self._dead_jobs: set[str] = set()
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._own_ns = ns_key_of_path("/proc/self/ns/pid")
@@ -128,7 +129,12 @@ class PeerAttestor:
                 if cid not in running or running[cid].pid != e.pid or process_exited(e.pidfd)
             ]
             for cid in stale:
-                self._close(self._entries.pop(cid))
+                entry = self._entries.pop(cid)
+                # Job ids are never reused: once a job's container is gone or its init
+                # exited, no later container may speak for that job (re-created with
+                # the same name and labels, or restarted).
+                self._dead_jobs.add(entry.identity.job_id)
+                self._close(entry)
             known = set(self._entries)
         for cid, c in running.items():
             if cid in known:
@@ -142,6 +148,8 @@ class PeerAttestor:
                     self._entries[cid] = entry
 
     def _open(self, c) -> _Entry | None:
+        if c.job in self._dead_jobs or c.name != c.job:
+            return None  # a finished job, or not the API's container (named after its job)
         try:
             identity = identity_for_kind(self._trust_domain, c.job, c.kind)
         except IdentityError:

@@ -23,6 +23,7 @@ class PodmanError(Exception):
 @dataclass(frozen=True)
 class RunningContainer:
     id: str
+    name: str
     pid: int
     job: str
     kind: str
@@ -88,6 +89,7 @@ class PodmanClient:
             out.append(
                 RunningContainer(
                     id=row["Id"],
+                    name=(row.get("Names") or [""])[0],
                     pid=int(row["Pid"]),
                     job=labels.get("flashpods.job", ""),
                     kind=labels.get("flashpods.kind", ""),

@@ -157,3 +157,23 @@ def test_new_container_is_found_on_a_miss(peer_server, podman, namespaces):
     podman.add_job("job_peersecond01", "sub_agent", pid=second.init_pid)
     out = second.run_client(peer_server.socket)
     assert out["status"] == 200 and out["body"]["job_id"] == "job_peersecond01"
+
+
+def test_job_recreated_after_its_container_ended_stays_dead(peer_server, podman, namespaces):
+    first = namespaces()
+    podman.add_job("job_peerrecreat1", "worker", pid=first.init_pid)
+    assert first.run_client(peer_server.socket)["status"] == 200
+    first.stop()
+    del podman.containers["job_peerrecreat1"]  # the API removed the finished job's container
+    again = namespaces()  # someone re-creates a container with the same name and labels
+    podman.add_job("job_peerrecreat1", "worker", pid=again.init_pid)
+    podman.containers["job_peerrecreat1"]["Id"] = "f" * 64
+    out = again.run_client(peer_server.socket)
+    assert out["status"] == 401 and out["body"]["check"] == "peer_container"
+
+
+def test_container_not_named_after_its_job_is_not_attested(peer_server, podman, namespaces):
+    ns = namespaces()
+    c = podman.add_job("job_peernamed001", "worker", pid=ns.init_pid)
+    c["Name"] = "something-else"
+    assert ns.run_client(peer_server.socket)["status"] == 401
