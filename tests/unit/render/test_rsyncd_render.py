@@ -168,12 +168,13 @@ def test_module_is_not_listed_and_cannot_be_read(daemon, tree):
 
 
 def test_kept_bases_are_usable_as_link_dest(daemon, tree):
-    assert _rsync("-r", f"{tree}/", f"{daemon['url']}/up_d/").returncode == 0
+    # -t: link-dest links files whose size and mtime match, as the MCP's uploads do.
+    assert _rsync("-rt", f"{tree}/", f"{daemon['url']}/up_d/").returncode == 0
     bases = daemon["uploads"] / ".bases"
     bases.mkdir()
     os.rename(daemon["uploads"] / "up_d", bases / "up_d")
     # A re-upload links unchanged files to the kept base (the fast path).
-    result = _rsync("-r", "--link-dest=../.bases/up_d/", f"{tree}/", f"{daemon['url']}/up_e/")
+    result = _rsync("-rt", "--link-dest=../.bases/up_d/", f"{tree}/", f"{daemon['url']}/up_e/")
     assert result.returncode == 0, result.stderr
     new = (daemon["uploads"] / "up_e" / "pkg" / "main.py").stat()
     assert new.st_ino == (bases / "up_d" / "pkg" / "main.py").stat().st_ino
