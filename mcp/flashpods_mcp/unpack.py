@@ -129,10 +129,17 @@ def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
                     f"Refused the artifact archive: {exc}; nothing was written to {dest}."
                 ) from None
 
-        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            root_fd = os.open(dest, DIR_FLAGS)
+        except OSError as exc:
+            raise FlashpodsError(
+                f"Cannot unpack into {dest}: {exc.strerror}; give a dest that is (or can "
+                "become) a directory."
+            ) from exc
         written: list[WrittenFile] = []
         skipped: list[SkippedMember] = []
-        dirs = _DirCache(os.open(dest, DIR_FLAGS))
+        dirs = _DirCache(root_fd)
         try:
             for member in members:
                 parts = member_parts(member.name)

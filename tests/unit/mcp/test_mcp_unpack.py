@@ -169,3 +169,11 @@ def test_gzip_and_garbage(dirs):
     (tmp / "junk").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(FlashpodsError, match="not a readable tar"):
         safe_extract(tmp / "junk", tmp / "dest2")
+
+
+def test_dest_that_is_a_file(dirs):
+    tmp, dest, _ = dirs
+    dest.write_text("a file, not a directory")
+    with pytest.raises(FlashpodsError, match="Cannot unpack into"):
+        safe_extract(build_tar(tmp / "x.tar", [("f", "file", "data")]), dest)
+    assert dest.read_text() == "a file, not a directory"
