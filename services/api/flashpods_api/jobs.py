@@ -32,7 +32,7 @@ class Registrar(Protocol):
 def default_registrar(config: Config) -> Registrar:
     from .registrar import make_registrar  # written alongside SPIRE support (docs/design.md)
 
-    return make_registrar(config)
+    return make_registrar(config.raw)
 
 
 class StartError(Exception):

@@ -40,6 +40,7 @@ class Reaper:
 
     def run_forever(self) -> None:
         interval = float(self.config.reaper["interval_s"])
+        self.sweep_identities()
         while not self.stop.is_set():
             try:
                 self.tick()
@@ -48,6 +49,16 @@ class Reaper:
             except Exception:  # noqa: BLE001 - one bad tick must not end the reaper
                 log.exception("reaper tick failed")
             self.stop.wait(interval)
+
+    def sweep_identities(self) -> None:
+        """Delete SPIRE entries of jobs that ended while nothing was watching."""
+        sweep = getattr(self.engine.registrar, "sweep", None)
+        if sweep is None:
+            return
+        try:
+            sweep({job["id"] for job in self.store.jobs_in(("queued", "starting", "running"))})
+        except Exception as exc:  # noqa: BLE001 - retried at the next start; jobs still end
+            log.warning("could not sweep SPIRE entries: %s", exc)
 
     def tick(self) -> None:
         self.store.beat("reaper", os.getpid())

@@ -9,11 +9,15 @@ carries Podman's own stderr.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import sh
+
+logging.getLogger("sh").setLevel(logging.WARNING)  # sh logs every command start at INFO
 
 # Containers see these paths; docs/design.md "The job container contract".
 HELPER_IN_CONTAINER = "/flashpods/bin/flashpods-init"
@@ -109,7 +113,7 @@ class Runtime:
         self.instance = instance
         self.timeout_s = timeout_s
         self._podman = sh.Command("podman").bake(
-            "--url", podman_url, _tty_out=False, _env=_client_env()
+            "--url", podman_url, _tty_out=False, _return_cmd=True, _env=_client_env()
         )
         self._cgroup_note: str | None = None
         self._info_checked = False
@@ -207,6 +211,4 @@ def _gone(stderr: str) -> bool:
 def _client_env() -> dict[str, str]:
     # The remote client needs nothing of the caller's environment; a fixed one keeps a
     # stray CONTAINER_HOST or XDG setting from redirecting it.
-    import os
-
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")}
