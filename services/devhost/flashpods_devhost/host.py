@@ -54,7 +54,7 @@ class HostSettings:
     firewall_values: dict[str, Any] = field(default_factory=dict)
     venv: Path = DEFAULT_VENV
     api_workers: int = 2
-    healthz_timeout_s: float = 90.0
+    healthz_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -326,12 +326,16 @@ class DevHost:
             for service in self._services.values():
                 service.check_alive()
 
-        probes.wait_until(
-            f"{url} (200)",
-            lambda: probes.http_status(url, self.settings.netns) == 200,
-            self.settings.healthz_timeout_s,
-            everything_alive,
-        )
+        try:
+            probes.wait_until(
+                f"{url} (200)",
+                lambda: probes.http_status(url, self.settings.netns) == 200,
+                self.settings.healthz_timeout_s,
+                everything_alive,
+            )
+        except TimeoutError as error:
+            status, body = probes.http_get(url, self.settings.netns)
+            raise TimeoutError(f"{error}; last answer: {status} {body[:2000]}") from None
 
     # ---- firewall --------------------------------------------------------------------
 

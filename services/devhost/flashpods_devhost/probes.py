@@ -54,18 +54,21 @@ def tcp_answers(host: str, port: int, netns: str | None = None) -> bool:
     return True
 
 
-def http_status(url: str, netns: str | None = None) -> int | None:
-    """Status code of a GET, or None when nothing answered."""
-    argv = ["curl", "-sS", "-o", "/dev/null", "-m", "5", "-w", "%{http_code}", url]
+def http_get(url: str, netns: str | None = None) -> tuple[int | None, str]:
+    """Status code and body of a GET; (None, reason) when nothing answered."""
+    argv = ["curl", "-sS", "-m", "5", "-w", "\n%{http_code}", url]
     if netns:
         result = _in_netns(netns, argv, timeout_s=10)
     else:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    try:
-        code = int(result.stdout.strip() or 0)
-    except ValueError:
-        return None
-    return code or None
+    body, _, code = result.stdout.rpartition("\n")
+    if not code.strip().isdigit() or int(code) == 0:
+        return None, result.stderr.strip()
+    return int(code), body
+
+
+def http_status(url: str, netns: str | None = None) -> int | None:
+    return http_get(url, netns)[0]
 
 
 def free_port(host: str, netns: str | None = None) -> int:
