@@ -107,9 +107,17 @@ def test_V3_api_and_rsync_unreachable_except_from_laptop_over_wireguard(services
 
 def test_V5_job_container_cannot_reach_api(from_job, services):
     assert _reached(from_job, [(a, API_PORT) for a in HOST_ADDRESSES]) == []
-    assert services.probe("laptop", [(HOST_TUNNEL, API_PORT)])[f"{HOST_TUNNEL} {API_PORT}"][
-        "reached"
-    ]
+    got = services.probe("laptop", [(HOST_TUNNEL, API_PORT)])
+    assert got[f"{HOST_TUNNEL} {API_PORT}"]["reached"]
+
+
+def test_V5_V6_host_processes_reach_api_and_rsync_locally_but_the_job_uid_does_not(services):
+    """The host's own processes (health checks) may use the tunnel address locally; the
+    job uid, whose slirp4netns traffic arrives the same way, may not."""
+    targets = [(HOST_TUNNEL, API_PORT), (HOST_TUNNEL, RSYNC_PORT)]
+    assert all(r["reached"] for r in services.probe("host", targets).values())
+    as_job = services.probe("host", targets, user="flashpods")
+    assert not any(r["reached"] for r in as_job.values()), as_job
 
 
 def test_V6_job_container_cannot_reach_rsync(from_job, services):
