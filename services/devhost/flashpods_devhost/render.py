@@ -20,8 +20,6 @@ TEMPLATE_DIR_ENV = "FLASHPODS_TEMPLATE_DIR"
 FIREWALL_TEMPLATE = "firewall.nft.in"
 RSYNCD_TEMPLATE = "rsyncd.conf.in"
 TABLE = "inet flashpods"
-# Conntrack mark of the host's own connections to the API and rsyncd ("flp1").
-DEFAULT_LOCAL_MARK = 0x666C7031
 
 _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -81,12 +79,6 @@ def _uid(name: str, value: object) -> str:
     return str(value)
 
 
-def _mark(name: str, value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**32:
-        raise RenderError(f"{name} must be a 32-bit conntrack mark > 0, got {value!r}")
-    return hex(value)
-
-
 def _account(name: str, value: object) -> str:
     """A user or group as rsyncd takes it: a name or a number."""
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -125,7 +117,6 @@ def firewall_values(
     rsync_port: int,
     job_uid: int,
     resolvers: Iterable[str],
-    local_mark: int = DEFAULT_LOCAL_MARK,
 ) -> dict[str, str]:
     """The placeholder values of firewall.nft.in, validated."""
     if not isinstance(wg_if, str) or not _IFNAME.match(wg_if):
@@ -139,7 +130,6 @@ def firewall_values(
         "API_PORT": _port("api_port", api_port),
         "RSYNC_PORT": _port("rsync_port", rsync_port),
         "JOB_UID": _uid("job_uid", job_uid),
-        "LOCAL_MARK": _mark("local_mark", local_mark),
         "RESOLVERS_V4": _elements([str(a) for a in parsed if a.version == 4]),
         "RESOLVERS_V6": _elements([str(a) for a in parsed if a.version == 6]),
     }
@@ -148,8 +138,7 @@ def firewall_values(
 def render_firewall(**values: object) -> str:
     """The host's nftables table ``inet flashpods``, ready for ``nft -f``.
 
-    Keywords: wg_if, laptop_addr, api_port, rsync_port, job_uid, resolvers (list),
-    local_mark (optional conntrack mark, default DEFAULT_LOCAL_MARK).
+    Keywords: wg_if, laptop_addr, api_port, rsync_port, job_uid, resolvers (list).
     """
     return fill(_read(FIREWALL_TEMPLATE), firewall_values(**values))  # type: ignore[arg-type]
 
