@@ -170,6 +170,10 @@ static int exchange(int *count, int *skipped, struct err *e)
     long timeout_s, wait_s;
     if (env_seconds("FLASHPODS_TOKEN_TIMEOUT_S", 10, 3600, &timeout_s, e) < 0)
         return -1;
+    if (timeout_s == 0) {
+        err_set(e, "FLASHPODS_TOKEN_TIMEOUT_S must be at least 1 second; fix or unset it");
+        return -1;
+    }
     const char *mode = env_or("FLASHPODS_ATTESTATION", "peer");
     struct buf jwt = {0};
     if (!strcmp(mode, "spire")) {

@@ -51,10 +51,10 @@ static void walk(int dfd, const char *name, char *path, size_t plen, size_t cap,
     st->seen++;
     mode_t want = wanted_mode(sb.st_mode);
     if (want != (sb.st_mode & 07777)) {
+        /* On failure still try to descend: a directory of another owner may
+         * be readable through its group or other bits. */
         if (chmod_nofollow(dfd, name, want) < 0) {
             report(st, path, "cannot chmod");
-            if (S_ISDIR(sb.st_mode) && (sb.st_mode & S_IRWXU) != S_IRWXU)
-                return; /* unreadable and unchangeable: cannot descend */
         } else {
             st->changed++;
         }

@@ -313,16 +313,25 @@ def test_unset_socket_uses_the_default_path(helper, workdir, token_server):
     assert result.stdout == "from-default|"
 
 
-def test_bad_timeout_value_is_an_error(helper, workdir, token_server):
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("soon", "FLASHPODS_TOKEN_TIMEOUT_S=soon is not a whole number of seconds"),
+        ("-1", "FLASHPODS_TOKEN_TIMEOUT_S=-1 is not a whole number of seconds"),
+        ("99999", "between 0 and 3600"),
+        ("0", "FLASHPODS_TOKEN_TIMEOUT_S must be at least 1 second"),
+    ],
+)
+def test_bad_timeout_value_is_an_error(helper, workdir, token_server, value, message):
     server = token_server(grant({}))
     env = base_env(
-        workdir, FLASHPODS_TOKEN_SOCKET=str(server.path), FLASHPODS_TOKEN_TIMEOUT_S="soon"
+        workdir, FLASHPODS_TOKEN_SOCKET=str(server.path), FLASHPODS_TOKEN_TIMEOUT_S=value
     )
 
     result = run_helper(helper, ["--", "/bin/true"], env)
 
     assert result.returncode == 125
-    assert "FLASHPODS_TOKEN_TIMEOUT_S=soon is not a whole number of seconds" in result.stderr
+    assert message in result.stderr
 
 
 def test_unknown_attestation_mode_is_an_error(helper, workdir, token_server):

@@ -129,3 +129,22 @@ def test_normalize_needs_a_directory(helper, workdir):
 
     assert result.returncode == 125
     assert "--normalize needs at least one directory" in result.stderr
+
+
+def test_normalize_descends_into_a_directory_it_cannot_chmod(helper, workdir):
+    # A root-owned 0755 directory cannot get g+w from flashpods, but it can
+    # still be read: the flashpods-owned files inside are fixed anyway.
+    tree = workdir / "t"
+    tree.mkdir()
+    os.chown(tree, FLASHPODS_UID, FLASHPODS_UID)
+    foreign = tree / "foreign"
+    foreign.mkdir(mode=0o755)
+    (foreign / "mine").write_text("m")
+    os.chown(foreign / "mine", FLASHPODS_UID, FLASHPODS_UID)
+    (foreign / "mine").chmod(0o400)
+
+    result = as_flashpods(helper, ["--normalize", str(tree)], workdir)
+
+    assert result.returncode == 1
+    assert f"cannot chmod {foreign}" in result.stderr
+    assert mode(foreign / "mine") == 0o660
