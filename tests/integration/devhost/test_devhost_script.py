@@ -18,6 +18,31 @@ import requests
 from flashpods_devhost.pytest_plugin import TEST_BASE
 
 REPO = Path(__file__).resolve().parents[3]
+# What README.md tells a user to do with curl, rsync and jq against the dev host.
+README_WALKTHROUGH = r"""
+set -euo pipefail
+set -a; . "$1"; set +a
+auth="Authorization: Bearer $(cat "$FLASHPODS_API_TOKEN_FILE")"
+src=$(mktemp -d); trap 'rm -rf "$src"' EXIT
+echo hello-from-upload > "$src/input.txt"
+up=$(curl -sS -H "$auth" -X POST "$FLASHPODS_API_URL/uploads")
+rsync -r "$src/" "$(printf '%s' "$up" | jq -r .rsync_url)"
+body=$(jq -n --arg up "$(printf '%s' "$up" | jq -r .upload_id)" \
+  '{kind: "worker", upload_id: $up,
+    command: "cat /workspace/input.txt; echo result > /artifacts/out.txt"}')
+job=$(curl -sS -H "$auth" -H 'Content-Type: application/json' -d "$body" \
+  "$FLASHPODS_API_URL/jobs")
+id=$(printf '%s' "$job" | jq -r '.job.id // .id')
+for _ in $(seq 600); do
+  status=$(curl -sS -H "$auth" "$FLASHPODS_API_URL/jobs/$id" | jq -r .job.status)
+  case $status in succeeded|failed|timed_out|killed|lost) break ;; esac
+  sleep 0.2
+done
+echo "status=$status"
+curl -sS -H "$auth" "$FLASHPODS_API_URL/jobs/$id/logs?offset=0" | jq -r .data
+curl -sS -H "$auth" "$FLASHPODS_API_URL/jobs/$id/artifacts" | jq -e '.artifacts[].path' >/dev/null
+echo "artifact=$(curl -sS -H "$auth" "$FLASHPODS_API_URL/jobs/$id/artifacts/out.txt")"
+"""
 
 
 def _free_port() -> int:
@@ -101,6 +126,19 @@ def test_detach_then_stop(dev_env: dict[str, str]) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     assert requests.get(f"{api}/jobs", headers=auth, timeout=10).status_code == 200
     assert _listening(rsync_port)
+
+    # The README's curl walk-through, verbatim in spirit: upload, job, logs, artifact.
+    walk = subprocess.run(
+        ["bash", "-c", README_WALKTHROUGH, "walkthrough", str(env_file)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert walk.returncode == 0, walk.stdout + walk.stderr
+    assert "status=succeeded" in walk.stdout
+    assert "hello-from-upload" in walk.stdout  # the uploaded file, read by the job
+    assert "artifact=result" in walk.stdout
 
     # A second start on the same root is refused with a sentence, not a second host.
     again = _dev_host(dev_env, "--detach", "--no-install", "--no-firewall")
