@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN
+from api_fakes import TOKEN
 
 LONG = "x" * 200
 

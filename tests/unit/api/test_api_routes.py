@@ -10,7 +10,7 @@ from pathlib import Path
 
 from flashpods_api.runtime import run_args
 
-from .conftest import TOKEN
+from api_fakes import TOKEN
 
 
 def test_upload_reserves_a_directory_and_rsync_url(host):
