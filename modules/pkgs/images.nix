@@ -10,6 +10,7 @@
   bashInteractive,
   coreutils,
   busybox,
+  curl,
   cacert,
   python3,
   spire,
@@ -58,6 +59,9 @@ in
     tag = "latest";
     contents = [
       busybox
+      # busybox has no HTTP client that speaks to a unix socket; jobs and the
+      # VM tests use curl (e.g. the token socket, probes).
+      curl
       cacert
       flashpodsBin
       baseFiles

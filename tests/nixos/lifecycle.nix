@@ -1,0 +1,71 @@
+# V15-V17: secrets never land on disk or in Podman, retention removes what
+# has expired, and the host survives kill -9 of the API and the reaper while
+# jobs run.
+{ self }:
+let
+  topology = import ./lib/nodes.nix {
+    inherit self;
+    hostModule.services.flashpods.retention = {
+      artifacts = "20s";
+      logs = "40s";
+      uploads = "20s";
+    };
+  };
+  inherit (topology) secrets;
+in
+{
+  name = "flashpods-retention-crash-safety-no-leaks";
+  inherit (topology) nodes;
+
+  testScript =
+    { nodes, ... }:
+    let
+      cfg = nodes.host.services.flashpods;
+    in
+    ''
+      API_TOKEN = "${secrets.apiToken}"
+      ${builtins.readFile ./lib/helpers.py}
+
+      start_all()
+      wait_for_host()
+
+      with subtest("V17: kill -9 of the API and the reaper loses no job, log or container"):
+          jobs = [start_job("for i in 1 2 3 4 5 6 7 8 9 10; do echo line-$i; sleep 2; done; echo done") for _ in range(2)]
+          for job_id in jobs:
+              laptop.wait_until_succeeds(
+                  f"curl -sf -H 'Authorization: Bearer {API_TOKEN}' {API}/jobs/{job_id} | jq -e '.job.status == \"running\"'",
+                  timeout=120)
+          host.succeed("systemctl kill --signal=SIGKILL flashpods-api.service flashpods-reaper.service")
+          host.wait_until_succeeds("systemctl is-active flashpods-api.service flashpods-reaper.service", timeout=60)
+          for job_id in jobs:
+              job = wait_final(job_id, timeout=180)
+              assert job["status"] == "succeeded", job
+              log = job_log(job_id)
+              assert [l for l in log.splitlines() if l.startswith("line-")] == [f"line-{i}" for i in range(1, 11)], log
+              assert log.rstrip().endswith("done"), log
+              host.wait_until_succeeds(
+                  f"test -z \"$(podman --url {PODMAN_URL} ps -aq --filter label=flashpods.job={job_id})\"", timeout=120)
+
+      with subtest("V15: a job that received secrets leaves no trace of them"):
+          code, upload = api("POST", "/uploads", {})
+          laptop.succeed("mkdir -p /tmp/src && echo input > /tmp/src/in.txt")
+          laptop.succeed(f"rsync -r /tmp/src/ {upload['rsync_url']}/{upload['upload_id']}/")
+          job, log = run_job(
+              "test -n \"$GITHUB_TOKEN\" && echo has-token; cp /workspace/in.txt /artifacts/out.txt",
+              upload_id=upload["upload_id"])
+          assert job["status"] == "succeeded" and "has-token" in log, (job, log)
+          assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}", API_TOKEN])
+
+      with subtest("V16: uploads leave after start, artifacts and logs after their TTL"):
+          code, upload = api("POST", "/uploads", {})
+          laptop.succeed(f"rsync -r /tmp/src/ {upload['rsync_url']}/{upload['upload_id']}/")
+          job, log = run_job("echo kept > /artifacts/a.txt", upload_id=upload["upload_id"])
+          host.fail(f"test -e ${cfg.storage.uploads}/{upload['upload_id']}")
+          host.succeed(f"test -e ${cfg.storage.artifacts}/{job['id']}/a.txt")
+          host.wait_until_fails(f"test -e ${cfg.storage.artifacts}/{job['id']}", timeout=120)
+          host.wait_until_fails(f"test -e ${cfg.storage.logs}/{job['id']}.log", timeout=120)
+          host.wait_until_fails(f"test -e ${cfg.storage.uploads}/.bases/{upload['upload_id']}", timeout=120)
+          code, _ = api("GET", f"/jobs/{job['id']}/artifacts/a.txt")
+          assert code in (404, 410), code
+    '';
+}

@@ -1,0 +1,140 @@
+# V8-V12 with SPIRE end to end: the API registers each job with the SPIRE
+# server, the agent's docker attestor recognises the rootless container
+# through the flashpods user's Podman socket, the helper fetches a JWT-SVID,
+# and the token service hands out exactly the role's secrets while the job
+# runs, and nothing to anyone else.
+{ self }:
+let
+  topology = import ./lib/nodes.nix {
+    inherit self;
+    # Short-lived SVIDs, so expiry is tested within the run.
+    hostModule.services.flashpods.spire.jwtSvidTtl = "30s";
+  };
+  inherit (topology) secrets;
+in
+{
+  name = "flashpods-spire-attested-secrets";
+  inherit (topology) nodes;
+
+  testScript =
+    { nodes, ... }:
+    let
+      cfg = nodes.host.services.flashpods;
+      agentSocket = nodes.host.services.spire.agent.settings.agent.socket_path;
+      serverSocket = nodes.host.services.spire.server.settings.server.socket_path;
+    in
+    ''
+      import base64
+      import hashlib
+
+      API_TOKEN = "${secrets.apiToken}"
+      ${builtins.readFile ./lib/helpers.py}
+
+      def b64url(data):
+          return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+      def sha(value):
+          return hashlib.sha256(value.encode()).hexdigest()
+
+      # In-container helpers: an SVID for an audience, an exchange with a given
+      # bearer and body (prints only the status), and which secrets the helper
+      # put into the environment (names and hashes, never values).
+      CONTAINER_LIB = r"""
+      svid() { /flashpods/bin/spire-agent api fetch jwt -audience "$1" -socketPath /run/spire/sockets/agent.sock | sed -n 2p | tr -d '[:space:]'; }
+      exchange() {
+        code=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket /run/flashpods/token.sock \
+          -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -d "$3" http://token/v1/exchange)
+        echo "EXCHANGE $1 $code"
+      }
+      granted() {
+        for name in GITHUB_TOKEN ANTHROPIC_API_KEY; do
+          value=$(printenv "$name") && echo "GRANTED $name $(printf %s "$value" | sha256sum | cut -d' ' -f1)"
+        done
+      }
+      test -S /run/spire/sockets/agent.sock && test -S /run/flashpods/token.sock && echo SOCKETS-OK
+      """
+
+      def results(log, prefix):
+          out = {}
+          for line in log.splitlines():
+              fields = line.split()
+              if len(fields) >= 3 and fields[0] == prefix:
+                  out[fields[1]] = fields[2]
+          return out
+
+      start_all()
+      wait_for_host()
+      host.wait_for_unit("spire-server.service")
+      host.wait_for_unit("spire-agent.service")
+      host.wait_until_succeeds("spire-agent healthcheck -socketPath ${agentSocket}", timeout=120)
+
+      with subtest("the agent attested with the join token and carries the host alias"):
+          host.succeed("spire-server entry show -socketPath ${serverSocket} -spiffeID spiffe://${cfg.spire.trustDomain}/agent/host | grep -q 'Entry ID'")
+
+      with subtest("V8 V9: a worker reaches both sockets and gets only worker secrets"):
+          job, log = run_job(CONTAINER_LIB + """
+      granted
+      exchange ask-agent-token "$(svid flashpods-token)" '{"tokens":["ANTHROPIC_API_KEY"]}'
+      exchange all "$(svid flashpods-token)" '{}'
+      """)
+          assert job["status"] == "succeeded", (job, log)
+          assert "SOCKETS-OK" in log, log
+          assert results(log, "GRANTED") == {"GITHUB_TOKEN": sha("${secrets.github}")}, log
+          assert results(log, "EXCHANGE") == {"ask-agent-token": "403", "all": "200"}, log
+
+      with subtest("V10: a sub-agent gets the agent secrets"):
+          job, log = run_job(CONTAINER_LIB + "granted", kind="sub_agent")
+          assert job["status"] == "succeeded", (job, log)
+          assert results(log, "GRANTED") == {
+              "GITHUB_TOKEN": sha("${secrets.github}"),
+              "ANTHROPIC_API_KEY": sha("${secrets.anthropic}"),
+          }, log
+
+      with subtest("V11: forged, foreign, wrong-audience and expired SVIDs get 401"):
+          far = 4102444800  # 2100-01-01
+          forged_none = b64url({"alg": "none", "typ": "JWT"}) + "." + b64url(
+              {"sub": "spiffe://${cfg.spire.trustDomain}/job/x/worker", "aud": ["flashpods-token"], "exp": far}) + "."
+          forged_hs = b64url({"alg": "HS256", "typ": "JWT"}) + "." + b64url(
+              {"sub": "spiffe://${cfg.spire.trustDomain}/job/x/worker", "aud": ["flashpods-token"], "exp": far}) + ".c2lnbmF0dXJl"
+          foreign_payload = b64url({"sub": "spiffe://evil.example/job/x/worker", "aud": ["flashpods-token"], "exp": far})
+          job, log = run_job(CONTAINER_LIB + """
+      real=$(svid flashpods-token)
+      exchange alg-none "$FORGED_NONE" '{}'
+      exchange hs256 "$FORGED_HS" '{}'
+      exchange foreign-domain "$(echo "$real" | cut -d. -f1).$FOREIGN_PAYLOAD.$(echo "$real" | cut -d. -f3)" '{}'
+      exchange wrong-audience "$(svid some-other-service)" '{}'
+      exchange no-bearer "" '{}'
+      sleep 40
+      exchange expired "$real" '{}'
+      """, env={"FORGED_NONE": forged_none, "FORGED_HS": forged_hs, "FOREIGN_PAYLOAD": foreign_payload})
+          assert results(log, "EXCHANGE") == {
+              "alg-none": "401", "hs256": "401", "foreign-domain": "401",
+              "wrong-audience": "401", "no-bearer": "401", "expired": "401",
+          }, log
+
+      with subtest("V11: a process outside any container gets no identity and no secret"):
+          host.fail("spire-agent api fetch jwt -audience flashpods-token -socketPath ${agentSocket}")
+          host.fail(as_flashpods("spire-agent api fetch jwt -audience flashpods-token -socketPath ${agentSocket}"))
+          code = host.succeed(
+              "curl -s -o /dev/null -w '%{http_code}' --unix-socket ${cfg.token.socket} -X POST http://token/v1/exchange")
+          assert code == "401", code
+
+      with subtest("V12: a finished job's identity is dead"):
+          job, log = run_job(CONTAINER_LIB + "svid flashpods-token > /artifacts/svid")
+          assert job["status"] == "succeeded", (job, log)
+          svid = host.succeed(f"cat ${cfg.storage.artifacts}/{job['id']}/svid").strip()
+          assert svid.count(".") == 2, svid
+          code = host.succeed(
+              f"curl -s -o /dev/null -w '%{{http_code}}' --unix-socket ${cfg.token.socket}"
+              f" -H 'Authorization: Bearer {svid}' -X POST http://token/v1/exchange")
+          assert code in ("401", "403"), code
+          # Its registration entry is gone too.
+          host.fail(f"spire-server entry show -socketPath ${serverSocket} -selector docker:label:flashpods.job:{job['id']} | grep -q 'Entry ID'")
+
+      with subtest("the audit log names identities and decisions, never values"):
+          host.succeed("grep -q 'spiffe://${cfg.spire.trustDomain}/job/' /var/log/flashpods-token/audit.log")
+
+      assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}", API_TOKEN])
+      host.succeed("grep -rF -- '${secrets.github}' /var/log/flashpods-token; test $? -eq 1")
+    '';
+}
