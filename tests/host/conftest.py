@@ -26,7 +26,7 @@ def firewall_values(t: Topology) -> dict:
         "api_port": topo.API_PORT,
         "rsync_port": topo.RSYNC_PORT,
         "job_uid": 1001,
-        "resolvers": [topo.RESOLVER, topo.RESOLVER_LOOPBACK],
+        "resolvers": [topo.RESOLVER, topo.RESOLVER_LOOPBACK, topo.RESOLVER6],
     }
 
 

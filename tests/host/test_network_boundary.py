@@ -26,6 +26,7 @@ from topology import (
     METADATA,
     PRIVATE,
     RESOLVER,
+    RESOLVER6,
     RESOLVER_LOOPBACK,
     RSYNC_PORT,
     SPIRE_PORT,
@@ -67,7 +68,12 @@ def from_job(request, jobs, services):
         assert got[f"127.0.0.1 {OTHER_JOB_PORT}"]["banner"] == "other-job", got
     else:
         assert "other-job" in jobs.exec(other, f"nc -w 3 127.0.0.1 {OTHER_JOB_PORT} </dev/null")
-    results = container_probe(jobs, TARGETS, network=mode, dns=[("flashpods.test", RESOLVER)])
+    results = container_probe(
+        jobs,
+        TARGETS,
+        network=mode,
+        dns=[("flashpods.test", s) for s in (RESOLVER, METADATA, PRIVATE[0], INTERNET)],
+    )
     results["mode"] = mode
     return results
 
@@ -146,8 +152,12 @@ def test_V20_job_container_reaches_nothing_but_the_public_internet(from_job, ser
     assert _reached(from_job, others) == [], "host ports (sshd, SPIRE server, another job)"
     assert _reached(from_job, [(METADATA, INTERNET_PORT)]) == [], "cloud metadata service"
     assert _reached(from_job, [(a, INTERNET_PORT) for a in PRIVATE]) == [], "private ranges"
-    # The resolver it needs still answers.
+    # The resolver it needs still answers, and so does a public one; DNS servers on the
+    # metadata or a private address do not (UDP is refused like TCP).
     assert "203.0.113.10" in from_job[f"dns {RESOLVER}"]["line"], from_job[f"dns {RESOLVER}"]
+    assert "203.0.113.10" in from_job[f"dns {INTERNET}"]["line"], from_job[f"dns {INTERNET}"]
+    for server in (METADATA, PRIVATE[0]):
+        assert "203.0.113.10" not in from_job[f"dns {server}"]["line"], from_job[f"dns {server}"]
     # Matching allow: the same listeners answer a process that is not a job.
     from_root = services.probe(
         "host", [(HOST_PUBLIC, SSH_PORT), ("127.0.0.1", SPIRE_PORT), (METADATA, INTERNET_PORT),
@@ -163,7 +173,6 @@ ESCAPED_DENIED = [
     (METADATA, INTERNET_PORT),
     *((addr, INTERNET_PORT) for addr in PRIVATE),
     (ULA6, INTERNET_PORT),
-    ("fe80::1", INTERNET_PORT),
 ]
 
 
@@ -171,7 +180,8 @@ def test_V5_V6_V18_V20_job_uid_outside_any_container(services):
     """A process that escapes a container lands on the host as the job uid: same limits,
     over IPv4 and IPv6."""
     targets = [*ESCAPED_DENIED, (INTERNET, INTERNET_PORT), (INTERNET6, INTERNET_PORT),
-               (RESOLVER, "dns"), (RESOLVER_LOOPBACK, "dns")]  # fmt: skip
+               (RESOLVER, "dns"), (RESOLVER_LOOPBACK, "dns"), (RESOLVER6, "dns"),
+               (INTERNET, "dns"), (METADATA, "dns"), (PRIVATE[0], "dns")]  # fmt: skip
     got = services.probe("host", targets, user="flashpods")
     reached = [k for k, _ in [(f"{a} {p}", 0) for a, p in ESCAPED_DENIED] if got[k]["reached"]]
     assert reached == []
@@ -181,3 +191,7 @@ def test_V5_V6_V18_V20_job_uid_outside_any_container(services):
     assert got[f"{INTERNET6} {INTERNET_PORT}"]["banner"].startswith("internet")
     assert got[f"{RESOLVER} dns"]["address"] == "203.0.113.10", got[f"{RESOLVER} dns"]
     assert got[f"{RESOLVER_LOOPBACK} dns"]["address"] == "203.0.113.10"
+    assert got[f"{RESOLVER6} dns"]["address"] == "203.0.113.10", got[f"{RESOLVER6} dns"]
+    assert got[f"{INTERNET} dns"]["address"] == "203.0.113.10"
+    for server in (METADATA, PRIVATE[0]):
+        assert not got[f"{server} dns"]["answered"], got[f"{server} dns"]

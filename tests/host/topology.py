@@ -48,6 +48,7 @@ PRIVATE = ("192.168.99.1", "172.16.99.1", "10.99.0.1", "100.64.0.1")
 ULA6 = "fd99::1"
 RESOLVER = "10.255.255.53"
 RESOLVER_LOOPBACK = "127.0.0.53"
+RESOLVER6 = "fd53::53"  # a ULA resolver: reachable only through the resolver rule
 SLIRP_GATEWAY = "10.0.2.2"  # slirp4netns' address for the host's loopback
 
 WG_PORT = 51820
@@ -191,6 +192,7 @@ class Topology:
         self.ip("host", "route", "add", "default", "via", GATEWAY)
         self.ip("host", "-6", "route", "add", "default", "via", GATEWAY6)
         self.ip("host", "addr", "add", f"{RESOLVER}/32", "dev", "lo")
+        self.ip("host", "addr", "add", f"{RESOLVER6}/128", "dev", "lo", "nodad")
         # The router holds the internet, the metadata service and private neighbours.
         for addr in (f"{INTERNET}/24", f"{METADATA}/32", *(f"{p}/32" for p in PRIVATE)):
             self.ip("inet", "addr", "add", addr, "dev", "lo")
@@ -237,7 +239,7 @@ class Topology:
         # What a real host runs that no job may reach: sshd and the SPIRE server.
         self.standin("host", "tcp", "sshd", str(SSH_PORT))
         self.standin("host", "tcp", "spire-server", str(SPIRE_PORT))
-        self.standin("host", "dns", RESOLVER, RESOLVER_LOOPBACK)
+        self.standin("host", "dns", RESOLVER, RESOLVER_LOOPBACK, RESOLVER6)
         # A web server on the laptop, on its tunnel addresses only.
         self.standin(
             "laptop",
@@ -250,6 +252,8 @@ class Topology:
             LAPTOP_ROUTED,
         )
         self.standin("inet", "tcp", "internet", str(INTERNET_PORT))
+        # DNS servers a job must not use (metadata, private) and one it may (public).
+        self.standin("inet", "dns", METADATA, PRIVATE[0], INTERNET)
         self.standin("stranger", "tcp", "stranger", str(INTERNET_PORT))
 
     # ---- tearing down -----------------------------------------------------------------
