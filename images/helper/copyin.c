@@ -190,7 +190,7 @@ static int copy_dir_contents(struct walk *w, int sfd, int dfd, int top)
             /* Devices, FIFOs and sockets mean nothing in another container
              * and a FIFO would block the copy: skip them. */
             if (w->st->skipped++ == 0)
-                snprintf(w->st->first_skipped, sizeof w->st->first_skipped, "%s", w->path);
+                snprintf(w->st->first_skipped, sizeof w->st->first_skipped, "%.255s", w->path);
         }
         w->path[old] = '\0';
         if (rc)

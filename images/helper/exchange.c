@@ -243,7 +243,12 @@ static void json_error_text(const char *body, size_t len, char *out, size_t n)
 
 static int parse_response(struct buf *resp, struct buf *body, struct err *e)
 {
-    char *data = resp->data ? resp->data : "";
+    if (!resp->data) {
+        err_set(e, "the token service closed the connection without answering; check the "
+                   "token service's log");
+        return -1;
+    }
+    char *data = resp->data;
     size_t len = resp->len;
     /* Status line: "HTTP/1.x NNN[ reason]". */
     int status = 0;

@@ -20,7 +20,15 @@ from helper_support import BUILD_SCRIPT, make_root  # noqa: E402
 
 @pytest.fixture(scope="session")
 def helper() -> Iterator[Path]:
-    """The helper, built by scripts/lib/build-helper.sh (FLASHPODS_HELPER_OUT)."""
+    """The helper, built by scripts/lib/build-helper.sh (FLASHPODS_HELPER_OUT).
+
+    FLASHPODS_HELPER_TEST_BINARY=<path> runs the behaviour tests against another
+    build instead, e.g. one with -fsanitize=address,undefined (the build-script
+    tests then fail on purpose: that binary is not static)."""
+    override = os.environ.get("FLASHPODS_HELPER_TEST_BINARY")
+    if override:
+        yield Path(override)
+        return
     root = make_root("helper-bin")
     out = root / "flashpods-init"
     env = dict(os.environ, FLASHPODS_HELPER_OUT=str(out))

@@ -100,6 +100,8 @@ REFUSALS = [
     ),
     # server error without a JSON body
     (lambda _r: http_response(500, b"boom"), "HTTP 500"),
+    # hung up without a byte
+    (lambda _r: b"", "closed the connection without answering"),
     # not HTTP at all
     (lambda _r: b"\x00\x01garbage that is not http\n", "is not HTTP"),
     # headers never end
