@@ -122,8 +122,9 @@ def test_worker_gets_no_anthropic_credential(subagent_host, model):
         "echo ANTHROPIC_VARS=$(env | grep -c '^ANTHROPIC_'); "
         "echo GITHUB_TOKEN=${GITHUB_TOKEN:+granted}; "
         f"curl -sS -m 20 -X POST {url} -H 'content-type: application/json' "
-        '-H "x-api-key: ${ANTHROPIC_API_KEY:-}" '
-        '-H "authorization: Bearer ${ANTHROPIC_AUTH_TOKEN:-}" '
+        # Sends whatever key the environment holds, or the word <unset>.
+        '-H "x-api-key: ${ANTHROPIC_API_KEY-<unset>}" '
+        '-H "authorization: Bearer ${ANTHROPIC_AUTH_TOKEN-<unset>}" '
         f"--data '{body}'; echo; "
         # Claude Code itself cannot run as a worker: the entrypoint finds no credential.
         "FLASHPODS_PROMPT=x /flashpods/agent/entrypoint; echo entrypoint_exit=$?"
@@ -140,8 +141,8 @@ def test_worker_gets_no_anthropic_credential(subagent_host, model):
     assert "hello worker" in log  # the endpoint was reached ...
     seen = scripted_requests(model, "worker")
     assert len(seen) == 1
-    assert seen[0]["headers"].get("x-api-key") == ""  # ... without any key
-    assert seen[0]["headers"].get("authorization") == "Bearer "
+    assert seen[0]["headers"].get("x-api-key") == "<unset>"  # ... without any key
+    assert seen[0]["headers"].get("authorization") == "Bearer <unset>"
     assert "no Anthropic credential" in log and "entrypoint_exit=64" in log
     key = api.host.settings.secrets["ANTHROPIC_API_KEY"]
     assert key not in log
@@ -240,7 +241,10 @@ def test_kill_job_stops_a_busy_agent(subagent_host, model):
     # The entrypoint saw SIGTERM, stopped Claude Code and still wrote its summary.
     summary = api.summary(job["id"])
     assert summary["exit_reason"] == "terminated" and summary["ok"] is False
-    assert summary["tool_calls"] == [{"name": "Bash", "ok": None}]
+    # Claude Code ends the sleep it was running (its result says "Exit code 137"), or the
+    # stop came before any result: either way the call did not succeed.
+    assert [c["name"] for c in summary["tool_calls"]] == ["Bash"]
+    assert summary["tool_calls"][0]["ok"] is not True
 
 
 def test_turn_cap_from_the_host_config_ends_the_run(subagent_host, model):
