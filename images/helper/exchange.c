@@ -1,3 +1,8 @@
+/* memmem, pipe2, explicit_bzero: declared here for glibc and musl alike, not
+ * only when the build passes -D_GNU_SOURCE (the Nix build does not). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "exchange.h"
 
 #include <errno.h>

@@ -9,6 +9,11 @@
  *   3. exchange its identity for the job's secrets at the token service;
  *   4. exec the job's command with those secrets in its environment.
  * `--normalize DIR...` is a separate mode used by the reaper. See README.md. */
+/* memmem, pipe2, explicit_bzero: declared here for glibc and musl alike, not
+ * only when the build passes -D_GNU_SOURCE (the Nix build does not). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include "copyin.h"
 #include "exchange.h"
 #include "normalize.h"

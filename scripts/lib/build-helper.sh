@@ -16,11 +16,13 @@ cflags="-D_GNU_SOURCE -static -O2 -Wall -Wextra -Werror"
 
 # The compiler and the static C library: installed here on a fresh Debian
 # machine when running as root, otherwise the error says what to install.
+# musl-tools is for tests/unit/helper, which also build the sources with musl
+# the way the Nix package (pkgsStatic) does.
 libc_a=$("$cc" -print-file-name=libc.a 2>/dev/null || true)
-if ! command -v "$cc" >/dev/null 2>&1 || [ ! -f "$libc_a" ]; then
+if ! command -v "$cc" >/dev/null 2>&1 || [ ! -f "$libc_a" ] || ! command -v musl-gcc >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "build-helper: installing gcc and libc6-dev" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev >&2
+        echo "build-helper: installing gcc, libc6-dev and musl-tools" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev musl-tools >&2
     fi
 fi
 command -v "$cc" >/dev/null 2>&1 || {

@@ -84,3 +84,32 @@ def test_a_failed_build_keeps_the_old_binary(repo_copy):
     assert result.returncode != 0
     assert out.read_bytes() == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["flashpods-init"]  # no temp left
+
+
+@pytest.mark.parametrize("compiler", ["gcc", "musl-gcc"])
+def test_sources_build_like_the_nix_package(compiler, tmp_path):
+    # modules/pkgs/flashpods-init.nix builds with pkgsStatic (musl) and no
+    # -D_GNU_SOURCE: the sources must not depend on this script's flags.
+    out = tmp_path / "flashpods-init"
+    sources = sorted(str(p) for p in (REPO / "images" / "helper").glob("*.c"))
+
+    built = subprocess.run(
+        [compiler, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), *sources],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run(
+        [str(out), "--", "/bin/sh", "-c", "umask"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "FLASHPODS_INPUT_DIR": str(tmp_path / "none"),
+            "FLASHPODS_SECRETS": "optional",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.stdout == "0002\n", ran.stderr
