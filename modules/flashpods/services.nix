@@ -76,6 +76,8 @@ let
       FLASHPODS_API_CONFIG = toString (apiConfigFor unit);
       HOME = "/var/lib/flashpods-api";
       XDG_RUNTIME_DIR = "/run/${unit}";
+      # ProtectSystem=strict leaves /tmp read-only (no PrivateTmp, see below).
+      TMPDIR = "/var/lib/flashpods-api";
     };
     restartTriggers = [ (apiConfigFor unit) ];
     serviceConfig = hardening // {
@@ -150,11 +152,11 @@ in
       attestation = if cfg.spire.enable then "spire" else "peer";
       spire = {
         server_cli = "spire-server";
-        server_socket = "/run/spire/server/private/api.sock";
+        server_socket = config.services.spire.server.settings.server.socket_path;
         trust_domain = cfg.spire.trustDomain;
         parent_id = fpLib.hostAgentId cfg.spire.trustDomain;
         jwt_svid_ttl_s = seconds cfg.spire.jwtSvidTtl;
-        agent_socket = "/run/spire/agent/public/api.sock";
+        agent_socket = config.services.spire.agent.settings.agent.socket_path;
       };
       retention = {
         artifacts_s = seconds cfg.retention.artifacts;

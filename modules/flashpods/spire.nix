@@ -48,6 +48,9 @@ in
           # Only the local agent talks to the server; nothing listens publicly.
           bind_address = "127.0.0.1";
           bind_port = cfg.spire.serverPort;
+          # Directly in the RuntimeDirectory (0750, group spire-server) rather
+          # than nixpkgs' default private/ subdirectory, whose mode SPIRE picks.
+          socket_path = "/run/spire/server/api.sock";
           default_jwt_svid_ttl = "${toString (fpLib.durationToSeconds cfg.spire.jwtSvidTtl)}s";
         };
         plugins = {
@@ -95,7 +98,7 @@ in
         plugins = {
           # The agent's own SVID and key survive restarts: a join token is
           # single use, so the agent must not need a new one after a restart.
-          KeyManager.disk.plugin_data.directory = "$STATE_DIRECTORY/keys";
+          KeyManager.disk.plugin_data.directory = "$STATE_DIRECTORY";
           NodeAttestor.join_token.plugin_data = { };
           WorkloadAttestor.docker.plugin_data = {
             docker_socket_path = "unix://${cfg.podman.socket}";

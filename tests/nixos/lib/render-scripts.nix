@@ -23,7 +23,7 @@ let
     };
     services.spire = {
       agent.settings.agent.socket_path = "/run/spire/agent/public/api.sock";
-      server.settings.server.socket_path = "/run/spire/server/private/api.sock";
+      server.settings.server.socket_path = "/run/spire/server/api.sock";
     };
   };
   render =

@@ -94,6 +94,9 @@ def test_api_config_restricts_peers_to_the_laptop_and_points_at_the_tunnel(valid
     assert cfg["podman_url"] == "unix:///run/flashpods/podman/podman.sock"
     assert cfg["spire"]["parent_id"] == "spiffe://flashpods.internal/agent/host"
     assert cfg["spire"]["server_cli"].endswith("/bin/spire-server")
+    # The admin socket sits directly in the server's 0750 runtime directory.
+    assert cfg["spire"]["server_socket"] == "/run/spire/server/api.sock"
+    assert cfg["spire"]["agent_socket"] == "/run/spire/agent/public/api.sock"
 
 
 def test_token_config_is_accepted_by_the_token_service_itself(valid):
