@@ -232,7 +232,12 @@ in
       wantedBy = [ "multi-user.target" ];
       serviceConfig = {
         ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
-        RestrictAddressFamilies = [ "AF_UNIX" ];
+        # Unix sockets (Podman, SPIRE admin) only; netlink for the Go CLIs'
+        # start-up, no IP at all.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_NETLINK"
+        ];
         IPAddressDeny = "any";
       };
       }
@@ -261,6 +266,13 @@ in
         PrivateTmp = true;
         # Unix sockets only: the service can never listen on TCP.
         RestrictAddressFamilies = [ "AF_UNIX" ];
+        # It hands its socket to group flashpods (chown), which ~@privileged
+        # would otherwise forbid.
+        SystemCallFilter = [
+          "@system-service"
+          "~@privileged"
+          "@chown"
+        ];
         IPAddressDeny = "any";
         Restart = "always";
         RestartSec = 2;

@@ -96,6 +96,7 @@ let
       "RuntimeDirectory"
       "UMask"
       "DynamicUser"
+      "SystemCallFilter"
     ] unit.serviceConfig;
   }) units;
 in

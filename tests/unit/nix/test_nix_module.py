@@ -153,9 +153,11 @@ def test_services_are_hardened_and_get_secrets_as_credentials(valid, unit):
 
 
 def test_token_service_can_only_use_unix_sockets(valid):
-    assert valid["units"]["flashpods-token"]["serviceConfig"]["RestrictAddressFamilies"] == [
-        "AF_UNIX"
-    ]
+    service = valid["units"]["flashpods-token"]["serviceConfig"]
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX"]
+    # It chowns its socket to group flashpods (flashpods_token.server): allowed again
+    # after ~@privileged, or the kernel would kill it with SIGSYS.
+    assert service["SystemCallFilter"] == ["@system-service", "~@privileged", "@chown"]
 
 
 def test_api_binds_the_tunnel_address_and_talks_only_to_the_laptop(valid):
