@@ -1,7 +1,10 @@
 """Fixtures of the host simulation: the namespace topology, the host's services, jobs.
 
-Session-scoped: one topology per run, built once and torn down at the end, also when
-a test failed or the run was interrupted (finalizers run on KeyboardInterrupt too).
+Session-scoped: one topology and one dev host per run, built once and torn down at the
+end, also when a test failed or the run was interrupted. The dev host is the real one
+(flashpods_devhost.host.DevHost: podman service, token service, rsyncd, API, reaper)
+started inside the host namespace with the project's firewall loaded from the shared
+template, exactly as `scripts/dev-host` and the NixOS module use it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ from collections.abc import Iterator
 
 import pytest
 import topology as topo
-from flashpods_devhost import render
-from job_runner import PodmanJobs
+from flashpods_devhost.host import DevHost
+from flashpods_devhost.pytest_plugin import new_settings
+from job_runner import ApiJobs, PodmanJobs
 from topology import Topology
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     raise pytest.UsageError("tests/host needs root: network namespaces, nftables, user switching")
+
+JOB_UID = 1001  # the flashpods user (scripts/lib creates it with this uid)
+# Short retention so that V16 sees files expire within the test.
+RETENTION = {"artifacts_s": 6, "logs_s": 8, "uploads_s": 6}
 
 
 def firewall_values(t: Topology) -> dict:
@@ -25,7 +33,7 @@ def firewall_values(t: Topology) -> dict:
         "laptop_addr": topo.LAPTOP_TUNNEL,
         "api_port": topo.API_PORT,
         "rsync_port": topo.RSYNC_PORT,
-        "job_uid": 1001,
+        "job_uid": JOB_UID,
         "resolvers": [topo.RESOLVER, topo.RESOLVER_LOOPBACK, topo.RESOLVER6],
     }
 
@@ -41,28 +49,44 @@ def topology() -> Iterator[Topology]:
 
 
 @pytest.fixture(scope="session")
-def firewall(topology: Topology) -> Iterator[str]:
-    """The project's ruleset, rendered from the shared template, loaded into the host."""
-    text = render.render_firewall(**firewall_values(topology))
-    render.load_firewall(text, netns=topology.ns["host"])
+def devhost(topology: Topology) -> Iterator[DevHost]:
+    values = firewall_values(topology)
+    settings = new_settings(
+        netns=topology.ns["host"],
+        firewall=True,
+        firewall_values={k: values[k] for k in ("wg_if", "laptop_addr", "resolvers")},
+        api_host=topo.HOST_TUNNEL,
+        api_port=topo.API_PORT,
+        rsync_host=topo.HOST_TUNNEL,
+        rsync_port=topo.RSYNC_PORT,
+        retention=dict(RETENTION),
+        # The API's own second layer: only the laptop's address is a valid peer.
+        api_overrides={"allowed_peers": [topo.LAPTOP_TUNNEL], "reaper": {"interval_s": 0.2}},
+    )
+    host = DevHost(settings)
     try:
-        yield text
+        host.start()
+        yield host
     finally:
-        render.unload_firewall(netns=topology.ns["host"])
+        host.stop(remove_root=True)
 
 
 @pytest.fixture(scope="session")
-def jobs(topology: Topology, firewall: str) -> Iterator[PodmanJobs]:
+def services(topology: Topology, devhost: DevHost) -> Topology:
+    """The topology with the real host services up (API, rsyncd, token service)."""
+    return topology
+
+
+@pytest.fixture(scope="session")
+def api_jobs(topology: Topology, devhost: DevHost) -> ApiJobs:
+    return ApiJobs(topology, devhost)
+
+
+@pytest.fixture(scope="session")
+def jobs(topology: Topology, devhost: DevHost) -> Iterator[PodmanJobs]:
+    """Containers started directly (for network modes the API does not offer)."""
     runner = PodmanJobs(topology)
     try:
         yield runner
     finally:
         runner.remove_all()
-
-
-@pytest.fixture(scope="session")
-def services(topology: Topology, firewall: str) -> Topology:
-    """Listeners on the API and rsync ports of the tunnel address."""
-    topology.standin("host", "tcp", "api", str(topo.API_PORT), "--bind", topo.HOST_TUNNEL)
-    topology.standin("host", "tcp", "rsyncd", str(topo.RSYNC_PORT), "--bind", topo.HOST_TUNNEL)
-    return topology

@@ -8,9 +8,11 @@ inside a container and parses what came back.
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 
-from topology import Topology
+from topology import HERE, PYTHON, Topology
 
 IMAGE = "localhost/flashpods-worker:latest"
 CONTRACT_FLAGS = (
@@ -100,3 +102,69 @@ def container_probe(jobs, targets, network="slirp4netns", dns=()) -> dict[str, d
     missing = [f"{a} {p}" for a, p in targets if f"{a} {p}" not in results]
     assert not missing, f"probe container gave no result for {missing}:\n{output}"
     return results
+
+
+FINAL = {"succeeded", "failed", "timed_out", "killed", "lost"}
+
+
+class ApiJobs:
+    """Jobs started the real way: the laptop calls the API through the tunnel."""
+
+    def __init__(self, t: Topology, host) -> None:
+        self.t = t
+        self.host = host  # the DevHost: its podman() shares the API's image store
+        self.api_url = host.api_url
+        self.token = host.api_token
+
+    def http(self, method: str, path: str, body=None, token: str | None = "", role="laptop"):
+        spec = {
+            "method": method,
+            "url": self.api_url + path,
+            "token": self.token if token == "" else token,
+            "json": body,
+        }
+        out = self.t.sh(role, PYTHON, str(HERE / "laptop_http.py"), json.dumps(spec)).stdout
+        return json.loads(out)
+
+    def submit(self, command: str, kind: str = "worker", **extra) -> str:
+        body = {"kind": kind, **({"command": command} if kind == "worker" else {"prompt": command})}
+        got = self.http("POST", "/jobs", {**body, **extra})
+        assert got["status"] == 201, got
+        return json.loads(got["body"])["job"]["id"]
+
+    def job(self, job_id: str) -> dict:
+        got = self.http("GET", f"/jobs/{job_id}")
+        assert got["status"] == 200, got
+        return json.loads(got["body"])["job"]
+
+    def wait(self, job_id: str, timeout: float = 120, until=FINAL) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in until:
+                return job
+            assert time.monotonic() < deadline, f"{job_id} still {job['status']}"
+            time.sleep(0.2)
+
+    def logs(self, job_id: str) -> str:
+        got = self.http("GET", f"/jobs/{job_id}/logs?offset=0&limit=1048576")
+        assert got["status"] == 200, got
+        return json.loads(got["body"])["data"]
+
+    def run(self, script: str, network: str | None = None, timeout: float = 120) -> str:
+        """Run `script` as a worker job to the end; its log."""
+        job_id = self.submit(script)
+        self.wait(job_id, timeout)
+        return self.logs(job_id)
+
+    def start(self, script: str, network: str | None = None) -> str:
+        job_id = self.submit(script)
+        self.wait(job_id, 60, until={"running"} | FINAL)
+        return job_id
+
+    def exec(self, job_id: str, script: str) -> str:
+        result = self.host.podman("exec", job_id, "sh", "-c", script)
+        return result.stdout + result.stderr
+
+    def kill(self, job_id: str) -> None:
+        self.http("POST", f"/jobs/{job_id}/kill")

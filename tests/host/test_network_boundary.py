@@ -37,10 +37,13 @@ from topology import (
 
 OTHER_JOB_PORT = 7000
 HOST_PORTS = (API_PORT, RSYNC_PORT, SSH_PORT, SPIRE_PORT, OTHER_JOB_PORT)
-# Network modes a job container was tried in. slirp4netns is Podman's rootless default;
-# allow_host_loopback opens slirp's 10.0.2.2 -> host loopback path; `host` gives the
-# container the host's network namespace. The owner rule holds in all of them.
-MODES = ("slirp4netns", "slirp4netns:allow_host_loopback=true", "host")
+# Where job containers come from, and in which network mode. "api" jobs are real jobs
+# started by the laptop through the API (network_mode slirp4netns, Podman's rootless
+# default and the only one the dev host can offer). The others are containers started
+# directly with the API's flags in modes the API must not offer, to show the owner rule
+# holds there too: allow_host_loopback opens slirp's 10.0.2.2 -> host loopback path, and
+# `host` gives the container the host's network namespace.
+MODES = ("api:slirp4netns", "podman:slirp4netns:allow_host_loopback=true", "podman:host")
 
 TARGETS = [
     *((addr, port) for addr in HOST_ADDRESSES for port in HOST_PORTS),
@@ -55,10 +58,11 @@ TARGETS = [
 
 
 @pytest.fixture(scope="module", params=MODES)
-def from_job(request, jobs, services):
+def from_job(request, jobs, api_jobs, services):
     """What a job container reached, with another job listening on OTHER_JOB_PORT."""
-    mode = request.param
-    other = jobs.start(
+    source, mode = request.param.split(":", 1)
+    runner = api_jobs if source == "api" else jobs
+    other = runner.start(
         f"while true; do echo other-job | nc -l -p {OTHER_JOB_PORT}; done", network=mode
     )
     # The other job really listens, so the deny below is the firewall's: it answers
@@ -67,14 +71,11 @@ def from_job(request, jobs, services):
         got = services.probe("host", [("127.0.0.1", OTHER_JOB_PORT)])
         assert got[f"127.0.0.1 {OTHER_JOB_PORT}"]["banner"] == "other-job", got
     else:
-        assert "other-job" in jobs.exec(other, f"nc -w 3 127.0.0.1 {OTHER_JOB_PORT} </dev/null")
-    results = container_probe(
-        jobs,
-        TARGETS,
-        network=mode,
-        dns=[("flashpods.test", s) for s in (RESOLVER, METADATA, PRIVATE[0], INTERNET)],
-    )
-    results["mode"] = mode
+        assert "other-job" in runner.exec(other, f"nc -w 3 127.0.0.1 {OTHER_JOB_PORT} </dev/null")
+    dns = [("flashpods.test", s) for s in (RESOLVER, METADATA, PRIVATE[0], INTERNET)]
+    results = container_probe(runner, TARGETS, network=mode, dns=dns)
+    if source == "api":
+        runner.kill(other)
     return results
 
 
