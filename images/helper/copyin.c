@@ -35,6 +35,17 @@ static int fail(struct walk *w, const char *what)
     return -1;
 }
 
+/* Closes fds (-1 = none) without losing the errno of the failure. */
+static void close_keep_errno(int a, int b)
+{
+    int saved = errno;
+    if (a >= 0)
+        close(a);
+    if (b >= 0)
+        close(b);
+    errno = saved;
+}
+
 /* Removes whatever dst has at name unless it is a directory (which a
  * directory in the source reuses). */
 static int clear_entry(int dfd, const char *name, int keep_dir)
@@ -64,35 +75,38 @@ static int copy_file(struct walk *w, int sfd, int dfd, const char *name, const s
         errno = EINVAL;
         return fail(w, "the source file changed while it was copied");
     }
+    /* Back to blocking reads: some filesystems honour O_NONBLOCK on files. */
+    if (fcntl(in, F_SETFL, fcntl(in, F_GETFL) & ~O_NONBLOCK) < 0) {
+        close_keep_errno(in, -1);
+        return fail(w, "cannot read the source file");
+    }
     if (clear_entry(dfd, name, 0) < 0) {
-        close(in);
+        close_keep_errno(in, -1);
         return fail(w, "cannot replace the existing entry");
     }
     int out = openat(dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (out < 0) {
-        close(in);
+        close_keep_errno(in, -1);
         return fail(w, "cannot create the file");
     }
     static char chunk[128 * 1024];
     for (;;) {
         ssize_t n = read_retry(in, chunk, sizeof chunk);
         if (n < 0) {
-            close(in);
-            close(out);
+            close_keep_errno(in, out);
             return fail(w, "read error");
         }
         if (n == 0)
             break;
         if (write_all(out, chunk, (size_t)n) < 0) {
-            close(in);
-            close(out);
+            close_keep_errno(in, out);
             return fail(w, "write error");
         }
     }
     close(in);
     struct timespec times[2] = {sb->st_atim, sb->st_mtim};
     if (fchmod(out, sb->st_mode & 07777) < 0) {
-        close(out);
+        close_keep_errno(out, -1);
         return fail(w, "cannot set the mode");
     }
     (void)futimens(out, times); /* mtimes are a courtesy, not a requirement */
@@ -134,12 +148,11 @@ static int copy_dir(struct walk *w, int sfd, int dfd, const char *name, const st
         return fail(w, "cannot open the source directory");
     int d = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (d < 0) {
-        close(s);
+        close_keep_errno(s, -1);
         return fail(w, "cannot open the new directory");
     }
     if (fchmod(d, 0700) < 0) {
-        close(s);
-        close(d);
+        close_keep_errno(s, d);
         return fail(w, "cannot make the directory writable");
     }
     int rc = copy_dir_contents(w, s, d, 0); /* takes s */
