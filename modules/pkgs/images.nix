@@ -34,7 +34,7 @@ let
   # Writable /tmp and a passwd entry for any uid are what keep-id containers
   # and Claude Code need (15-container-mounts.md, firewall-findings.md).
   baseFiles = runCommand "flashpods-image-base" { } ''
-    mkdir -p $out/etc $out/tmp $out/workspace $out/artifacts
+    mkdir -p $out/etc
     echo 'root:x:0:0:root:/root:/bin/sh' > $out/etc/passwd
     echo 'root:x:0:' > $out/etc/group
   '';
@@ -49,7 +49,10 @@ let
     WorkingDir = "/workspace";
   };
 
+  # Real directories in the image root (not links into the store), /tmp
+  # world-writable for images run without the API's --tmpfs.
   fakeRootCommands = ''
+    mkdir -p tmp workspace artifacts
     chmod 1777 tmp
   '';
 in
