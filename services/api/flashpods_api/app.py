@@ -6,6 +6,7 @@ a background loop (the reaper is its own process), so any number of workers is s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,8 +43,9 @@ _TIMES = (
     "logs_expire_at",
 )
 _PUBLIC = (
-    "id", "kind", "status", "command", "prompt", "image", "env", "upload_id", "timeout_s", "resources",
-    "artifacts_glob", "exit_code", "error", "log_bytes", "instance", "limits_not_applied", "workspace_changes",
+    "id", "kind", "status", "command", "prompt", "image", "env", "upload_id", "timeout_s",
+    "resources", "artifacts_glob", "exit_code", "error", "log_bytes", "instance",
+    "limits_not_applied", "workspace_changes",
 )  # fmt: skip
 
 
@@ -129,7 +131,8 @@ def create_app(
             raise ApiError(
                 429,
                 "queue_full",
-                f"The queue holds {cfg.queue_limit} jobs already; wait for some to finish and retry.",
+                f"The queue holds {cfg.queue_limit} jobs already; "
+                "wait for some to finish and retry.",
             ) from None
         except UploadUnavailable as exc:
             raise _upload_error(record["upload_id"], exc.reason) from None
@@ -145,7 +148,8 @@ def create_app(
             raise ApiError(
                 413,
                 "upload_too_large",
-                f"The upload holds {size} bytes, more than this host's limit of {cfg.limits['upload_bytes']}; "
+                f"The upload holds {size} bytes, more than this host's limit of "
+                f"{cfg.limits['upload_bytes']}; "
                 "upload fewer files.",
             )
 
@@ -323,7 +327,8 @@ def _upload_error(upload_id: str, reason: str) -> ApiError:
     if reason == "used":
         return conflict(
             "upload_used",
-            f"Upload {upload_id} was already used by another job; reserve a new one with POST /uploads.",
+            f"Upload {upload_id} was already used by another job; "
+            "reserve a new one with POST /uploads.",
         )
     if reason == "expired":
         return bad_request(
@@ -339,10 +344,8 @@ def _tree_size(root: Any) -> int:
     total = 0
     for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
         for name in filenames + dirnames:
-            try:
+            with contextlib.suppress(OSError):
                 total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -442,9 +445,10 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:
         messages = {
-            404: f"No such route {request.method} {request.path}; see GET /openapi.json for the routes.",
+            404: f"No such route {request.method} {request.path}; see GET /openapi.json.",
             405: f"{request.method} is not allowed on {request.path}; see GET /openapi.json.",
-            413: f"The request body is larger than {MAX_BODY} bytes; send a smaller one (files go through rsync).",
+            413: f"The request body is larger than {MAX_BODY} bytes; send a smaller one "
+            "(files go through rsync).",
         }
         code = (exc.name or "error").lower().replace(" ", "_")
         message = messages.get(exc.code or 0, f"{exc.name}: {exc.description}")

@@ -116,7 +116,8 @@ def from_dict(data: dict[str, Any]) -> Config:
             for inner, inner_value in value.items():
                 if inner not in DEFAULTS[key]:
                     raise ConfigError(
-                        f"Unknown key {key}.{inner!r} in the API configuration; remove it or fix its spelling."
+                        f"Unknown key {key}.{inner!r} in the API configuration; "
+                        "remove it or fix its spelling."
                     )
                 merged[key][inner] = inner_value
         else:

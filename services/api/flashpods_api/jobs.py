@@ -7,9 +7,11 @@ if it has not been yet, and an existing container of that name is adopted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,7 +77,7 @@ class Engine:
             started.append(job_id)
 
     def try_start(self, job_id: str) -> bool:
-        """The fast path of POST /jobs: start this job now if it is the head of the queue and under the cap."""
+        """POST /jobs' fast path: start this job now if it heads the queue and a slot is free."""
         if self.store.claim(self.config.max_concurrent_jobs, job_id) != job_id:
             return False
         self.start_claimed(job_id)
@@ -138,7 +140,8 @@ class Engine:
                 os.rename(self.upload_dir(upload_id), base)
             except FileNotFoundError:
                 raise StartError(
-                    f"The upload {upload_id} is gone from the host (expired?); upload the files again and resubmit."
+                    f"The upload {upload_id} is gone from the host (expired?); "
+                    "upload the files again and resubmit."
                 ) from None
         return str(base)
 
@@ -180,10 +183,8 @@ class Engine:
     def _fail_start(self, job: dict[str, Any], error: str) -> None:
         job_id = job["id"]
         log.warning("job %s could not start: %s", job_id, error)
-        try:
+        with contextlib.suppress(PodmanError):  # else the reaper removes it once final
             self.runtime.remove(job_id)
-        except PodmanError:
-            pass  # the reaper removes containers of final jobs
         self._unregister(job_id)
         if self.store.transition(
             job_id, ("starting",), status="failed", error=error, **self._final_times()
@@ -216,7 +217,8 @@ class Engine:
     # -- finishing -----------------------------------------------------------
 
     def finish(self, job: dict[str, Any], exit_code: int | None, lost: bool = False) -> None:
-        """Record a job's end: final log, workspace changes, status; then drop its workspace and container."""
+        """Record a job's end (final log, workspace changes, status), then drop its workspace
+        and container."""
         job_id = job["id"]
         cap = self.config.limits["log_bytes"]
         log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
@@ -226,8 +228,9 @@ class Engine:
         if lost:
             status = "lost"
             error = (
-                "The job's container disappeared while Flashpods was not watching (removed outside Flashpods, "
-                "or its Podman storage was reset); its exit code is unknown and its log is kept up to that point."
+                "The job's container disappeared while Flashpods was not watching (removed "
+                "outside Flashpods, or its Podman storage was reset); its exit code is unknown "
+                "and its log is kept up to that point."
             )
         elif reason == "timeout":
             status = "timed_out"
@@ -239,7 +242,8 @@ class Engine:
         elif reason == "log_cap":
             status = "failed"
             error = (
-                f"The job wrote more than {2 * cap} bytes of output (twice the log cap of {cap} bytes) and was killed; "
+                f"The job wrote more than {2 * cap} bytes of output (twice the log cap of {cap} "
+                "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
         else:
@@ -330,7 +334,7 @@ def _locked(root: Path) -> bool:
     if os.geteuid() == 0:
         return False
     mine = os.geteuid()
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
         for name in dirnames + filenames:
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -345,8 +349,6 @@ def _locked(root: Path) -> bool:
 
 
 def _is_link(mode: int) -> bool:
-    import stat
-
     return stat.S_ISLNK(mode)
 
 
@@ -356,7 +358,8 @@ def _start_error(exc: Exception) -> str:
     if isinstance(exc, PodmanError):
         return f"The container could not be started: {exc}."
     if isinstance(exc, OSError):
-        return f"The job's directories could not be prepared on the host: {exc.strerror or exc} ({exc.filename})."
+        reason = exc.strerror or exc
+        return f"The job's directories could not be prepared: {reason} ({exc.filename})."
     name = type(exc).__name__
     if name == "RegistrarError":
         return f"The job's SPIFFE identity could not be registered: {exc}"

@@ -144,7 +144,8 @@ class Runtime:
         ignored = ["--pids-limit"] + [f"--{k}" for k in ("memory", "cpus") if k in resources]
         warning = _CGROUP_WARNING.search(stderr)
         if warning:
-            return f"Limits {', '.join(ignored)} were not applied: podman said {warning.group(0).strip()!r}."
+            said = warning.group(0).strip()
+            return f"Limits {', '.join(ignored)} were not applied: podman said {said!r}."
         note = self._cgroup_v1_note()
         if note:
             return f"Limits {', '.join(ignored)} were not applied: {note}."
@@ -192,7 +193,7 @@ class Runtime:
                 raise
 
     def normalize(self, image: str, helper_path: str, directory: str) -> None:
-        """chmod u+rwX,g+rwX a tree a job made unreadable, as the job's own uid (flashpods-init --normalize)."""
+        """Open up a tree a job locked: flashpods-init --normalize as the job's own uid."""
         self._call(
             "run", "--rm", "--userns=keep-id", "--network", "none", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--read-only",

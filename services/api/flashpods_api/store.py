@@ -181,7 +181,8 @@ class Store:
             upload_id = record.get("upload_id")
             if upload_id:
                 taken = self._exec(
-                    """UPDATE uploads SET state='used', used_by=:job, used_at=:now, last_used_at=:now
+                    """UPDATE uploads
+                       SET state='used', used_by=:job, used_at=:now, last_used_at=:now
                        WHERE id=:id AND instance=:i AND state='reserved'""",
                     job=record["id"],
                     now=now,
@@ -248,7 +249,7 @@ class Store:
         return int(rows[0]["n"])
 
     def claim(self, cap: int, job_id: str | None = None) -> str | None:
-        """Atomically move the head of the FIFO queue to 'starting' if fewer than `cap` jobs are active.
+        """Atomically move the queue's head to 'starting' if fewer than `cap` jobs are active.
 
         With `job_id`, claims only if that job is the head. Returns the claimed job id or None.
         """
@@ -258,7 +259,8 @@ class Store:
                 f"""UPDATE jobs SET status='starting', claimed_at=:now
                     WHERE seq = (SELECT min(seq) FROM jobs WHERE instance=:i AND status='queued')
                       AND status='queued' {only}
-                      AND (SELECT count(*) FROM jobs WHERE instance=:i AND status IN ('starting','running')) < :cap
+                      AND (SELECT count(*) FROM jobs
+                           WHERE instance=:i AND status IN ('starting','running')) < :cap
                     RETURNING id""",
                 now=time.time(),
                 i=self.instance,
@@ -288,7 +290,8 @@ class Store:
         params.update({f"e{n}": s for n, s in enumerate(expected)})
         with self._tx(write=True):
             count = self._exec(
-                f"UPDATE {table} SET {sets} WHERE id=:id AND instance=:i AND {state_col} IN ({marks})",
+                f"UPDATE {table} SET {sets}"
+                f" WHERE id=:id AND instance=:i AND {state_col} IN ({marks})",
                 id=row_id,
                 i=self.instance,
                 **params,

@@ -89,7 +89,8 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
     if not isinstance(image, str) or image not in config.images["allowed"]:
         raise bad_request(
             "image_not_allowed",
-            f"Image {image!r} is not allowed on this host; use one of: {', '.join(config.images['allowed'])}.",
+            f"Image {image!r} is not allowed on this host; "
+            f"use one of: {', '.join(config.images['allowed'])}.",
         )
     record["image"] = image
     record["env"] = env(body.get("env", {}))
@@ -113,17 +114,20 @@ def env(value: Any) -> dict[str, str]:
         if not ENV_NAME.fullmatch(name):
             raise bad_request(
                 "bad_env",
-                f"Environment variable name {name!r} is not a name (letters, digits, _; not starting with a digit).",
+                f"Environment variable name {name!r} is not a name "
+                "(letters, digits, _; not starting with a digit).",
             )
         if name in RESERVED_ENV or name.startswith(RESERVED_PREFIXES):
             raise bad_request(
                 "reserved_env",
-                f"Environment variable {name} is set by Flashpods and cannot be overridden; rename it.",
+                f"Environment variable {name} is set by Flashpods and cannot be overridden; "
+                "rename it.",
             )
         if not isinstance(val, str) or "\0" in val or len(val.encode()) > MAX_ENV_VALUE:
             raise bad_request(
                 "bad_env",
-                f"The value of {name} must be a string without NUL bytes, at most {MAX_ENV_VALUE} bytes.",
+                f"The value of {name} must be a string without NUL bytes, "
+                f"at most {MAX_ENV_VALUE} bytes.",
             )
     return dict(value)
 
@@ -132,7 +136,8 @@ def timeout(value: Any, maximum: float) -> float:
     if not _number(value) or value != value or value <= 0 or value > maximum:
         raise bad_request(
             "bad_timeout",
-            f"'timeout_s' must be a number of seconds above 0 and at most {maximum:g} (this host's maximum).",
+            f"'timeout_s' must be a number of seconds above 0 and at most {maximum:g} "
+            "(this host's maximum).",
         )
     return float(value)
 

@@ -38,7 +38,9 @@ class Api:
         assert resp.status_code == 200, resp.text
         return resp.json()["job"]
 
-    def wait(self, job_id: str, timeout: float = 60, statuses: tuple[str, ...] = FINAL) -> dict[str, Any]:
+    def wait(
+        self, job_id: str, timeout: float = 60, statuses: tuple[str, ...] = FINAL
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = self.job(job_id)
@@ -70,13 +72,20 @@ class Api:
             argv = ["rsync", "-rlt", "--chmod=Dug+rwx,Fug+rw"]
             if "link_dest" in answer:
                 argv.append(f"--link-dest={answer['link_dest']}")
-            subprocess.run([*argv, f"{tmp}/", answer["rsync_url"]], check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [*argv, f"{tmp}/", answer["rsync_url"]], check=True, capture_output=True, timeout=60
+            )
         return answer
 
 
 def containers(host: Any) -> list[str]:
     listed = host.podman(
-        "ps", "-a", "--filter", f"label=flashpods.instance={host.settings.instance}", "--format", "{{.Names}}"
+        "ps",
+        "-a",
+        "--filter",
+        f"label=flashpods.instance={host.settings.instance}",
+        "--format",
+        "{{.Names}}",
     )
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.split()

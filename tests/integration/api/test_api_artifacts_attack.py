@@ -26,14 +26,17 @@ def test_planted_links_and_fifo_are_never_served(devhost_factory):
         "relative": f"../{victim['id']}/private.txt",
     }
     plant = "; ".join(f"ln -s {target} /artifacts/{name}" for name, target in targets.items())
-    plant += "; mkdir /artifacts/d && ln -s /etc /artifacts/d/etc; mkfifo /artifacts/pipe; echo ok > /artifacts/real.txt"
+    plant += "; mkdir /artifacts/d && ln -s /etc /artifacts/d/etc; mkfifo /artifacts/pipe"
+    plant += "; echo ok > /artifacts/real.txt"
     job = api.submit(plant)
     assert api.wait(job["id"])["status"] == "succeeded"
     token = host.api_token
 
     started = time.monotonic()
     listing = api.get(f"/jobs/{job['id']}/artifacts", timeout=10).json()
-    assert [a["path"] for a in listing["artifacts"] if not a["path"].startswith("_workspace/")] == ["real.txt"]
+    assert [a["path"] for a in listing["artifacts"] if not a["path"].startswith("_workspace/")] == [
+        "real.txt"
+    ]
     skipped = {s["path"]: s["reason"] for s in listing["skipped"]}
     assert skipped == {**{name: "symlink" for name in targets}, "d/etc": "symlink", "pipe": "fifo"}
 
@@ -43,8 +46,8 @@ def test_planted_links_and_fifo_are_never_served(devhost_factory):
         assert "victim-secret" not in resp.text and token not in resp.text
 
     tar_bytes = api.get(f"/jobs/{job['id']}/artifacts.tar", timeout=10).content
-    tar = tarfile.open(fileobj=io.BytesIO(tar_bytes))
-    names = [n for n in tar.getnames() if not n.startswith("_workspace/")]
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        names = [n for n in tar.getnames() if not n.startswith("_workspace/")]
     assert names == ["real.txt"]
     assert b"victim-secret" not in tar_bytes and token.encode() not in tar_bytes
     assert b"SQLite format" not in tar_bytes

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.slow
 
 def test_fifty_jobs_at_once_all_finish_and_the_cap_holds(devhost_factory):
     cap = 3
-    api = Api(devhost_factory(max_concurrent_jobs=cap, api_overrides={"reaper": {"interval_s": 0.2}}))
+    api = Api(
+        devhost_factory(max_concurrent_jobs=cap, api_overrides={"reaper": {"interval_s": 0.2}})
+    )
     seen_active: list[int] = []
     stop = threading.Event()
 
@@ -25,7 +27,11 @@ def test_fifty_jobs_at_once_all_finish_and_the_cap_holds(devhost_factory):
             jobs = api.get("/jobs", params={"limit": 500}).json()["jobs"]
             seen_active.append(sum(j["status"] in ("starting", "running") for j in jobs))
             running = api.host.podman(
-                "ps", "--filter", f"label=flashpods.instance={api.host.settings.instance}", "--format", "{{.Names}}"
+                "ps",
+                "--filter",
+                f"label=flashpods.instance={api.host.settings.instance}",
+                "--format",
+                "{{.Names}}",
             ).stdout.split()
             seen_active.append(len(running))
             time.sleep(0.05)
@@ -34,7 +40,11 @@ def test_fifty_jobs_at_once_all_finish_and_the_cap_holds(devhost_factory):
     watcher.start()
     try:
         with ThreadPoolExecutor(max_workers=25) as pool:
-            jobs = list(pool.map(lambda n: (n, api.submit(f"echo job {n}; sleep 0.1; exit {n % 7}")), range(50)))
+            jobs = list(
+                pool.map(
+                    lambda n: (n, api.submit(f"echo job {n}; sleep 0.1; exit {n % 7}")), range(50)
+                )
+            )
         finished = {n: api.wait(job["id"], timeout=240) for n, job in jobs}
     finally:
         stop.set()

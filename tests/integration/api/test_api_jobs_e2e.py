@@ -19,7 +19,9 @@ def api(devhost_factory):
 
 
 def test_worker_reads_its_upload_writes_output_and_an_artifact(api):
-    upload = api.upload({"input.txt": "forty-two\n", "src/keep.txt": "same\n", "src/old.txt": "old\n"})
+    upload = api.upload(
+        {"input.txt": "forty-two\n", "src/keep.txt": "same\n", "src/old.txt": "old\n"}
+    )
     script = (
         "cat input.txt; echo to-stderr >&2; wc -c < input.txt > /artifacts/count.txt;"
         " mkdir -p /artifacts/deep/er; echo nested > /artifacts/deep/er/n.txt;"
@@ -39,14 +41,17 @@ def test_worker_reads_its_upload_writes_output_and_an_artifact(api):
     paths = {a["path"]: a for a in listing["artifacts"]}
     assert {"count.txt", "deep/er/n.txt"} <= set(paths)
     assert api.get(f"/jobs/{job['id']}/artifacts/count.txt").content == b"10\n"
-    tar = tarfile.open(fileobj=io.BytesIO(api.get(f"/jobs/{job['id']}/artifacts.tar").content))
-    assert tar.extractfile("deep/er/n.txt").read() == b"nested\n"
+    tar_bytes = api.get(f"/jobs/{job['id']}/artifacts.tar").content
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        assert tar.extractfile("deep/er/n.txt").read() == b"nested\n"
 
     changes = json.loads(api.get(f"/jobs/{job['id']}/artifacts/_workspace/changes.json").content)
     assert changes["added"] == ["added.txt"]
     assert changes["modified"] == ["src/old.txt"]
     assert changes["deleted"] == ["input.txt"]
-    assert api.get(f"/jobs/{job['id']}/artifacts/_workspace/files/added.txt").content == b"brand-new\n"
+    assert (
+        api.get(f"/jobs/{job['id']}/artifacts/_workspace/files/added.txt").content == b"brand-new\n"
+    )
     diff = api.get(f"/jobs/{job['id']}/artifacts/_workspace/changes.diff").text
     assert "-old\n+changed\n" in diff
     assert containers(api.host) == []  # removed after the exit code and log were recorded
@@ -72,7 +77,11 @@ def test_logs_by_offset_and_follow(api):
 
 
 def test_kill_running_and_queued(devhost_factory):
-    api = Api(devhost_factory(max_concurrent_jobs=1, api_overrides={"reaper": {"interval_s": 0.2}, "kill_grace_s": 2}))
+    api = Api(
+        devhost_factory(
+            max_concurrent_jobs=1, api_overrides={"reaper": {"interval_s": 0.2}, "kill_grace_s": 2}
+        )
+    )
     running = api.submit("echo started; sleep 300")
     queued = api.submit("echo never")
     api.wait(running["id"], statuses=("running",))
@@ -111,7 +120,11 @@ def test_queue_order_with_a_cap_of_one(devhost_factory):
 
 
 def test_output_past_the_hard_log_cap_kills_the_job(devhost_factory):
-    api = Api(devhost_factory(api_overrides={"reaper": {"interval_s": 0.2}, "limits": {"log_bytes": 20000}}))
+    api = Api(
+        devhost_factory(
+            api_overrides={"reaper": {"interval_s": 0.2}, "limits": {"log_bytes": 20000}}
+        )
+    )
     job = api.submit("while true; do echo 0123456789012345678901234567890123456789; done")
     done = api.wait(job["id"], timeout=60)
     assert done["status"] == "failed" and "log cap" in done["error"]

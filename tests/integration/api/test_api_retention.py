@@ -42,5 +42,7 @@ def test_files_expire_after_their_ttl(devhost_factory):
     final = api.job(job["id"])
     assert final["artifacts_available"] is False and final["logs_available"] is False
     assert final["status"] == "succeeded"  # the record itself stays
-    refused = api.post("/jobs", {"kind": "worker", "command": "true", "upload_id": stale["upload_id"]})
+    refused = api.post(
+        "/jobs", {"kind": "worker", "command": "true", "upload_id": stale["upload_id"]}
+    )
     assert (refused.status_code, refused.json()["code"]) == (400, "upload_expired")

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from api_fakes import Host
 
+
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
     h = Host(tmp_path)

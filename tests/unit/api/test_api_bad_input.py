@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from api_fakes import TOKEN
 
 LONG = "x" * 200
@@ -22,8 +21,20 @@ TABLE = [
     ("GET", "/jobs/job_aaaaaaaaaaaa/logs?offset=-1", None, 404, "unknown_job"),
     ("POST", "/jobs/job_..%2Fx/kill", None, 404, "not_found"),
     # upload ids
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "upload_id": "../../etc"}, 400, "bad_upload_id"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "upload_id": "up_aaaaaaaaaaaaaaaa"}, 400, "unknown_upload"),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "upload_id": "../../etc"},
+        400,
+        "bad_upload_id",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "upload_id": "up_aaaaaaaaaaaaaaaa"},
+        400,
+        "unknown_upload",
+    ),
     ("POST", "/uploads", {"basis": "../x"}, 400, "bad_basis"),
     ("POST", "/uploads", {"other": 1}, 400, "bad_json"),
     # bodies
@@ -31,7 +42,13 @@ TABLE = [
     ("POST", "/jobs", b"", 400, "bad_json"),
     ("POST", "/jobs", b"\xff\xfe", 400, "bad_json"),
     ("POST", "/jobs", [1, 2], 400, "bad_json"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x" * 2_000_000}, 413, "request_entity_too_large"),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x" * 2_000_000},
+        413,
+        "request_entity_too_large",
+    ),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "colour": "red"}, 400, "unknown_field"),
     ("POST", "/jobs", {"kind": "root", "command": "x"}, 400, "bad_kind"),
     ("POST", "/jobs", {"kind": "worker"}, 400, "bad_command"),
@@ -43,14 +60,50 @@ TABLE = [
     ("POST", "/jobs", {"kind": "sub_agent", "prompt": "p" * 130_000}, 400, "bad_prompt"),
     ("POST", "/jobs", {"kind": "sub_agent", "command": "x", "prompt": "p"}, 400, "bad_command"),
     # images outside the allow-list
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "image": "docker.io/evil:latest"}, 400, "image_not_allowed"),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "image": "docker.io/evil:latest"},
+        400,
+        "image_not_allowed",
+    ),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "image": 7}, 400, "image_not_allowed"),
     # env: names only, never Flashpods' own variables
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"FLASHPODS_JOB_ID": "x"}}, 400, "reserved_env"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"SPIFFE_ENDPOINT_SOCKET": "x"}}, 400, "reserved_env"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"HOME": "/"}}, 400, "reserved_env"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"PATH": "/evil"}}, 400, "reserved_env"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"LD_PRELOAD": "/x.so"}}, 400, "reserved_env"),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "env": {"FLASHPODS_JOB_ID": "x"}},
+        400,
+        "reserved_env",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "env": {"SPIFFE_ENDPOINT_SOCKET": "x"}},
+        400,
+        "reserved_env",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "env": {"HOME": "/"}},
+        400,
+        "reserved_env",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "env": {"PATH": "/evil"}},
+        400,
+        "reserved_env",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "env": {"LD_PRELOAD": "/x.so"}},
+        400,
+        "reserved_env",
+    ),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"A=B": "x"}}, 400, "bad_env"),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"1X": "x"}}, 400, "bad_env"),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "env": {"X": 1}}, 400, "bad_env"),
@@ -63,11 +116,41 @@ TABLE = [
     ("POST", "/jobs", {"kind": "worker", "command": "x", "timeout_s": "60"}, 400, "bad_timeout"),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "timeout_s": True}, 400, "bad_timeout"),
     # resources
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": {"memory": -5}}, 400, "bad_resources"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": {"memory": 1.5}}, 400, "bad_resources"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": {"cpus": 10**6}}, 400, "bad_resources"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": {"gpus": 1}}, 400, "bad_resources"),
-    ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": {"pids": "many"}}, 400, "bad_resources"),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"memory": -5}},
+        400,
+        "bad_resources",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"memory": 1.5}},
+        400,
+        "bad_resources",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"cpus": 10**6}},
+        400,
+        "bad_resources",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"gpus": 1}},
+        400,
+        "bad_resources",
+    ),
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"pids": "many"}},
+        400,
+        "bad_resources",
+    ),
     ("POST", "/jobs", {"kind": "worker", "command": "x", "resources": "big"}, 400, "bad_resources"),
     # query parameters
     ("GET", "/jobs?limit=0", None, 400, "bad_limit"),
@@ -101,7 +184,12 @@ def test_bad_input_gets_a_useful_4xx(host, method, url, body, status, code):
 
 def test_bad_job_paths_inside_a_real_job(host):
     job = host.job()
-    for path, code in (("..%2F..%2Fdb", 400), ("a/../b", 400), ("a%00b", 400), ("/etc/passwd", 400)):
+    for path, code in (
+        ("..%2F..%2Fdb", 400),
+        ("a/../b", 400),
+        ("a%00b", 400),
+        ("/etc/passwd", 400),
+    ):
         resp = host.get(f"/jobs/{job['id']}/artifacts/{path}")
         assert resp.status_code in (code, 404), path
         assert resp.status_code < 500
@@ -109,7 +197,11 @@ def test_bad_job_paths_inside_a_real_job(host):
 
 def test_logs_query_validation(host):
     job = host.job()
-    for query, code in (("offset=-1", "bad_offset"), ("limit=0", "bad_limit"), ("follow=yes", "bad_follow")):
+    for query, code in (
+        ("offset=-1", "bad_offset"),
+        ("limit=0", "bad_limit"),
+        ("follow=yes", "bad_follow"),
+    ):
         resp = host.get(f"/jobs/{job['id']}/logs?{query}")
         assert (resp.status_code, resp.get_json()["code"]) == (400, code)
 
@@ -148,7 +240,15 @@ def test_full_queue_is_429(make_host):
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "Bearer", "Bearer wrong-token-wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer \u00e9"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer wrong-token-wrong-token",
+        f"Basic {TOKEN}",
+        f"Bearer {TOKEN}x",
+        "Bearer \u00e9",
+    ],
 )
 def test_missing_or_wrong_token_is_401_and_creates_nothing(host, header):
     headers = {} if header is None else {"Authorization": header}

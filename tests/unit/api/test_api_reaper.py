@@ -28,7 +28,11 @@ def test_queued_jobs_start_fifo_when_a_slot_frees(make_host):
     assert [host.store.get_job(j["id"])["status"] for j in jobs] == ["running", "queued", "queued"]
     host.runtime.exit(jobs[0]["id"], 0)
     host.reaper.tick()
-    assert [host.store.get_job(j["id"])["status"] for j in jobs] == ["succeeded", "running", "queued"]
+    assert [host.store.get_job(j["id"])["status"] for j in jobs] == [
+        "succeeded",
+        "running",
+        "queued",
+    ]
 
 
 def test_timeout_stops_with_term_then_kill_after_the_grace(make_host):
@@ -71,7 +75,9 @@ def test_a_job_left_starting_by_a_crash_is_queued_again_then_started(make_host):
     second = host.post("/jobs", {"kind": "worker", "command": "x"}).get_json()["job"]
     # Simulate an API killed between the claim and podman run.
     host.runtime.down = True
-    host.store.transition(second["id"], ("running",), status="starting", claimed_at=time.time() - 1000)
+    host.store.transition(
+        second["id"], ("running",), status="starting", claimed_at=time.time() - 1000
+    )
     host.runtime.boxes.pop(second["id"], None)
     host.runtime.down = False
     host.reaper.tick()

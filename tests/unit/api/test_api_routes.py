@@ -8,9 +8,8 @@ import os
 import tarfile
 from pathlib import Path
 
-from flashpods_api.runtime import run_args
-
 from api_fakes import TOKEN
+from flashpods_api.runtime import run_args
 
 
 def test_upload_reserves_a_directory_and_rsync_url(host):
@@ -213,9 +212,10 @@ def test_artifacts_list_tar_and_file_serve_only_regular_files(host):
         "pipe": "fifo",
     }
 
-    tar = tarfile.open(fileobj=io.BytesIO(host.get(f"/jobs/{job['id']}/artifacts.tar").data))
-    assert sorted(tar.getnames()) == ["report.txt", "sub/data.bin"]
-    assert tar.extractfile("sub/data.bin").read() == (root / "sub" / "data.bin").read_bytes()
+    tar_bytes = host.get(f"/jobs/{job['id']}/artifacts.tar").data
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        assert sorted(tar.getnames()) == ["report.txt", "sub/data.bin"]
+        assert tar.extractfile("sub/data.bin").read() == (root / "sub" / "data.bin").read_bytes()
 
     assert host.get(f"/jobs/{job['id']}/artifacts/report.txt").data == b"report\n"
     for path in ("db-link", "sub/token-link", "rootdir/etc/passwd", "pipe"):
