@@ -121,3 +121,25 @@ def test_entrypoint_refuses_an_empty_prompt_and_bad_caps(agent_image, artifacts_
         env=base | {"FLASHPODS_PROMPT": "hi", "FLASHPODS_AGENT_MAX_TURNS": "lots"},
     )
     assert bad.returncode == EXIT_CONFIG and "FLASHPODS_AGENT_MAX_TURNS='lots'" in bad.stderr
+
+
+def test_entrypoint_runs_claude_code_as_root_too(agent_image, artifacts_dir):
+    """Without keep-id the job is root, where Claude Code refuses to skip permission
+    prompts unless IS_SANDBOX is set; the entrypoint sets it, so the run reaches the model
+    (here: no model at all, network none, so it ends with an API error, not a refusal)."""
+    name = f"fpa-image-{secrets.token_hex(4)}"
+    args = [
+        "run", "--rm", "--name", name, "--label", f"flashpods.instance={name}",
+        "--network=none", "--read-only", "--tmpfs", "/tmp:rw,size=64m,mode=1777",
+        "--mount", f"type=bind,source={artifacts_dir},destination=/artifacts",
+        "--env", "FLASHPODS_PROMPT=hello", "--env", "ANTHROPIC_API_KEY=sk-x",
+        "--env", "ANTHROPIC_BASE_URL=http://127.0.0.1:9", "--env", "CLAUDE_CODE_MAX_RETRIES=0",
+    ]  # fmt: skip
+    try:
+        run = podman(*args, agent_image, "/flashpods/agent/entrypoint", timeout=90)
+    finally:
+        podman("rm", "-f", "-t", "0", "--ignore", name)
+    assert "cannot be used with root" not in run.stdout + run.stderr
+    summary = json.loads((artifacts_dir / "summary.json").read_text())
+    assert summary["exit_reason"] == "api_error", summary
+    assert run.returncode == 1

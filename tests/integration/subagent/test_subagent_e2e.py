@@ -228,6 +228,8 @@ def test_subagent_timeout_stops_a_busy_agent(subagent_host, model):
     assert [u["input"]["command"] for u in tool_uses(events)] == ["echo sleeping; sleep 600"]
     # The model was never asked again: the agent did not get past its sleep.
     assert len(scripted_requests(model, "sleep-timeout")) == 1
+    summary = api.summary(job["id"])
+    assert summary["exit_reason"] == "terminated" and summary["ok"] is False
 
 
 def test_kill_job_stops_a_busy_agent(subagent_host, model):
