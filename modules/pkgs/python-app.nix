@@ -54,7 +54,12 @@ python3Packages.buildPythonApplication {
 
   meta = {
     description = project.description or project.name;
-    mainProgram = builtins.head (builtins.attrNames (project.scripts or { ${project.name} = null; }));
+    # The script named like the package (flashpods-mcp, not the `flashpods` CLI).
+    mainProgram =
+      let
+        scripts = builtins.attrNames (project.scripts or { });
+      in
+      if lib.elem project.name scripts || scripts == [ ] then project.name else builtins.head scripts;
     license = lib.licenses.mit;
   };
 }

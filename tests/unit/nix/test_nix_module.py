@@ -315,3 +315,32 @@ def test_a_duration_typo_fails_evaluation(evaluated):
 
 def test_nothing_is_set_up_when_disabled(evaluated):
     assert evaluated["disabled"]["units"] == []
+
+
+def test_python_packages_map_every_dependency_to_a_nixpkgs_attribute():
+    result = subprocess.run(
+        [NIX or "nix-instantiate", "--eval", "--strict", "--json"]
+        + ["tests/unit/nix/eval-packages.nix", "--arg", "nixpkgsLib", str(LIB)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    packages = json.loads(result.stdout)
+    deps = {name: sorted(p["dependencies"]) for name, p in packages.items()}
+    assert deps["flashpods-api"] == [
+        "python3Packages.dataset",
+        "python3Packages.flask",
+        "python3Packages.gunicorn",
+        "python3Packages.sh",
+    ]
+    # pyjwt[crypto]: the extra is dropped, cryptography is listed on its own.
+    assert deps["flashpods-token"] == ["python3Packages.cryptography", "python3Packages.pyjwt"]
+    assert "python3Packages.mcp" in deps["flashpods-mcp"]
+    assert packages["flashpods-mcp"]["mainProgram"] == "flashpods-mcp"
+    assert packages["flashpods-api"]["mainProgram"] == "flashpods-api"
+    for package in packages.values():
+        assert package["pyproject"] is True
+        assert package["build-system"] == ["python3Packages.setuptools"]
