@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -172,6 +173,9 @@ def test_finished_jobs_identity_gets_nothing(host, probe):
     # Re-create a container that claims the finished job (same name and labels, the
     # helper and the token socket mounted as the API would): the helper is refused.
     host.podman("rm", "-f", "-t", "0", job_id)
+    # The reaper removes containers of a final job on sight (a defence of its own);
+    # pause it so the token service's refusal is what this test sees.
+    host.kill("reaper", signal.SIGSTOP)
     helper = host.api_config["helper_path"]
     rerun = host.podman(
         "run", "--name", job_id, "--userns=keep-id", "--init",
@@ -189,6 +193,7 @@ def test_finished_jobs_identity_gets_nothing(host, probe):
         assert "flashpods-init:" in rerun.stderr
     finally:
         host.podman("rm", "-f", "-t", "0", job_id)
+        host.kill("reaper", signal.SIGCONT)
     refused = [a for a in audit(host) if a["outcome"] == "unauthenticated"]
     assert refused and refused[-1]["check"] == "peer_container"
 
