@@ -106,10 +106,12 @@
             touch $out
           '';
 
-          # Every example configuration is also a check (it must build).
-          example-host = self.nixosConfigurations.example.config.system.build.toplevel;
-
           inherit (own) flashpods-init worker-image;
+        }
+        # Every example configuration is also a check (it must build); the
+        # example is an x86_64 host.
+        // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == "x86_64-linux") {
+          example-host = self.nixosConfigurations.example.config.system.build.toplevel;
         }
       );
 

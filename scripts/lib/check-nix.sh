@@ -88,7 +88,11 @@ check_module() {
 			log "missing settings are not all reported: $(jq -c .broken.missingEverything "$out")"
 			return 1
 		}
-	echo "evaluated with $lib_dir"
+	nix-instantiate --eval --strict tests/unit/nix/eval-packages.nix \
+		--arg nixpkgsLib "$lib_dir/lib" >/dev/null
+	nix-instantiate --eval --strict tests/unit/nix/eval-flake.nix \
+		--arg nixpkgsLib "$lib_dir/lib" >/dev/null
+	echo "evaluated the module, the Python packages and the flake's outputs with $lib_dir"
 
 	step "module: nft -c of the ruleset the module renders (fresh network namespace)"
 	if ! is_root || ! command -v nft >/dev/null || ! command -v unshare >/dev/null; then

@@ -344,3 +344,47 @@ def test_python_packages_map_every_dependency_to_a_nixpkgs_attribute():
     for package in packages.values():
         assert package["pyproject"] is True
         assert package["build-system"] == ["python3Packages.setuptools"]
+
+
+def test_flake_provides_every_output_of_the_spec():
+    result = subprocess.run(
+        [NIX or "nix-instantiate", "--eval", "--strict", "--json"]
+        + ["tests/unit/nix/eval-flake.nix", "--arg", "nixpkgsLib", str(LIB)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    flake = json.loads(result.stdout)
+    assert set(flake["outputs"]) >= {
+        "nixosModules",
+        "packages",
+        "nixosConfigurations",
+        "checks",
+        "apps",
+        "devShells",
+        "formatter",
+    }
+    assert flake["nixosModules"] == ["default", "flashpods"]
+    assert flake["moduleIsTheDirectory"] is True
+    assert set(flake["packages"]) >= {
+        "flashpods-api",
+        "flashpods-token",
+        "flashpods-mcp",
+        "flashpods-init",
+        "worker-image",
+        "agent-image",
+    }
+    assert flake["apps"] == ["dev-host"]
+    assert flake["devShells"] == ["default"]
+    checks = set(flake["checks"])
+    assert {"unit-tests", "formatting", "example-host"} <= checks
+    assert {c for c in checks if c.startswith("vm-")} == {
+        "vm-laptop-only-api-and-rsync",
+        "vm-job-containers-reach-only-the-internet",
+        "vm-spire-attested-secrets",
+        "vm-retention-crash-safety-no-leaks",
+    }
+    assert flake["example"]["system"] == "x86_64-linux"
