@@ -24,7 +24,9 @@ from .store import FINAL
 
 log = logging.getLogger(__name__)
 
-START_STALE_S = 120.0  # a 'starting' job with no container after this long was orphaned by a crash
+# A 'starting' job with no running container after this long lost its starter to a crash
+# (longer than the runtime's timeout on `podman run`).
+START_STALE_S = 90.0
 RETENTION_EVERY_S = 5.0
 
 
@@ -124,10 +126,10 @@ class Reaper:
             )
 
     def _watch_starting(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
-        if time.time() - (job["claimed_at"] or 0) < START_STALE_S:
-            return  # an API worker is starting it right now
         job_id = job["id"]
         if container is not None and container.get("State") in ("running", "exited", "stopped"):
+            # Its starter died after `podman run` (or is about to record it: whichever
+            # compare-and-set comes second is a no-op).
             note = self.runtime.limits_note(job["resources"] or {})
             self.store.transition(
                 job_id,
@@ -137,6 +139,8 @@ class Reaper:
                 limits_not_applied=note,
             )
             return
+        if time.time() - (job["claimed_at"] or 0) < START_STALE_S:
+            return  # an API worker may be inside `podman run` for it right now
         if container is not None:
             self.runtime.remove(job_id)  # created but never started: start over
         log.warning("job %s was left starting by a crash; queueing it again", job_id)

@@ -177,3 +177,23 @@ def test_claims_from_many_processes_never_exceed_the_cap(tmp_path):
     oldest = [j["id"] for j in store.list_jobs(None, None, 100, None)][-3:]
     assert sorted(claimed) == sorted(oldest)
     assert store._rows("PRAGMA journal_mode") == [{"journal_mode": "wal"}]
+
+
+def test_a_starting_job_whose_container_runs_is_adopted_at_once(host):
+    job = host.job()
+    # As if the API died right after `podman run`, before recording 'running'.
+    host.store.transition(job["id"], ("running",), status="starting", claimed_at=time.time())
+    host.reaper.tick()
+    adopted = host.store.get_job(job["id"])
+    assert adopted["status"] == "running" and adopted["limits_not_applied"] is None
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "succeeded"
+
+
+def test_a_recent_starting_job_without_container_is_left_to_its_starter(host):
+    job = host.job()
+    host.store.transition(job["id"], ("running",), status="starting", claimed_at=time.time())
+    host.runtime.boxes.clear()
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "starting"
