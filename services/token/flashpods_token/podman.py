@@ -50,7 +50,7 @@ class PodmanClient:
         if not url.startswith("unix://"):
             raise PodmanError("podman_url must be unix:///path")
         self._path = url[len("unix://") :]
-        self._instance = instance
+        self.instance = instance
         self._timeout = timeout
 
     def _get(self, path: str, query: dict | None = None):
@@ -77,7 +77,7 @@ class PodmanClient:
 
     def running_jobs(self) -> list[RunningContainer]:
         filters = {
-            "label": [f"flashpods.instance={self._instance}", "flashpods.job"],
+            "label": [f"flashpods.instance={self.instance}", "flashpods.job"],
             "status": ["running"],
         }
         rows = self._get("/containers/json", {"filters": json.dumps(filters)}) or []
@@ -106,7 +106,7 @@ class PodmanClient:
         data = self.inspect(job_id)
         if not data:
             return False, ""
-        return is_live_job(data, self._instance, job_id), labels_of(data).get("flashpods.kind", "")
+        return is_live_job(data, self.instance, job_id), labels_of(data).get("flashpods.kind", "")
 
 
 def labels_of(inspect: dict) -> dict:

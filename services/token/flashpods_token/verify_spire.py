@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from .identity import IdentityError, JobIdentity, parse_spiffe_id
-from .podman import PodmanClient, PodmanError
+from .podman import PodmanClient, PodmanError, is_live_job, labels_of
 
 EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
@@ -130,6 +131,7 @@ class SpireVerifier:
         self._audience = audience
         self._leeway = leeway_s
         self._podman = podman
+        self._liveness = JobLiveness(podman, podman.instance) if podman else None
 
     def verify_token(self, token: str) -> VerifiedSvid:
         """Signature, algorithm, kid, aud, exp, sub: everything except job liveness."""
@@ -183,13 +185,62 @@ class SpireVerifier:
     def verify(self, token: str) -> VerifiedSvid:
         svid = self.verify_token(token)
         if self._podman is not None:
-            try:
-                running, kind = self._podman.job_state(svid.identity.job_id)
-            except PodmanError as exc:
-                raise VerificationError("job_running", f"cannot ask Podman: {exc}") from None
-            if not running:
-                raise VerificationError("job_running", "the job is not running")
+            kind = self._liveness.kind_if_running(svid.identity.job_id)
             expected = "sub_agent" if svid.identity.role == "agent" else "worker"
             if kind != expected:
                 raise VerificationError("job_role", "the SVID's role does not match the job's kind")
         return svid
+
+
+class JobLiveness:
+    """Is the job's container running? Podman answers once; then a pidfd of the
+    container's init answers (it polls readable the moment that process exits, which
+    is the moment the container stops), so a hot exchange costs no Podman call and a
+    finished job is refused as soon as it ends, as with asking Podman every time."""
+
+    def __init__(self, podman: PodmanClient, instance: str):
+        self._podman = podman
+        self._instance = instance
+        self._lock = threading.Lock()
+        self._jobs: dict[str, tuple[int, str]] = {}  # job id -> (init pidfd, kind)
+
+    def kind_if_running(self, job_id: str) -> str:
+        with self._lock:
+            cached = self._jobs.get(job_id)
+            if cached and not _exited(cached[0]):
+                return cached[1]
+            if cached:
+                os.close(self._jobs.pop(job_id)[0])
+        try:
+            data = self._podman.inspect(job_id)
+        except PodmanError as exc:
+            raise VerificationError("job_running", f"cannot ask Podman: {exc}") from None
+        if not data or not is_live_job(data, self._instance, job_id):
+            raise VerificationError("job_running", "the job is not running")
+        pid = (data.get("State") or {}).get("Pid")
+        kind = labels_of(data).get("flashpods.kind", "")
+        try:
+            pidfd = os.pidfd_open(int(pid))
+        except (OSError, TypeError, ValueError):
+            raise VerificationError("job_running", "the job is not running") from None
+        # The pid could have been reused between inspect and open: ask once more.
+        try:
+            again = self._podman.inspect(job_id)
+        except PodmanError:
+            again = None
+        if not again or not is_live_job(again, self._instance, job_id, pid=pid):
+            os.close(pidfd)
+            raise VerificationError("job_running", "the job is not running")
+        with self._lock:
+            old = self._jobs.pop(job_id, None)
+            if old:
+                os.close(old[0])
+            for other, (fd, _k) in list(self._jobs.items()):
+                if _exited(fd):  # forget ended jobs while we are here
+                    os.close(self._jobs.pop(other)[0])
+            self._jobs[job_id] = (pidfd, kind)
+        return kind
+
+
+def _exited(pidfd: int) -> bool:
+    return bool(select.select([pidfd], [], [], 0)[0])

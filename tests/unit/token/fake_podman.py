@@ -7,6 +7,7 @@ containers (with the label filter) and inspect one container by name or id.
 from __future__ import annotations
 
 import json
+import os
 import socketserver
 import threading
 import urllib.parse
@@ -108,7 +109,7 @@ class FakePodman:
         job_id: str,
         kind: str = "worker",
         *,
-        pid: int = 4242,
+        pid: int | None = None,
         state: str = "running",
         instance: str | None = None,
         **extra,
@@ -117,7 +118,8 @@ class FakePodman:
             "Id": (job_id.encode().hex() + "0" * 64)[:64],
             "Name": job_id,
             "State": state,
-            "Pid": pid,
+            # Default: this test process, which is alive for the whole test.
+            "Pid": os.getpid() if pid is None else pid,
             "Labels": {
                 "flashpods.job": job_id,
                 "flashpods.kind": kind,

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
 
 import pytest
 from conftest import SECRETS, exchange
@@ -197,3 +198,20 @@ def test_bundle_rotation_is_picked_up_from_the_file(spire_server, ca, running_jo
 def test_half_written_bundle_keeps_the_last_good_keys(spire_server, ca, running_job, bundle_file):
     bundle_file.write_text('{"keys": [')
     assert exchange(spire_server.socket, token=ca.mint(ca.spiffe_id(JOB)))[0] == 200
+
+
+def test_job_ending_after_a_cached_exchange_is_refused_at_once(spire_server, ca, podman):
+    init = subprocess.Popen(["sleep", "60"])
+    try:
+        podman.add_job(JOB, "worker", pid=init.pid)
+        token = ca.mint(ca.spiffe_id(JOB))
+        assert exchange(spire_server.socket, token=token)[0] == 200
+        calls = len(podman.calls)
+        assert exchange(spire_server.socket, token=token)[0] == 200
+        assert len(podman.calls) == calls  # the hot path asks the pidfd, not Podman
+    finally:
+        init.kill()
+        init.wait()
+    # Podman has not noticed yet (still says running): the dead init decides.
+    status, body, _ = exchange(spire_server.socket, token=token)
+    assert status == 401 and body["check"] == "job_running"
