@@ -140,9 +140,12 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def exit_status(job: JobInfo) -> int:
+    # A host timeout exits 124 like timeout(1), whatever signal ended the container.
+    if job.status == "timed_out":
+        return EXIT_TIMED_OUT
     if job.exit_code is not None:
         return job.exit_code
-    return {"timed_out": EXIT_TIMED_OUT, "killed": EXIT_KILLED}.get(job.status, 1)
+    return EXIT_KILLED if job.status == "killed" else 1
 
 
 def cmd_run(fp: Flashpods, args: argparse.Namespace) -> int:

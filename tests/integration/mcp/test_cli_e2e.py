@@ -62,8 +62,8 @@ def test_logs_follow_and_kill(cli):
 
 
 def test_cli_errors_are_one_line(cli):
-    bad = cli("status", "job_000000000000")
+    bad = cli("status", "job_aaaaaaaaaaaa")
     assert bad.returncode == 1
-    assert bad.stderr.startswith("flashpods: Unknown job job_000000000000")
+    assert bad.stderr.startswith("flashpods: Unknown job job_aaaaaaaaaaaa")
     refused = cli("run", "--path", "../.ssh", "--", "true")
     assert refused.returncode == 1 and "never reads or writes" in refused.stderr

@@ -70,7 +70,11 @@ def test_worker_job_round_trip(laptop, laptop_env, open_mcp):
     # default dest: ./flashpods-artifacts/<job_id> under the first root
     dest = project / "flashpods-artifacts" / job_id
     assert artifacts["dest"] == str(dest)
-    assert {f["path"]: f["size"] for f in artifacts["files"]} == {"out/count.txt": 3}
+    files = {f["path"]: f["size"] for f in artifacts["files"]}
+    assert files["out/count.txt"] == 3
+    # what the job changed in /workspace comes back too (the host's _workspace/ record)
+    assert "_workspace/changes.json" in files
+    assert not [p for p in files if p != "out/count.txt" and not p.startswith("_workspace/")]
     assert (dest / "out" / "count.txt").read_text() == "22\n"
     # the job's symlink to /etc/passwd never becomes a file or a link on the laptop
     assert not os.path.lexists(dest / "passwd-link")

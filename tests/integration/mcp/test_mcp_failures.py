@@ -33,22 +33,27 @@ CASES = [
     # (case, tool, arguments, words of the sentence)
     ("api_down", "list_jobs", {}, "is the WireGuard tunnel up"),
     ("wrong_token", "list_jobs", {}, "FLASHPODS_API_TOKEN does not match the host's token file"),
-    ("rsync_module", "spawn_worker", {"command": "true"}, "no such module"),
-    ("rsync_port", "spawn_worker", {"command": "true"}, "refused the connection"),
-    ("unknown_job", "get_job_status", {"job_id": "job_000000000000"}, "Unknown job"),
-    ("unknown_job", "get_job_artifacts", {"job_id": "job_000000000000"}, "Unknown job"),
+    ("rsync_module", "spawn_worker", {"command": "true", "path": "project"}, "no such module"),
+    (
+        "rsync_port",
+        "spawn_worker",
+        {"command": "true", "path": "project"},
+        "refused the connection",
+    ),
+    ("unknown_job", "get_job_status", {"job_id": "job_aaaaaaaaaaaa"}, "Unknown job"),
+    ("unknown_job", "get_job_artifacts", {"job_id": "job_aaaaaaaaaaaa"}, "Unknown job"),
     ("outside_roots", "spawn_worker", {"command": "true", "path": "/etc"}, "outside the client"),
     ("ssh", "spawn_worker", {"command": "true", "path": "{home}/.ssh"}, "never reads or writes"),
     (
         "ssh_dest",
         "get_job_artifacts",
-        {"job_id": "job_000000000000", "dest": "{home}/.ssh"},
+        {"job_id": "job_aaaaaaaaaaaa", "dest": "{home}/.ssh"},
         "never reads or writes",
     ),
     (
         "outside_dest",
         "get_job_artifacts",
-        {"job_id": "job_000000000000", "dest": "/var/tmp/x"},
+        {"job_id": "job_aaaaaaaaaaaa", "dest": "/var/tmp/x"},
         "outside the client",
     ),
 ]
