@@ -178,7 +178,8 @@ in
       mode = if cfg.spire.enable then "spire" else "peer";
       trust_domain = cfg.spire.trustDomain;
       podman_url = "unix://${cfg.podman.socket}";
-      instance = config.networking.hostName;
+      # Must match the API's: the service finds a job's container by this label.
+      inherit (cfg.api.settings) instance;
       roles = {
         inherit (cfg.token.policy) worker agent;
       };

@@ -132,6 +132,8 @@ in
 
   overrides = {
     # api.settings overrides a generated key; retention durations convert.
+    tokenConfig = builtins.fromJSON (evaluate (withFlashpods { api.settings.instance = "blue"; }))
+      .systemd.services.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
     apiConfig = builtins.fromJSON (evaluate (withFlashpods {
       api.settings.limits.log_bytes = 1024;
       retention.artifacts = "90s";

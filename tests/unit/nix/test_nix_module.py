@@ -278,6 +278,12 @@ def test_spire_attests_through_the_flashpods_podman_socket(valid):
     assert valid["units"]["spire-server"]["serviceConfig"]["UMask"] == "0007"
 
 
+def test_token_service_follows_the_api_instance_label(evaluated, valid):
+    assert valid["tokenConfig"]["instance"] == valid["apiConfig"]["instance"]
+    # The token service finds a job's container by the API's instance label.
+    assert evaluated["overrides"]["tokenConfig"]["instance"] == "blue"
+
+
 def test_settings_override_generated_keys_and_durations_convert(evaluated):
     cfg = evaluated["overrides"]["apiConfig"]
     assert cfg["limits"]["log_bytes"] == 1024
