@@ -22,6 +22,7 @@ from topology import Topology
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     raise pytest.UsageError("tests/host needs root: network namespaces, nftables, user switching")
 
+WORKER_IMAGE = "localhost/flashpods-worker:latest"
 JOB_UID = 1001  # the flashpods user (scripts/lib creates it with this uid)
 # Short retention so that V16 sees files expire within the test.
 RETENTION = {"artifacts_s": 6, "logs_s": 8, "uploads_s": 6}
@@ -61,7 +62,18 @@ def devhost(topology: Topology) -> Iterator[DevHost]:
         rsync_port=topo.RSYNC_PORT,
         retention=dict(RETENTION),
         # The API's own second layer: only the laptop's address is a valid peer.
-        api_overrides={"allowed_peers": [topo.LAPTOP_TUNNEL], "reaper": {"interval_s": 0.2}},
+        api_overrides={
+            "allowed_peers": [topo.LAPTOP_TUNNEL],
+            "reaper": {"interval_s": 0.2},
+            # A sub-agent here is the busybox image running its prompt as a shell
+            # script: the rows about sub-agents need what it can do, not Claude Code.
+            "images": {
+                "worker": WORKER_IMAGE,
+                "sub_agent": WORKER_IMAGE,
+                "allowed": [WORKER_IMAGE],
+            },
+            "agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+        },
     )
     host = DevHost(settings)
     try:
