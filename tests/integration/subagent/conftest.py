@@ -2,10 +2,10 @@
 
 Topology (netlab.py): the dev host runs in its own network namespace with the project's
 firewall loaded; the stand-in model endpoint listens on 203.0.113.10 in an "internet"
-namespace behind the host's default route. In the firewall the test process plays the
-laptop: the "tunnel" interface is `lo` and the laptop address 127.0.0.1, so the test's
-API calls (from 127.0.0.1 inside the host namespace) are accepted while every job's
-traffic to the host, loopback included, is refused as in production.
+namespace behind the host's default route. There is no laptop and no tunnel here (the
+firewall's WireGuard interface does not exist): the test process reaches the API and
+rsyncd as one of the host's own processes (from inside the host namespace), which the
+firewall lets through, while every job's traffic to the host is refused as in production.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from subagent_support import HostApi
 
 REPO = Path(__file__).resolve().parents[3]
 AGENT_IMAGE = "localhost/flashpods-agent:latest"
-FIREWALL_VALUES = {"wg_if": "lo", "laptop_addr": "127.0.0.1", "resolvers": []}
+FIREWALL_VALUES = {"wg_if": "fpa-nowg", "laptop_addr": "10.0.0.2", "resolvers": []}
 BUILD_TIMEOUT_S = 1800
 
 

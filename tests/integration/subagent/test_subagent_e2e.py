@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 from netlab import HOST_ADDR, MODEL_ADDR
-from subagent_support import result_text, tool_results, tool_uses, transcript
+from subagent_support import FINAL, result_text, tool_results, tool_uses, transcript
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -150,9 +150,16 @@ def test_worker_gets_no_anthropic_credential(subagent_host, model):
 
 
 def test_subagent_cannot_spawn_a_job(subagent_host, model):
-    """The agent's Bash tool tries POST /jobs on every host address: nothing answers."""
-    api = subagent_host()
+    """The agent's Bash tool tries POST /jobs on every host address: nothing answers.
+
+    The API listens on every address of the host here, so what keeps the agent out is the
+    firewall, not a loopback-only bind.
+    """
+    api = subagent_host(api_host="0.0.0.0")
     port = api.host.api_port
+    # Control: from the host itself (root, not the job uid) the API answers on that address.
+    control = api.lab.run(["curl", "-sS", "-m", "5", f"http://{HOST_ADDR}:{port}/healthz"])
+    assert control.returncode == 0 and '"ok"' in control.stdout, control
     token = api.host.api_token  # even with the real token, the API is out of reach
     targets = ["127.0.0.1", "10.0.2.2", HOST_ADDR, "10.0.0.1"]
     payload = '{"kind": "worker", "command": "echo nested"}'
@@ -215,13 +222,20 @@ def _busy_job(api, model, script: str, timeout_s: float) -> dict:
     model.model.scripts[script] = SLEEPER
     job = api.spawn(kind="sub_agent", prompt=f"Wait. [[script:{script}]]", timeout_s=timeout_s)
     # Busy means: the model has been asked and the agent is inside its Bash call.
-    api.wait_for("the agent's first model call", lambda: scripted_requests(model, script), 120)
+    api.wait_for(
+        "the agent's first model call",
+        lambda: scripted_requests(model, script) or api.job(job["id"])["status"] in FINAL,
+        120,
+    )
+    assert scripted_requests(model, script), (
+        f"the job ended before the agent started: {api.job(job['id'])}"
+    )
     return job
 
 
 def test_subagent_timeout_stops_a_busy_agent(subagent_host, model):
     api = subagent_host()
-    job = _busy_job(api, model, "sleep-timeout", timeout_s=8)
+    job = _busy_job(api, model, "sleep-timeout", timeout_s=15)
     done = api.wait(job["id"], timeout=120)
     assert done["status"] == "timed_out", done
     events = transcript(api.logs(job["id"]))
