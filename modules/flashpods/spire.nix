@@ -9,9 +9,9 @@
 #   1.15.0 (rootless Podman socket discovery). What this module configures
 #   works from 1.9.0 on: the new container locator finds the 64-hex id in the
 #   rootless cgroup path (…/user@<uid>.service/…/libpod-<id>.scope), and
-#   docker_socket_path points straight at the flashpods user's Podman API, so
-#   no per-user socket discovery (1.15.0's template, later `use_rootless_podman`)
-#   is needed.
+#   docker_socket_path points straight at the flashpods user's Podman API.
+#   From 1.15.0, which derives a rootless container's socket from a template
+#   with the owner's uid, the template is pointed at the same socket.
 {
   config,
   lib,
@@ -29,6 +29,7 @@ let
   bundleFile = "/var/lib/flashpods-spire-bundle/bundle.spiffe";
   spireVersion = cfg.spire.package.version;
   minimumVersion = "1.9.0";
+  podmanByUid = "/run/flashpods/podman-by-uid";
 in
 {
   config = lib.mkIf (cfg.enable && cfg.spire.enable) {
@@ -103,10 +104,27 @@ in
           WorkloadAttestor.docker.plugin_data = {
             docker_socket_path = "unix://${cfg.podman.socket}";
             use_new_container_locator = true;
+          }
+          # From 1.15.0 the attestor picks a rootless container's socket itself,
+          # from a template with the owner's uid (default /run/user/%d/..., which
+          # is 0700 and closed to spire-agent). Point the template at a uid-named
+          # link to the same socket (storage.nix); older versions do not know
+          # the key.
+          // lib.optionalAttrs (lib.versionAtLeast spireVersion "1.15.0") {
+            podman_socket_path_template = "unix://${podmanByUid}/%d/podman.sock";
           };
           WorkloadAttestor.unix.plugin_data = { };
         };
       };
+    };
+
+    systemd.tmpfiles.settings."11-flashpods-spire" = {
+      ${podmanByUid}.d = {
+        user = "root";
+        group = "flashpods";
+        mode = "0750";
+      };
+      "${podmanByUid}/${toString cfg.podman.uid}".L.argument = builtins.dirOf cfg.podman.socket;
     };
 
     # The agent reaches the flashpods user's Podman API (group flashpods) to

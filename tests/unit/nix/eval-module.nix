@@ -113,6 +113,7 @@ in
     flushRuleset = good.networking.nftables.flushRuleset;
     rsyncdConfig = lib.last (lib.splitString "--config=" units.flashpods-rsyncd.serviceConfig.ExecStart);
     tmpfiles = good.systemd.tmpfiles.settings."10-flashpods";
+    spireTmpfiles = good.systemd.tmpfiles.settings."11-flashpods-spire";
     openFirewallUdp = good.networking.firewall.allowedUDPPorts;
     wgTcpPorts = good.networking.firewall.interfaces.wg0.allowedTCPPorts;
     sshOpenPublicly = good.services.openssh.openFirewall;
@@ -129,6 +130,18 @@ in
       .systemd.services.flashpods-token.serviceConfig;
     spireEnabled = (evaluate (withFlashpods { spire.enable = false; })).services.spire.server.enable or false;
   };
+
+  spire115 =
+    let
+      c = evaluate (withFlashpods {
+        spire.package = stubs.fakeDrv "spire-1.15.0" { version = "1.15.0"; };
+      });
+    in
+    {
+      docker = c.services.spire.agent.settings.plugins.WorkloadAttestor.docker.plugin_data;
+      tmpfiles = c.systemd.tmpfiles.settings."11-flashpods-spire";
+      failedAssertions = failedAssertions c;
+    };
 
   overrides = {
     # api.settings overrides a generated key; retention durations convert.

@@ -284,6 +284,23 @@ def test_token_service_follows_the_api_instance_label(evaluated, valid):
     assert evaluated["overrides"]["tokenConfig"]["instance"] == "blue"
 
 
+def test_spire_1_15_finds_the_rootless_socket_through_a_uid_named_link(evaluated, valid):
+    # 1.15.0 derives a rootless container's Podman socket from the owner's uid; the
+    # template points at a link that names the uid and leads to the same socket.
+    new = evaluated["spire115"]
+    assert new["failedAssertions"] == []
+    template = new["docker"]["podman_socket_path_template"]
+    assert template == "unix:///run/flashpods/podman-by-uid/%d/podman.sock"
+    assert new["tmpfiles"]["/run/flashpods/podman-by-uid/1001"] == {
+        "L": {"argument": "/run/flashpods/podman"}
+    }
+    link_dir = new["tmpfiles"]["/run/flashpods/podman-by-uid"]["d"]
+    assert link_dir == {"user": "root", "group": "flashpods", "mode": "0750"}
+    # Older SPIRE does not know the key.
+    old = valid["spireAgent"]["plugins"]["WorkloadAttestor"]["docker"]["plugin_data"]
+    assert "podman_socket_path_template" not in old
+
+
 def test_settings_override_generated_keys_and_durations_convert(evaluated):
     cfg = evaluated["overrides"]["apiConfig"]
     assert cfg["limits"]["log_bytes"] == 1024
