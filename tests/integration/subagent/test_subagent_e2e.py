@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from pathlib import Path
 
 import pytest
 from netlab import HOST_ADDR, MODEL_ADDR
@@ -18,6 +19,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 # Claude Code's exit through our entrypoint (images/agent/entrypoint).
 EXIT_AGENT_ERROR, EXIT_TOOL_ERRORS = 1, 2
+
+
+def audit_entries(api, job_id: str) -> list[dict]:
+    """The token service's audit lines about one job."""
+    lines = Path(api.host.token_config["audit_log"]).read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("job") == job_id]
 
 
 def scripted_requests(model, script: str) -> list[dict]:
@@ -100,10 +107,13 @@ def test_subagent_reads_edits_and_writes_an_artifact(subagent_host, model):
     assert len(seen) == 4
     assert {r["headers"].get("x-api-key") for r in seen} == {key}
     assert word in json.dumps(seen[1]["body"]["messages"])
-    # ... and the key was never part of the container's configuration.
-    inspect = api.host.podman("inspect", job["id"], "--format", "{{json .Config.Env}}")
-    if inspect.returncode == 0:  # the reaper may already have removed the container
-        assert key not in inspect.stdout
+    # The token service gave it to exactly this job, in its agent role ...
+    grants = audit_entries(api, job["id"])
+    assert grants and all(g["spiffe_id"].endswith(f"/job/{job['id']}/agent") for g in grants)
+    assert any("ANTHROPIC_API_KEY" in g["granted"] for g in grants)
+    # ... and the key is in neither the API's config nor the job's record.
+    assert key not in json.dumps(api.host.api_config)
+    assert key not in json.dumps(done)
 
 
 def test_worker_gets_no_anthropic_credential(subagent_host, model):
@@ -147,6 +157,9 @@ def test_worker_gets_no_anthropic_credential(subagent_host, model):
     key = api.host.settings.secrets["ANTHROPIC_API_KEY"]
     assert key not in log
     assert key not in json.dumps(model.model.requests)
+    grants = audit_entries(api, job["id"])
+    assert grants and all(g["spiffe_id"].endswith(f"/job/{job['id']}/worker") for g in grants)
+    assert not any("ANTHROPIC_API_KEY" in g["granted"] for g in grants)
 
 
 def test_subagent_cannot_spawn_a_job(subagent_host, model):
