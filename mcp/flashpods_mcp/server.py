@@ -259,7 +259,12 @@ async def get_job_output(
     Call again with offset=next_offset until final is true; wait_s long-polls so you
     do not need to sleep between calls.
     """
-    out = await run(ops().read_output, job_id, offset, tail_lines, wait_s, max_bytes)
+    # A long-poll only reads: when the client cancels, answer at once and let the
+    # thread finish its last poll on its own.
+    out = await anyio.to_thread.run_sync(
+        functools.partial(ops().read_output, job_id, offset, tail_lines, wait_s, max_bytes),
+        abandon_on_cancel=True,
+    )
     model = OutputResult(**vars(out))
     trailer = f"[next_offset={out.next_offset} final={str(out.final).lower()}]"
     text = out.text if not out.text or out.text.endswith("\n") else out.text + "\n"
