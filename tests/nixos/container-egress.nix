@@ -53,10 +53,10 @@ in
           laptop.succeed("curl -sf -m 5 http://10.0.0.2:9000/ -o /dev/null")
 
       with subtest("V5 V6 V7 V18 V20: a job reaches the internet and nothing else (pasta, via the API)"):
-          job, log = run_job(probe_command(forbidden_api + forbidden_rsync + forbidden_other + allowed)
+          job, output = run_job(probe_command(forbidden_api + forbidden_rsync + forbidden_other + allowed)
                              + "\nnslookup example.test && echo DNS-OK")
-          assert_probes(log, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
-          assert "DNS-OK" in log, log
+          assert_probes(output, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
+          assert "DNS-OK" in output, output
           # The laptop still gets its API replies (V18's other half).
           assert api("GET", "/jobs")[0] == 200
 
@@ -64,8 +64,8 @@ in
           listener = start_job("busybox httpd -f -p 7000 -h /tmp & sleep 2; curl -s -m 3 -o /dev/null http://127.0.0.1:7000/; echo SELF-$?; sleep 60")
           laptop.wait_until_succeeds(
               f"curl -sf -H 'Authorization: Bearer {API_TOKEN}' {API}/jobs/{listener}/logs | grep -q SELF-", timeout=120)
-          job, log = run_job(probe_command([f"{a}:7000" for a in host_addresses] + ["127.0.0.1:7000"]))
-          assert_probes(log, blocked=[f"{a}:7000" for a in host_addresses] + ["127.0.0.1:7000"])
+          job, output = run_job(probe_command([f"{a}:7000" for a in host_addresses] + ["127.0.0.1:7000"]))
+          assert_probes(output, blocked=[f"{a}:7000" for a in host_addresses] + ["127.0.0.1:7000"])
           api("POST", f"/jobs/{listener}/kill")
           wait_final(listener)
 
@@ -89,9 +89,9 @@ in
               f" -d '{{\"kind\":\"sub_agent\",\"prompt\":\"true\"}}' http://{a}/jobs"
               for a in forbidden_api
           )
-          job, log = run_job(spawn, kind="sub_agent")
-          spawned = [l for l in log.splitlines() if l.startswith("SPAWN") and not l.endswith(" 000")]
-          assert spawned == [], log
+          job, output = run_job(spawn, kind="sub_agent")
+          spawned = [l for l in output.splitlines() if l.startswith("SPAWN") and not l.endswith(" 000")]
+          assert spawned == [], output
           assert job_ids() - before == {job["id"]}
 
       with subtest("V19: the firewall holds in every rootless network mode"):
@@ -100,10 +100,10 @@ in
           host.succeed(f"cat > /tmp/probe/probe.sh <<'EOF'\n{script}\nEOF\nchmod 644 /tmp/probe/probe.sh")
           host.succeed(as_flashpods("podman network exists fp-test-bridge || podman network create fp-test-bridge"))
           for mode in ("pasta", "slirp4netns", "fp-test-bridge", "host"):
-              log = host.succeed(as_flashpods(
+              output = host.succeed(as_flashpods(
                   f"podman run --rm --userns=keep-id --network={mode} -v /tmp/probe:/probe:ro"
                   f" localhost/flashpods-worker:latest sh /probe/probe.sh"))
-              assert_probes(log, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
+              assert_probes(output, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
 
       # (Not the API token: V14 hands it to a job on purpose, as a stolen token.)
       assert_no_secret_leaked(["${topology.secrets.github}", "${topology.secrets.anthropic}"])

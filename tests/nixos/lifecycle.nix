@@ -40,9 +40,9 @@ in
           for job_id in jobs:
               job = wait_final(job_id, timeout=180)
               assert job["status"] == "succeeded", job
-              log = job_log(job_id)
-              assert [l for l in log.splitlines() if l.startswith("line-")] == [f"line-{i}" for i in range(1, 11)], log
-              assert log.rstrip().endswith("done"), log
+              output = job_log(job_id)
+              assert [l for l in output.splitlines() if l.startswith("line-")] == [f"line-{i}" for i in range(1, 11)], output
+              assert output.rstrip().endswith("done"), output
               host.wait_until_succeeds(
                   f"test -z \"$(podman --url {PODMAN_URL} ps -aq --filter label=flashpods.job={job_id})\"", timeout=120)
 
@@ -50,20 +50,20 @@ in
           code, upload = api("POST", "/uploads", {})
           laptop.succeed("mkdir -p /tmp/src && echo input > /tmp/src/in.txt")
           laptop.succeed(f"rsync -r /tmp/src/ {upload['rsync_url']}/{upload['upload_id']}/")
-          job, log = run_job(
+          job, output = run_job(
               "test -n \"$GITHUB_TOKEN\" && echo has-token; cp /workspace/in.txt /artifacts/out.txt",
               upload_id=upload["upload_id"])
-          assert job["status"] == "succeeded" and "has-token" in log, (job, log)
+          assert job["status"] == "succeeded" and "has-token" in output, (job, output)
           assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}", API_TOKEN])
 
       with subtest("V16: uploads leave after start, artifacts and logs after their TTL"):
           code, upload = api("POST", "/uploads", {})
           laptop.succeed(f"rsync -r /tmp/src/ {upload['rsync_url']}/{upload['upload_id']}/")
-          job, log = run_job("echo kept > /artifacts/a.txt", upload_id=upload["upload_id"])
+          job, output = run_job("echo kept > /artifacts/a.txt", upload_id=upload["upload_id"])
           host.fail(f"test -e ${cfg.storage.uploads}/{upload['upload_id']}")
           host.succeed(f"test -e ${cfg.storage.artifacts}/{job['id']}/a.txt")
           host.wait_until_fails(f"test -e ${cfg.storage.artifacts}/{job['id']}", timeout=120)
-          host.wait_until_fails(f"test -e ${cfg.storage.logs}/{job['id']}.log", timeout=120)
+          host.wait_until_fails(f"test -e ${cfg.storage.logs}/{job['id']}.output", timeout=120)
           host.wait_until_fails(f"test -e ${cfg.storage.uploads}/.bases/{upload['upload_id']}", timeout=120)
           code, _ = api("GET", f"/jobs/{job['id']}/artifacts/a.txt")
           assert code in (404, 410), code

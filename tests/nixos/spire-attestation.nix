@@ -54,9 +54,9 @@ in
       test -S /run/spire/sockets/agent.sock && test -S /run/flashpods/token.sock && echo SOCKETS-OK
       """
 
-      def results(log, prefix):
+      def results(output, prefix):
           out = {}
-          for line in log.splitlines():
+          for line in output.splitlines():
               fields = line.split()
               if len(fields) >= 3 and fields[0] == prefix:
                   out[fields[1]] = fields[2]
@@ -72,23 +72,23 @@ in
           host.succeed("spire-server entry show -socketPath ${serverSocket} -spiffeID spiffe://${cfg.spire.trustDomain}/agent/host | grep -q 'Entry ID'")
 
       with subtest("V8 V9: a worker reaches both sockets and gets only worker secrets"):
-          job, log = run_job(CONTAINER_LIB + """
+          job, output = run_job(CONTAINER_LIB + """
       granted
       exchange ask-agent-token "$(svid flashpods-token)" '{"tokens":["ANTHROPIC_API_KEY"]}'
       exchange all "$(svid flashpods-token)" '{}'
       """)
-          assert job["status"] == "succeeded", (job, log)
-          assert "SOCKETS-OK" in log, log
-          assert results(log, "GRANTED") == {"GITHUB_TOKEN": sha("${secrets.github}")}, log
-          assert results(log, "EXCHANGE") == {"ask-agent-token": "403", "all": "200"}, log
+          assert job["status"] == "succeeded", (job, output)
+          assert "SOCKETS-OK" in output, output
+          assert results(output, "GRANTED") == {"GITHUB_TOKEN": sha("${secrets.github}")}, output
+          assert results(output, "EXCHANGE") == {"ask-agent-token": "403", "all": "200"}, output
 
       with subtest("V10: a sub-agent gets the agent secrets"):
-          job, log = run_job(CONTAINER_LIB + "granted", kind="sub_agent")
-          assert job["status"] == "succeeded", (job, log)
-          assert results(log, "GRANTED") == {
+          job, output = run_job(CONTAINER_LIB + "granted", kind="sub_agent")
+          assert job["status"] == "succeeded", (job, output)
+          assert results(output, "GRANTED") == {
               "GITHUB_TOKEN": sha("${secrets.github}"),
               "ANTHROPIC_API_KEY": sha("${secrets.anthropic}"),
-          }, log
+          }, output
 
       with subtest("V11: forged, foreign, wrong-audience and expired SVIDs get 401"):
           far = 4102444800  # 2100-01-01
@@ -97,7 +97,7 @@ in
           forged_hs = b64url({"alg": "HS256", "typ": "JWT"}) + "." + b64url(
               {"sub": "spiffe://${cfg.spire.trustDomain}/job/x/worker", "aud": ["flashpods-token"], "exp": far}) + ".c2lnbmF0dXJl"
           foreign_payload = b64url({"sub": "spiffe://evil.example/job/x/worker", "aud": ["flashpods-token"], "exp": far})
-          job, log = run_job(CONTAINER_LIB + """
+          job, output = run_job(CONTAINER_LIB + """
       real=$(svid flashpods-token)
       exchange alg-none "$FORGED_NONE" '{}'
       exchange hs256 "$FORGED_HS" '{}'
@@ -107,10 +107,10 @@ in
       sleep 40
       exchange expired "$real" '{}'
       """, env={"FORGED_NONE": forged_none, "FORGED_HS": forged_hs, "FOREIGN_PAYLOAD": foreign_payload})
-          assert results(log, "EXCHANGE") == {
+          assert results(output, "EXCHANGE") == {
               "alg-none": "401", "hs256": "401", "foreign-domain": "401",
               "wrong-audience": "401", "no-bearer": "401", "expired": "401",
-          }, log
+          }, output
 
       with subtest("V11: a process outside any container gets no identity and no secret"):
           host.fail("spire-agent api fetch jwt -audience flashpods-token -socketPath ${agentSocket}")
@@ -120,8 +120,8 @@ in
           assert code == "401", code
 
       with subtest("V12: a finished job's identity is dead"):
-          job, log = run_job(CONTAINER_LIB + "svid flashpods-token > /artifacts/svid")
-          assert job["status"] == "succeeded", (job, log)
+          job, output = run_job(CONTAINER_LIB + "svid flashpods-token > /artifacts/svid")
+          assert job["status"] == "succeeded", (job, output)
           svid = host.succeed(f"cat ${cfg.storage.artifacts}/{job['id']}/svid").strip()
           assert svid.count(".") == 2, svid
           code = host.succeed(
@@ -132,9 +132,9 @@ in
           host.fail(f"spire-server entry show -socketPath ${serverSocket} -selector docker:label:flashpods.job:{job['id']} | grep -q 'Entry ID'")
 
       with subtest("the audit log names identities and decisions, never values"):
-          host.succeed("grep -q 'spiffe://${cfg.spire.trustDomain}/job/' /var/log/flashpods-token/audit.log")
+          host.succeed("grep -q 'spiffe://${cfg.spire.trustDomain}/job/' /var/output/flashpods-token/audit.output")
 
       assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}", API_TOKEN])
-      host.succeed("grep -rF -- '${secrets.github}' /var/log/flashpods-token; test $? -eq 1")
+      host.succeed("grep -rF -- '${secrets.github}' /var/output/flashpods-token; test $? -eq 1")
     '';
 }

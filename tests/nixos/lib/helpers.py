@@ -62,7 +62,7 @@ def job_log(job_id):
 
 
 def run_job(command, kind="worker", timeout=180, **extra):
-    """Start a job, wait for its end, return (job, log)."""
+    """Start a job, wait for its end, return (job, output)."""
     job_id = start_job(command, kind=kind, **extra)
     job = wait_final(job_id, timeout=timeout)
     return job, job_log(job_id)
@@ -86,9 +86,9 @@ probe() {
 """
 
 
-def probe_results(log):
+def probe_results(output):
     results = {}
-    for line in log.splitlines():
+    for line in output.splitlines():
         fields = line.split()
         if len(fields) >= 3 and fields[0] == "PROBE":
             results[fields[1]] = fields[2]
@@ -99,12 +99,12 @@ def probe_command(targets):
     return PROBE + "\n".join(f"probe {t}" for t in targets)
 
 
-def assert_probes(log, reached=(), blocked=()):
-    results = probe_results(log)
+def assert_probes(output, reached=(), blocked=()):
+    results = probe_results(output)
     for target in reached:
-        assert results.get(target) == "REACHED", f"{target} must be reachable: {results}\n{log}"
+        assert results.get(target) == "REACHED", f"{target} must be reachable: {results}\n{output}"
     for target in blocked:
-        assert results.get(target) == "BLOCKED", f"{target} must be blocked: {results}\n{log}"
+        assert results.get(target) == "BLOCKED", f"{target} must be blocked: {results}\n{output}"
 
 
 def wait_for_host():
@@ -122,7 +122,7 @@ def wait_for_host():
 def assert_no_secret_leaked(values):
     """V15: no secret value in the DB, logs, workspaces, artifacts, uploads or Podman."""
     for value in values:
-        for where in ("/var/lib/flashpods", "/var/log/flashpods", "/tmp/flashpods"):
+        for where in ("/var/lib/flashpods", "/var/output/flashpods", "/tmp/flashpods"):
             host.succeed(f"grep -rF -- {shlex.quote(value)} {where}; test $? -eq 1")  # noqa: F821
         host.succeed(  # noqa: F821
             f"podman --url {PODMAN_URL} ps -aq | xargs -r podman --url {PODMAN_URL} inspect"
