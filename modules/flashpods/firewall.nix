@@ -52,6 +52,8 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    warnings = lib.optional (cfg.firewall.jobResolvers == [ ]) "services.flashpods.firewall.jobResolvers is empty (networking.nameservers is not set): job containers cannot resolve names. Set services.flashpods.firewall.jobResolvers to the host's DNS servers.";
+
     networking.nftables.enable = true;
 
     # Podman's netavark keeps its own tables; a `flush ruleset` on reload

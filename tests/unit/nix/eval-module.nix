@@ -189,6 +189,14 @@ in
     );
   };
 
+  warnings = {
+    valid = good.warnings;
+    noResolvers = (evaluate [
+      valid
+      { networking.nameservers = lib.mkForce [ ]; }
+    ]).warnings;
+  };
+
   disabled = {
     units = builtins.attrNames (evaluate [ { services.flashpods.enable = false; } ]).systemd.services;
   };

@@ -411,3 +411,9 @@ def test_flake_provides_every_output_of_the_spec():
         "vm-retention-crash-safety-no-leaks",
     }
     assert flake["example"]["system"] == "x86_64-linux"
+
+
+def test_a_host_without_resolvers_is_warned_that_jobs_get_no_dns(evaluated):
+    assert evaluated["warnings"]["valid"] == []
+    (warning,) = evaluated["warnings"]["noResolvers"]
+    assert "services.flashpods.firewall.jobResolvers" in warning
