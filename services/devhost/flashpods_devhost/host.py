@@ -112,13 +112,21 @@ class DevHost:
         self.stop()
 
     def podman(
-        self, *args: str, timeout: float = 120, check: bool = False, input: str | None = None
+        self,
+        *args: str,
+        timeout: float = 120,
+        check: bool = False,
+        input: str | None = None,
+        in_netns: bool = True,
     ) -> subprocess.CompletedProcess:
-        """The podman CLI as the sandbox user (same image store as the service)."""
+        """The podman CLI as the sandbox user (same image store as the service).
+
+        Runs inside the host's network namespace (where its containers' slirp4netns
+        lives) unless in_netns=False, which listing and removing do not need.
+        """
         acc = self.accounts
-        argv = as_user(
-            ["podman", *args], acc.podman, switch=acc.separated, netns=self.settings.netns
-        )
+        netns = self.settings.netns if in_netns else None
+        argv = as_user(["podman", *args], acc.podman, switch=acc.separated, netns=netns)
         return subprocess.run(
             argv,
             env=self._podman_env(),
@@ -380,12 +388,13 @@ class DevHost:
 
     def remove_containers(self) -> None:
         label = f"label=flashpods.instance={self.settings.instance}"
-        listed = self.podman("ps", "-a", "-q", "--filter", label, timeout=60)
+        # Outside the netns: cleanup must work even when the namespace is already gone.
+        listed = self.podman("ps", "-a", "-q", "--filter", label, timeout=60, in_netns=False)
         if listed.returncode != 0:
             raise RuntimeError(f"podman ps failed: {listed.stderr.strip()}")
         ids = listed.stdout.split()
         if ids:
-            removed = self.podman("rm", "-f", "-t", "0", *ids, timeout=120)
+            removed = self.podman("rm", "-f", "-t", "0", *ids, timeout=120, in_netns=False)
             if removed.returncode != 0:
                 raise RuntimeError(f"podman rm failed: {removed.stderr.strip()}")
 
@@ -398,7 +407,7 @@ class DevHost:
         except PermissionError:
             # Not root: files a container wrote under a sub-uid are removable only from
             # inside the rootless user namespace.
-            self.podman("unshare", "rm", "-rf", str(root), timeout=120)
+            self.podman("unshare", "rm", "-rf", str(root), timeout=120, in_netns=False)
 
     def _service(self, name: str) -> Service:
         if name not in self._services:

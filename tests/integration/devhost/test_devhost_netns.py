@@ -39,7 +39,8 @@ def _table_loaded(netns: str) -> bool:
     return _in_ns(netns, "nft", "list", "table", "inet", "flashpods").returncode == 0
 
 
-def test_services_run_in_the_namespace_behind_the_firewall(devhost_factory, netns) -> None:
+def test_services_run_in_the_namespace_behind_the_firewall(netns, devhost_factory) -> None:
+    # netns first: it must outlive the host, which the factory stops at teardown.
     host: DevHost = devhost_factory(
         netns=netns,
         firewall=True,
