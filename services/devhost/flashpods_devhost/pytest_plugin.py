@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from . import render
-from .host import SERVICE_ORDER, DevHost, HostSettings
+from .host import DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
 TEST_BASE = Path(os.environ.get("FLASHPODS_TEST_BASE", "/var/tmp/flashpods-test"))
@@ -31,6 +31,8 @@ def new_settings(**overrides: object) -> HostSettings:
     values: dict[str, object] = {
         "root": TEST_BASE / unique,
         "instance": f"t-{unique}",
+        # scripts/test and scripts/lib/venv.sh honour FLASHPODS_VENV too.
+        "venv": Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
         "api_port": 0,
         "rsync_port": 0,
         "secrets": dict(TEST_SECRETS),
