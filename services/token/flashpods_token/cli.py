@@ -20,13 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"flashpods-token: {exc}", file=sys.stderr)
         return 2
-    server, cleanup = build_server(config)
+    stopping = threading.Event()
+    server = None
 
     def stop(signum, frame):
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        stopping.set()
+        if server is not None:
+            threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # Before the socket exists: a SIGTERM right after it appears still stops cleanly.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    server, cleanup = build_server(config)
+    if stopping.is_set():
+        server.server_close()
+        cleanup()
+        return 0
     print(
         f"flashpods-token: {config.mode} mode, listening on {config.socket}",
         file=sys.stderr,

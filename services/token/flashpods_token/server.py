@@ -207,12 +207,17 @@ class TokenServer(socketserver.ThreadingUnixStreamServer):
                         "the service user must be a member of it"
                     ) from None
             os.chmod(tmp_path, 0o660)
+            # Listen before the socket becomes visible: whoever sees the path can connect.
+            self.socket.listen(self.request_queue_size)
             os.rename(tmp_path, path)
         finally:
             with contextlib.suppress(OSError):
                 os.rmdir(private)
         self._ino = os.stat(path).st_ino
         self.server_address = path
+
+    def server_activate(self) -> None:
+        pass  # already listening: server_bind listens before it renames into place
 
     def process_request(self, request, client_address) -> None:
         with self._active_lock:

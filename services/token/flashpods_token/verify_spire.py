@@ -203,6 +203,7 @@ class JobLiveness:
         self._instance = instance
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[int, str]] = {}  # job id -> (init pidfd, kind)
+        self._dead: set[str] = set()
 
     def kind_if_running(self, job_id: str) -> str:
         with self._lock:
@@ -210,7 +211,12 @@ class JobLiveness:
             if cached and not _exited(cached[0]):
                 return cached[1]
             if cached:
+                # Job ids are never reused: a job seen ending stays dead, even if a
+                # container is re-created under its name while its SVID is unexpired.
                 os.close(self._jobs.pop(job_id)[0])
+                self._dead.add(job_id)
+            if job_id in self._dead:
+                raise VerificationError("job_running", "the job has ended")
         try:
             data = self._podman.inspect(job_id)
         except PodmanError as exc:
@@ -238,6 +244,7 @@ class JobLiveness:
             for other, (fd, _k) in list(self._jobs.items()):
                 if _exited(fd):  # forget ended jobs while we are here
                     os.close(self._jobs.pop(other)[0])
+                    self._dead.add(other)
             self._jobs[job_id] = (pidfd, kind)
         return kind
 

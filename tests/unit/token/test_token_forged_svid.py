@@ -215,3 +215,12 @@ def test_job_ending_after_a_cached_exchange_is_refused_at_once(spire_server, ca,
     # Podman has not noticed yet (still says running): the dead init decides.
     status, body, _ = exchange(spire_server.socket, token=token)
     assert status == 401 and body["check"] == "job_running"
+    # A container re-created under the ended job's name does not revive it.
+    again = subprocess.Popen(["sleep", "60"])
+    try:
+        podman.add_job(JOB, "worker", pid=again.pid)
+        status, body, _ = exchange(spire_server.socket, token=ca.mint(ca.spiffe_id(JOB)))
+        assert status == 401 and body["check"] == "job_running"
+    finally:
+        again.kill()
+        again.wait()
