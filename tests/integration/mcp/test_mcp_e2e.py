@@ -81,22 +81,31 @@ def test_worker_job_round_trip(laptop, laptop_env, open_mcp):
     assert job_id in [j["id"] for j in listed["jobs"]]
 
 
-def test_artifacts_into_an_explicit_dest(laptop, laptop_env, open_mcp):
+def test_artifacts_into_an_explicit_dest_with_progress(laptop, laptop_env, open_mcp):
     project = laptop / "project"
+    progress = []
+
+    async def on_progress(done, total, message):
+        progress.append((done, message))
+
+    command = "echo x > /artifacts/a.txt; dd if=/dev/urandom of=/artifacts/big bs=1024 count=4096"
 
     async def main():
         async with open_mcp(laptop_env, roots=[project]) as s:
-            job = await call(
-                s, "spawn_worker", {"command": "echo x > /artifacts/a.txt", "path": "."}
-            )
+            job = await call(s, "spawn_worker", {"command": command, "path": "."})
             await read_until_final(s, job["job"]["id"])
             return await call(
-                s, "get_job_artifacts", {"job_id": job["job"]["id"], "dest": "results"}
+                s,
+                "get_job_artifacts",
+                {"job_id": job["job"]["id"], "dest": "results"},
+                progress_callback=on_progress,
             )
 
     artifacts = anyio.run(main)
     assert artifacts["dest"] == str(project / "results")
     assert (project / "results" / "a.txt").read_text() == "x\n"
+    assert (project / "results" / "big").stat().st_size == 4096 * 1024
+    assert progress and "downloading artifacts" in progress[-1][1]
 
 
 def test_kill_a_sleeping_job(laptop, laptop_env, open_mcp):
