@@ -7,7 +7,7 @@ import time
 import anyio
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]  # a real dev host needs root
 JOB_TIMEOUT_S = 120
 
 

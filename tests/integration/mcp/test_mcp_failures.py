@@ -6,7 +6,7 @@ import socket
 import anyio
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]  # a real dev host needs root
 
 
 def unused_port():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.root]  # a real dev host needs root
 SERVER = str(Path(sys.executable).parent / "flashpods-mcp")
 # Claude Code without a model: no telemetry, no update checks, no other traffic.
 QUIET_CLAUDE = {
