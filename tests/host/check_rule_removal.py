@@ -1,6 +1,6 @@
 """Remove each rule of the firewall template once and record which tests catch it.
 
-    /opt/flashpods/venv/bin/python tests/host/check_rule_removal.py [pytest args...]
+    /opt/flashpods/venv/bin/python tests/host/check_rule_removal.py [test paths...]
 
 Not a test itself (it runs the suite once per rule, minutes): the check behind the
 table in docs/security.md. For every statement line of every chain, and every element
@@ -76,10 +76,11 @@ def run_suite(template_dir: Path, extra: list[str]) -> tuple[int, list[str]]:
     return result.returncode, caught
 
 
-def main(extra: list[str]) -> int:
+def main(paths: list[str]) -> int:
+    paths = paths or ["tests/host"]
     text = (TEMPLATES / FIREWALL).read_text()
     lines = text.splitlines()
-    code, caught = run_suite(TEMPLATES, extra)
+    code, caught = run_suite(TEMPLATES, paths)
     if code != 0:
         print(f"the suite fails with the full ruleset: {caught}")
         return 2
@@ -91,7 +92,7 @@ def main(extra: list[str]) -> int:
                 shutil.copy(f, mutant / f.name)
             kept = lines[:index] + lines[index + 1 :]
             (mutant / FIREWALL).write_text("\n".join(kept) + "\n")
-            code, caught = run_suite(mutant, extra)
+            code, caught = run_suite(mutant, paths)
         rule = lines[index].strip()
         if code == 0 or not caught:
             missed += 1

@@ -16,27 +16,12 @@ import pytest
 import topology as topo
 from flashpods_devhost.host import DevHost
 from flashpods_devhost.pytest_plugin import new_settings
+from host_settings import RETENTION, WORKER_IMAGE, firewall_values
 from job_runner import ApiJobs, PodmanJobs
 from topology import Topology
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
     raise pytest.UsageError("tests/host needs root: network namespaces, nftables, user switching")
-
-WORKER_IMAGE = "localhost/flashpods-worker:latest"
-JOB_UID = 1001  # the flashpods user (scripts/lib creates it with this uid)
-# Short retention so that V16 sees files expire within the test.
-RETENTION = {"artifacts_s": 6, "logs_s": 8, "uploads_s": 6}
-
-
-def firewall_values(t: Topology) -> dict:
-    return {
-        "wg_if": t.wg_host,
-        "laptop_addr": topo.LAPTOP_TUNNEL,
-        "api_port": topo.API_PORT,
-        "rsync_port": topo.RSYNC_PORT,
-        "job_uid": JOB_UID,
-        "resolvers": [topo.RESOLVER, topo.RESOLVER_LOOPBACK, topo.RESOLVER6],
-    }
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import time
 
-from conftest import RETENTION
 from flashpods_devhost.pytest_plugin import TEST_SECRETS
+from host_settings import RETENTION
 from topology import API_PORT, HOST_ADDRESSES
 
 

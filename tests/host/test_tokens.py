@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from flashpods_devhost.pytest_plugin import TEST_SECRETS
+from host_settings import JOB_UID
 from job_runner import IMAGE
 from topology import HERE, PYTHON
 
@@ -48,7 +49,8 @@ def _exchange(devhost, tokens: list[str], pid: str | None = None) -> dict:
     if pid is None:
         argv = ["runuser", "-u", "flashpods", "--", *client, body]
     else:
-        argv = ["nsenter", "-t", pid, "--pid", "-S", "1001", "-G", "1001", "--", *client, body]
+        ids = ["-S", str(JOB_UID), "-G", str(JOB_UID)]
+        argv = ["nsenter", "-t", pid, "--pid", *ids, "--", *client, body]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
     return json.loads(result.stdout)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -63,9 +64,10 @@ LAPTOP_PORT = 8000
 HOST_ADDRESSES = (HOST_TUNNEL, HOST_PUBLIC, "127.0.0.1", SLIRP_GATEWAY, RESOLVER)
 
 JOB_USER = "flashpods"
+_job = pwd.getpwnam(JOB_USER)
 PODMAN_ENV = {
-    "HOME": "/home/flashpods",
-    "XDG_RUNTIME_DIR": "/run/user/1001",
+    "HOME": _job.pw_dir,
+    "XDG_RUNTIME_DIR": f"/run/user/{_job.pw_uid}",
     "PATH": "/usr/bin:/bin",
 }
 
