@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import e2e, scale, spawn, token, transfer
+from . import e2e, scale, spawn, token_exchange, transfer
 from .common import Result, machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
             ("P4c", lambda: scale.polling(4, 10)),
             ("P5", lambda: transfer.log_and_artifacts(2)),
             ("P5d", lambda: transfer.follow_latency(5)),
-            ("P6", lambda: token.exchange(smoke=True)),
+            ("P6", lambda: token_exchange.exchange(smoke=True)),
         ]
     return [
         ("P1", lambda: spawn.cold(20)),
@@ -44,7 +44,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
         ("P4c", lambda: scale.polling(50, 40)),
         ("P5", lambda: transfer.log_and_artifacts(64)),
         ("P5d", lambda: transfer.follow_latency(30)),
-        ("P6", lambda: token.exchange(smoke=False)),
+        ("P6", lambda: token_exchange.exchange(smoke=False)),
     ]
 
 

@@ -118,13 +118,20 @@ def log_and_artifacts(size_mib: int) -> list[Result]:
 
 
 def _mcp_download(host, job_id: str, dest: Path) -> float:
-    from flashpods_mcp.client import FlashpodsClient
-    from flashpods_mcp.config import Settings
+    """The laptop's own path: the MCP package's stream-to-temp-file and safe unpack."""
+    from flashpods_mcp.config import load_settings
+    from flashpods_mcp.operations import Flashpods
 
-    settings = Settings(api_url=host.api_url, api_token=host.api_token, rsync_url=host.rsync_url)
-    client = FlashpodsClient(settings)
+    settings = load_settings(
+        {
+            "HOME": str(dest.parent),
+            "FLASHPODS_API_URL": host.api_url,
+            "FLASHPODS_API_TOKEN": host.api_token,
+            "FLASHPODS_RSYNC_URL": host.rsync_url,
+        }
+    )
     start = time.perf_counter()
-    client.download_artifacts(job_id, dest)
+    Flashpods(settings).fetch_artifacts(job_id, dest)
     return time.perf_counter() - start
 
 
