@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -127,12 +128,12 @@ def rss_kib(pids: list[int]) -> int:
             continue
         seen.add(pid)
         with contextlib.suppress(OSError):
-            for line in open(f"/proc/{pid}/status"):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         with contextlib.suppress(OSError):
             for task in os.listdir(f"/proc/{pid}/task"):
-                children = open(f"/proc/{pid}/task/{task}/children").read().split()
+                children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
                 todo.extend(int(c) for c in children)
     return total
 
@@ -140,12 +141,12 @@ def rss_kib(pids: list[int]) -> int:
 def machine() -> str:
     cpu = "unknown cpu"
     with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
     podman = subprocess.run(["podman", "--version"], capture_output=True, text=True).stdout
-    mem_kib = int(open("/proc/meminfo").readline().split()[1])
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     return (
         f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {mem_kib // 1024 // 1024} GiB, "
         f"kernel {platform.release()}, {podman.strip()}, Python {platform.python_version()}"

@@ -11,8 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+
+from mcp import ClientSession, StdioServerParameters
 
 from .common import WORKER_IMAGE, Api, Result, bare_podman_run, bench_host, median, ms
 

@@ -69,7 +69,8 @@ def burst(count: int, cap: int) -> Result:
     return Result(
         id="P4b",
         what=f"{count}-job burst through the queue, cap {cap}",
-        flashpods=f"{count - wrong}/{count} right exit codes in {elapsed:.1f} s; peak active {peak}",
+        flashpods=f"{count - wrong}/{count} right exit codes in {elapsed:.1f} s; "
+        f"peak active {peak}",
         bare="",
         ratio=None,
         target=f"0 failures, peak <= {cap}",

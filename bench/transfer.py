@@ -68,7 +68,7 @@ def log_and_artifacts(size_mib: int) -> list[Result]:
         api = Api(host)
         # A line-oriented log (conmon records lines) and size_mib files of 1 MiB.
         command = (
-            f"yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde | head -c {size}; "
+            f"yes {'0123456789abcdef' * 4} | head -c {size}; "
             f"i=0; while [ $i -lt {size_mib} ]; do "
             f"head -c {MIB} /dev/urandom > /artifacts/blob$i; i=$((i+1)); done"
         )
@@ -84,9 +84,12 @@ def log_and_artifacts(size_mib: int) -> list[Result]:
 
             tar_copy = Path(tmp) / "artifacts.tar"
             start = time.perf_counter()
-            with api.session.get(
-                f"{api.base}/jobs/{job['id']}/artifacts.tar", stream=True, timeout=300
-            ) as response, open(tar_copy, "wb") as sink:
+            with (
+                api.session.get(
+                    f"{api.base}/jobs/{job['id']}/artifacts.tar", stream=True, timeout=300
+                ) as response,
+                open(tar_copy, "wb") as sink,
+            ):
                 response.raise_for_status()
                 for chunk in response.iter_content(1 << 20):
                     sink.write(chunk)
@@ -98,8 +101,13 @@ def log_and_artifacts(size_mib: int) -> list[Result]:
     for rid, what, seconds, bare_s, nbytes in (
         ("P5a", f"{size_mib} MiB log via GET /jobs/<id>/logs", log_s, bare_log_s, got),
         ("P5b", f"{size_mib} MiB artifacts via GET artifacts.tar", tar_s, bare_tar_s, tar_bytes),
-        ("P5c", f"{size_mib} MiB artifacts via the MCP client (download + safe unpack)",
-         mcp_s, bare_tar_s, tar_bytes),
+        (
+            "P5c",
+            f"{size_mib} MiB artifacts via the MCP client (download + safe unpack)",
+            mcp_s,
+            bare_tar_s,
+            tar_bytes,
+        ),
     ):
         ours = nbytes / seconds / MIB
         bare = nbytes / bare_s / MIB
@@ -136,14 +144,14 @@ def _mcp_download(host, job_id: str, dest: Path) -> float:
 
 
 def follow_latency(lines: int) -> Result:
-    """Write-to-client latency of `follow=1`, versus the container writing the same line to a file."""
+    """Write-to-client latency of `follow=1`, versus the container writing a line to a file."""
     with bench_host() as host:
         api = Api(host)
         # Each line carries the container's wall clock in ns; the host shares that clock.
         command = (
-            f"i=0; while [ $i -lt {lines} ]; do echo \"t $(date +%s%N)\"; "
+            f'i=0; while [ $i -lt {lines} ]; do echo "t $(date +%s%N)"; '
             f"s=$(date +%s%N); echo x > /tmp/probe; e=$(date +%s%N); "
-            f"echo \"w $((e - s))\" >&2; sleep 0.1; i=$((i+1)); done"
+            f'echo "w $((e - s))" >&2; sleep 0.1; i=$((i+1)); done'
         )
         job = api.post_job(command)
         latencies: list[float] = []
