@@ -223,8 +223,9 @@ def announce(root: Path, env_file: Path) -> None:
     print(f"Flashpods dev host is up (root {root}, service logs in {root / 'log'}).")
     print(f"Connection settings, written to {env_file}:")
     print(env_file.read_text().rstrip())
+    # flashpods-mcp reads ~/.config/flashpods/dev-host.env itself: no settings on the line.
     print("Register the MCP server with your agent:")
-    print(f"  set -a; . {env_file}; set +a; {MCP_LINE}")
+    print(f"  {MCP_LINE}")
     sys.stdout.flush()
 
 
