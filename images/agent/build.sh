@@ -74,7 +74,7 @@ debian_mirror() {
 	die "no Debian $suite mirror found in /etc/apt/sources.list(.d); set FLASHPODS_DEBIAN_MIRROR"
 }
 
-for tool in debootstrap npm tar sha256sum; do
+for tool in debootstrap npm tar sha256sum flock; do
 	command -v "$tool" >/dev/null || die "$tool is missing; install it (apt-get install debootstrap npm)"
 done
 [[ $(id -u) -eq 0 ]] || die "debootstrap needs root; run this script as root"
@@ -88,6 +88,12 @@ inputs_hash=$(
 )
 stamp=$cache/stamp
 
+# One build at a time (CI's setup and a test fixture may both ask for the image): a second
+# caller waits, then finds the image up to date.
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+flock -w 1800 9 || die "another build of the agent image holds $cache/lock for over 30 min"
+
 current_label=$(podman_as_owner image inspect --format '{{index .Labels "flashpods.inputs"}}' "$image" 2>/dev/null || true)
 if [[ $force -eq 0 && $current_label == "$inputs_hash" && -f $stamp && $(cat "$stamp") == "$inputs_hash" ]]; then
 	log "$image is up to date (inputs $inputs_hash)"
@@ -95,7 +101,6 @@ if [[ $force -eq 0 && $current_label == "$inputs_hash" && -f $stamp && $(cat "$s
 fi
 
 start=$SECONDS
-mkdir -p "$cache"
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -154,7 +159,11 @@ tar -C "$rootfs" --numeric-owner -cf - . | podman_as_owner import \
 	--change "CMD [\"/flashpods/agent/entrypoint\"]" \
 	--change "LABEL flashpods.inputs=$inputs_hash" \
 	--change "LABEL $version_label" \
-	- "$image" >/dev/null
+	- "$image" >/dev/null 2>"$work/import.log" ||
+	{
+		cat "$work/import.log" >&2
+		die "podman import failed (log above)"
+	}
 # The previous build is now untagged; drop it unless a container still uses it.
 if [[ -n $old_id ]]; then
 	podman_as_owner image rm "$old_id" >/dev/null 2>&1 || true

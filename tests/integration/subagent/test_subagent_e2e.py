@@ -276,8 +276,19 @@ def test_kill_job_stops_a_busy_agent(subagent_host, model):
     assert summary["tool_calls"][0]["ok"] is not True
 
 
-def test_turn_cap_from_the_host_config_ends_the_run(subagent_host, model):
-    api = subagent_host(agent_env={"FLASHPODS_AGENT_MAX_TURNS": "3"})
+@pytest.mark.parametrize(
+    ("setting", "value", "reason", "message", "max_calls"),
+    [
+        # Claude Code counts the turn that hit the cap; it never asks the model a 5th time.
+        ("FLASHPODS_AGENT_MAX_TURNS", "3", "max_turns", "maximum number of turns (3)", 4),
+        # The stand-in bills about $0.00014 per call (its token counts at list prices).
+        ("FLASHPODS_AGENT_MAX_BUDGET_USD", "0.0005", "budget_exhausted", "maximum budget", 8),
+    ],
+)
+def test_caps_from_the_host_config_end_the_run(
+    subagent_host, model, setting, value, reason, message, max_calls
+):
+    api = subagent_host(agent_env={setting: value})
     model.model.scripts["forever"] = [
         {"repeat": {"name": "Bash", "input": {"command": "echo tick"}}}
     ]
@@ -285,11 +296,11 @@ def test_turn_cap_from_the_host_config_ends_the_run(subagent_host, model):
     done = api.wait(job["id"])
     assert done["status"] == "failed" and done["exit_code"] == EXIT_AGENT_ERROR, done
     summary = api.summary(job["id"])
-    assert summary["exit_reason"] == "max_turns", summary
-    assert "maximum number of turns (3)" in summary["message"]
-    # Claude Code counts the turn that hit the cap; it never asks the model a 5th time.
-    assert 3 <= len(scripted_requests(model, "forever")) <= 4
-    assert all(c["ok"] for c in summary["tool_calls"])
+    assert summary["exit_reason"] == reason, summary
+    assert message in summary["message"]
+    assert 2 <= len(scripted_requests(model, "forever")) <= max_calls
+    # No call failed; the budget stops the run before the last one is answered.
+    assert all(c["ok"] is not False for c in summary["tool_calls"])
 
 
 def test_failed_tool_calls_fail_the_run_although_claude_exits_0(subagent_host, model):
