@@ -202,8 +202,6 @@ class DevHost:
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
         layout.write_public(paths.token_config, json.dumps(self.token_config, indent=2) + "\n")
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
-        for stale in (paths.podman_socket, paths.token_socket):
-            stale.unlink(missing_ok=True)
         if s.firewall:
             self._load_firewall()
         self._services = {name: self._define(name) for name in SERVICE_ORDER}
@@ -302,8 +300,12 @@ class DevHost:
 
     def _launch(self, name: str) -> None:
         service = self._services[name]
-        service.start()
         s, paths = self.settings, self.paths
+        # A socket left by a killed predecessor would make the readiness probe lie.
+        stale = {"podman": paths.podman_socket, "token": paths.token_socket}.get(name)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
+        service.start()
         if name == "podman":
             probes.wait_until(
                 "podman service socket",

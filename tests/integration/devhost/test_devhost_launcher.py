@@ -8,9 +8,9 @@ import signal
 import stat
 from pathlib import Path
 
-import pytest
 import requests
 from devhost_client import Client
+from flashpods_devhost import probes
 from flashpods_devhost.host import SERVICE_ORDER, DevHost
 from flashpods_devhost.pytest_plugin import new_settings
 
@@ -134,12 +134,18 @@ def test_stop_removes_only_this_hosts_containers(devhost_factory) -> None:
         host.podman("rm", "-f", "-t", "0", theirs.stdout.strip())
 
 
-def test_a_killed_api_comes_back_with_start(devhost_factory) -> None:
+def test_killed_services_come_back_with_start(devhost_factory) -> None:
     host = devhost_factory()
-    old_pid = host._services["api"].pid
-    host.kill("api", signal.SIGKILL)
-    with pytest.raises(requests.ConnectionError):
-        requests.get(f"{host.api_url}/healthz", timeout=10)
-    host.start("api")
-    assert host._services["api"].pid != old_pid
+    for name in ("token", "rsyncd", "reaper", "api"):
+        old_pid = host._services[name].pid
+        host.kill(name, signal.SIGKILL)
+        assert not host._services[name].running
+        host.start(name)
+        assert host._services[name].running and host._services[name].pid != old_pid, name
+    # Everything answers again: API (its /healthz needs podman and the reaper's
+    # heartbeat), the token socket and rsyncd.
     assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code == 200
+    assert probes.unix_socket_answers(host.token_socket)
+    assert probes.tcp_answers("127.0.0.1", host.rsync_port)
+    client = Client(host.api_url, host.api_token)
+    assert client.run_worker("true")["status"] == "succeeded"
