@@ -24,7 +24,8 @@ if [[ -f $lib/build-helper.sh ]]; then
 	fi
 fi
 step bash "$lib/build-images.sh"
-# Third-party MCP clients (Inspector CLI, Claude Code) the MCP tests drive.
-if [[ -f $lib/install-node-tools.sh ]]; then
+# Third-party MCP clients (Inspector CLI, Claude Code) the MCP tests drive: only for
+# scripts/test (it sets FLASHPODS_SETUP_TEST_TOOLS=1), a dev host does not need them.
+if [[ ${FLASHPODS_SETUP_TEST_TOOLS:-0} == 1 && -f $lib/install-node-tools.sh ]]; then
 	step bash "$lib/install-node-tools.sh"
 fi
