@@ -380,8 +380,8 @@ class DevHost:
         if self._firewall_loaded:
             try:
                 render.unload_firewall(self.settings.netns)
-            except render.RenderError as error:
-                errors.append(str(error))
+            except Exception as error:  # keep going: the root must still be removed
+                errors.append(f"removing the firewall table: {error}")
             self._firewall_loaded = False
         if remove_root:
             self._remove_root()

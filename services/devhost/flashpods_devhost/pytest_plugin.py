@@ -77,8 +77,14 @@ def devhost_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., De
 
     failed = request.node.stash.get(_FAILED, True)
     keep = os.environ.get("FLASHPODS_TEST_KEEP_ROOT") == "1"
+    problems = []
     for host in reversed(hosts):
         if failed:
             for name in SERVICE_ORDER:
                 print(f"--- {host.settings.root} {name}.log ---\n{host.log(name)}", file=sys.stderr)
-        host.stop(remove_root=not keep)
+        try:
+            host.stop(remove_root=not keep)
+        except Exception as error:  # stop the other hosts anyway, then report
+            problems.append(f"{host.settings.root}: {error}")
+    if problems:
+        pytest.fail("stopping dev hosts failed: " + "; ".join(problems))
