@@ -68,7 +68,12 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
             audit.close()
     else:
         try:
-            bundle = BundleFile(config.spire.bundle_file)
+            if config.spire.bundle_file:
+                bundle = BundleFile(config.spire.bundle_file)
+            else:
+                from .workload_bundle import WorkloadApiBundle  # grpcio only when used
+
+                bundle = WorkloadApiBundle(config.spire.agent_socket, config.trust_domain)
         except ValueError as exc:
             raise SystemExit(f"flashpods-token: {exc}") from None
         verifier = SpireVerifier(
@@ -77,6 +82,9 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
         attest = spire_attest_fn(verifier)
 
         def cleanup():
+            close = getattr(bundle, "close", None)
+            if close:
+                close()
             audit.close()
 
     return TokenService(config.mode, policy, audit, limiter, attest), cleanup

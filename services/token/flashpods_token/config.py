@@ -146,20 +146,12 @@ def parse_config(data: object) -> TokenConfig:
         clean_roles[role] = list(dict.fromkeys(names))
 
     spire = _sub("token config spire", data.get("spire"), SpireSettings)
-    if mode == "spire":
-        if bool(spire.bundle_file) == bool(spire.agent_socket):
-            raise ConfigError(
-                "token config: spire mode needs exactly one of spire.bundle_file "
-                "(from `spire-server bundle show -format spiffe`) or spire.agent_socket"
-            )
-        if spire.agent_socket:
-            # The Workload API speaks gRPC; this service ships no gRPC client, so it
-            # reads the bundle the server exports instead (see docs/token.md).
-            raise ConfigError(
-                "token config: spire.agent_socket is not supported by this build; set "
-                "spire.bundle_file to a file kept current with "
-                "`spire-server bundle show -format spiffe`"
-            )
+    if mode == "spire" and bool(spire.bundle_file) == bool(spire.agent_socket):
+        raise ConfigError(
+            "token config: spire mode needs exactly one of spire.bundle_file "
+            "(from `spire-server bundle show -format spiffe`) or spire.agent_socket "
+            "(the SPIRE agent's Workload API socket)"
+        )
     return TokenConfig(
         socket=data["socket"],
         socket_group=data.get("socket_group"),

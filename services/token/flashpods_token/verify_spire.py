@@ -120,7 +120,7 @@ class BundleFile:
 class SpireVerifier:
     def __init__(
         self,
-        bundle: BundleFile,
+        bundle,  # BundleFile or WorkloadApiBundle: anything with .keys() -> {kid: BundleKey}
         trust_domain: str,
         audience: str,
         leeway_s: int,
