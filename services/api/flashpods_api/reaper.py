@@ -39,6 +39,9 @@ class Reaper:
         self.stop = threading.Event()
         self._decoders: dict[str, logs.Decoder] = {}
         self._last_retention = 0.0
+        # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
+        shortest = min(float(v) for v in self.config.retention.values())
+        self._retention_every = min(RETENTION_EVERY_S, shortest / 4)
 
     def run_forever(self) -> None:
         interval = float(self.config.reaper["interval_s"])
@@ -64,8 +67,10 @@ class Reaper:
 
     def tick(self) -> None:
         self.store.beat("reaper", os.getpid())
-        containers = {name: c for c in self.runtime.containers() for name in (c.get("Names") or [])}
+        # Jobs first, containers second: a job is 'running' only after its container
+        # exists, so a running job missing from the later listing really is gone.
         active = self.store.jobs_in(("starting", "running"))
+        containers = {name: c for c in self.runtime.containers() for name in (c.get("Names") or [])}
         active_ids = {job["id"] for job in active}
         for job in active:
             container = containers.get(job["id"])
@@ -75,7 +80,7 @@ class Reaper:
                 self._watch_starting(job, container)
         self._remove_orphans(containers, active_ids)
         self.engine.start_next()
-        if time.monotonic() - self._last_retention >= RETENTION_EVERY_S:
+        if time.monotonic() - self._last_retention >= self._retention_every:
             self._last_retention = time.monotonic()
             self.retention()
 

@@ -89,3 +89,11 @@ def containers(host: Any) -> list[str]:
     )
     assert listed.returncode == 0, listed.stderr
     return listed.stdout.split()
+
+
+def wait_no_containers(host: Any, timeout: float = 20) -> list[str]:
+    """Containers left after `timeout` (one goes just after its job's end is recorded)."""
+    deadline = time.monotonic() + timeout
+    while (left := containers(host)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left

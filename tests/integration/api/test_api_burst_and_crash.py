@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from api_it_support import Api, containers
+from api_it_support import Api, containers, wait_no_containers
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_fifty_jobs_at_once_all_finish_and_the_cap_holds(devhost_factory):
         assert api.log_text(job["id"]) == f"job {n}\n"
     assert max(seen_active) <= cap, max(seen_active)
     assert max(seen_active) >= 2  # the cap was actually reached, not just never tested
-    assert containers(api.host) == []
+    assert wait_no_containers(api.host) == []
 
 
 def test_kill_9_of_api_and_reaper_mid_run_loses_nothing(devhost_factory):
@@ -83,10 +83,7 @@ def test_kill_9_of_api_and_reaper_mid_run_loses_nothing(devhost_factory):
         assert api.log_text(job["id"]) == "".join(f"line {i}\n" for i in range(1, lines + 1))
     assert api.wait(short["id"])["status"] == "succeeded"
     assert api.log_text(short["id"]) == "quick\n"
-    deadline = time.monotonic() + 20
-    while containers(host) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert containers(host) == []  # no orphan survives the reaper
+    assert wait_no_containers(host) == []  # no orphan survives the reaper
 
 
 def test_container_removed_behind_flashpods_back_becomes_lost(devhost_factory):

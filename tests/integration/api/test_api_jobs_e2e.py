@@ -8,7 +8,7 @@ import tarfile
 import time
 
 import pytest
-from api_it_support import Api, containers
+from api_it_support import Api, wait_no_containers
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def test_worker_reads_its_upload_writes_output_and_an_artifact(api):
     )
     diff = api.get(f"/jobs/{job['id']}/artifacts/_workspace/changes.diff").text
     assert "-old\n+changed\n" in diff
-    assert containers(api.host) == []  # removed after the exit code and log were recorded
+    assert wait_no_containers(api.host) == []  # removed after the exit code and log were recorded
     assert not (api.host.paths.workspaces / job["id"]).exists()
 
     # The next upload can use this one as its rsync --link-dest basis.
@@ -95,7 +95,7 @@ def test_kill_running_and_queued(devhost_factory):
     assert killed["status"] == "killed" and time.monotonic() - t0 < 10
     assert api.log_text(running["id"]) == "started\n"
     assert api.job(queued["id"])["started_at"] is None
-    assert containers(api.host) == []
+    assert wait_no_containers(api.host) == []
 
 
 def test_timeout_stops_with_grace_then_kill(devhost_factory):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 def test_files_expire_after_their_ttl(devhost_factory):
     host = devhost_factory(
-        retention={"artifacts_s": 2, "logs_s": 4, "uploads_s": 2},
+        retention={"artifacts_s": 2, "logs_s": 8, "uploads_s": 2},
         api_overrides={"reaper": {"interval_s": 0.2}},
     )
     api = Api(host)
