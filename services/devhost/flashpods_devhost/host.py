@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,7 +406,15 @@ class DevHost:
         if not root.exists():
             return
         try:
-            shutil.rmtree(root)
+            for attempt in range(3):
+                try:
+                    shutil.rmtree(root)
+                    break
+                except OSError as error:
+                    # A process that just exited (conmon) may still have added a file.
+                    if isinstance(error, PermissionError) or attempt == 2:
+                        raise
+                    time.sleep(0.2)
         except PermissionError:
             # Not root: files a container wrote under a sub-uid are removable only from
             # inside the rootless user namespace.
