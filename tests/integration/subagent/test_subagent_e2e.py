@@ -107,6 +107,10 @@ def test_subagent_reads_edits_and_writes_an_artifact(subagent_host, model):
     assert len(seen) == 4
     assert {r["headers"].get("x-api-key") for r in seen} == {key}
     assert word in json.dumps(seen[1]["body"]["messages"])
+    # The host's agent settings reached Claude Code: the model and Flashpods' system prompt.
+    assert {r["body"]["model"] for r in seen} == {"standin-model"}
+    system = json.dumps(seen[0]["body"]["system"])
+    assert "You are a Flashpods sub-agent" in system and "/artifacts" in system
     # The token service gave it to exactly this job, in its agent role ...
     grants = audit_entries(api, job["id"])
     assert grants and all(g["spiffe_id"].endswith(f"/job/{job['id']}/agent") for g in grants)
