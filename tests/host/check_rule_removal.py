@@ -54,7 +54,7 @@ def removable_lines(text: str) -> list[int]:
     return picked
 
 
-def run_suite(template_dir: Path, extra: list[str]) -> tuple[int, list[str]]:
+def run_suite(template_dir: Path, paths: list[str]) -> tuple[int, list[str]]:
     env = os.environ | {"FLASHPODS_TEMPLATE_DIR": str(template_dir)}
     argv = [
         sys.executable,
@@ -64,8 +64,7 @@ def run_suite(template_dir: Path, extra: list[str]) -> tuple[int, list[str]]:
         "-rfE",
         "-p",
         "no:cacheprovider",
-        "tests/host",
-        *extra,
+        *paths,
     ]
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     caught = [

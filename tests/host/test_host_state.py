@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 import stat
 from pathlib import Path
 
@@ -39,28 +40,34 @@ def test_sockets_are_reachable_by_group_flashpods_only(machine, devhost):
         assert stat.S_IMODE(sock.mode) & 0o060 == 0o060
 
 
-def _pids_with_env(entry: str) -> list[int]:
-    pids = []
+def _processes_with_env(entry: str) -> dict[int, tuple[str, str]]:
+    """{pid: (user, command line)} of every process whose environment has `entry`."""
+    found = {}
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if entry.encode() in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-            except OSError:
+        if not proc.name.isdigit():
+            continue
+        try:
+            if entry.encode() not in (proc / "environ").read_bytes().split(b"\0"):
                 continue
-    return pids
+            uid = int((proc / "status").read_text().split("\nUid:")[1].split()[0])
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        found[int(proc.name)] = (pwd.getpwuid(uid).pw_name, cmdline)
+    return found
 
 
-def test_services_run_as_their_own_users(machine, devhost):
+def test_services_run_as_their_own_users(devhost):
     paths = devhost.paths
     expected = {
         f"FLASHPODS_API_CONFIG={paths.api_config}": "flashpods-api",  # gunicorn and reaper
         f"FLASHPODS_TOKEN_CONFIG={paths.token_config}": "flashpods-token",
     }
     for entry, user in expected.items():
-        pids = _pids_with_env(entry)
-        assert pids, f"no process with {entry}"
-        assert {machine.process.get(pid=pid).user for pid in pids} == {user}
+        found = _processes_with_env(entry)
+        assert found, f"no process with {entry}"
+        others = {pid: p for pid, p in found.items() if p[0] != user}
+        assert not others, f"{entry} processes not run by {user}: {others}"
 
 
 def test_api_and_rsync_listen_on_the_tunnel_address_only(machine, topology, devhost):
