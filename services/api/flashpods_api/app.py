@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import artifacts, auth, ids, logs, validate
@@ -81,7 +81,6 @@ def create_app(
         auth.check(
             request.headers.get("Authorization"), token, request.remote_addr, cfg.allowed_peers
         )
-        g.engine = engine
 
     @app.post("/uploads")
     def create_upload() -> Any:
@@ -200,6 +199,8 @@ def create_app(
         follow = request.args.get("follow", "0")
         if follow not in ("0", "1"):
             raise bad_request("bad_follow", "'follow' must be 0 or 1.")
+        if request.args.get("format", "json") not in ("json", "raw"):
+            raise bad_request("bad_format", "'format' must be json (the default) or raw.")
         cap = cfg.limits["log_bytes"]
         if follow == "1":
             return Response(

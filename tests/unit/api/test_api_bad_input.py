@@ -201,6 +201,7 @@ def test_logs_query_validation(host):
         ("offset=-1", "bad_offset"),
         ("limit=0", "bad_limit"),
         ("follow=yes", "bad_follow"),
+        ("format=xml", "bad_format"),
     ):
         resp = host.get(f"/jobs/{job['id']}/logs?{query}")
         assert (resp.status_code, resp.get_json()["code"]) == (400, code)
