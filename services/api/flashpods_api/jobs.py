@@ -134,7 +134,7 @@ class Engine:
         if not upload_id:
             return None
         base = self.base_dir(upload_id)
-        if not base.exists():
+        if not base.is_symlink() and not base.exists():
             self.config.bases_dir.mkdir(exist_ok=True)
             try:
                 os.rename(self.upload_dir(upload_id), base)
@@ -143,6 +143,11 @@ class Engine:
                     f"The upload {upload_id} is gone from the host (expired?); "
                     "upload the files again and resubmit."
                 ) from None
+        # Podman resolves a bind source on the host: only a real directory may be mounted.
+        if not stat.S_ISDIR(os.lstat(base).st_mode):
+            raise StartError(
+                f"The upload {upload_id} is not a directory on the host; upload a directory again."
+            )
         return str(base)
 
     def _spec(self, job: dict[str, Any], input_dir: str | None) -> RunSpec:

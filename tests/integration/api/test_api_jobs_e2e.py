@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import tarfile
 import time
 
 import pytest
+import requests
 from api_it_support import Api, wait_no_containers
 
 pytestmark = pytest.mark.slow
@@ -148,11 +150,25 @@ def test_files_a_job_locked_are_still_collected_and_removed(api):
 def test_openapi_is_served_and_healthz_reports_every_part(api):
     doc = api.get("/openapi.json").json()
     assert "/jobs/{job_id}/artifacts.tar" in doc["paths"]
-    health = requests_get(api.url + "/healthz")
+    health = requests.get(api.url + "/healthz", timeout=10).json()
     assert health["ok"] is True and set(health["checks"]) == {"db", "podman", "reaper", "disk"}
 
 
-def requests_get(url: str) -> dict:
-    import requests
-
-    return requests.get(url, timeout=10).json()
+def test_healthz_names_a_dead_reaper_and_a_dead_podman(devhost_factory):
+    host = devhost_factory()
+    url = host.api_url + "/healthz"
+    host.kill("reaper", signal.SIGKILL)
+    deadline = time.monotonic() + 40
+    while True:
+        resp = requests.get(url, timeout=20)
+        if resp.status_code == 503:
+            break
+        assert time.monotonic() < deadline, resp.json()
+        time.sleep(0.5)
+    assert resp.json()["failing"] == ["reaper"] and "heartbeat" in resp.json()["error"]
+    host.kill("podman", signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while "podman" not in (body := requests.get(url, timeout=20).json()).get("failing", []):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+    assert body["code"] == "unhealthy" and "podman does not answer" in body["error"]

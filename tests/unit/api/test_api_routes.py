@@ -328,3 +328,13 @@ def test_container_flags_follow_the_contract(host):
     assert "destination=/run/flashpods/token.sock" in joined
     assert "podman.sock" not in joined and host.raw["db_path"] not in joined
     assert args[-5:] == ["/flashpods/bin/flashpods-init", "--", "sh", "-c", "echo hi"]
+
+
+def test_an_upload_replaced_by_a_link_is_never_mounted(host, tmp_path):
+    upload = host.post("/uploads").get_json()["upload_id"]
+    path = Path(host.raw["storage"]["uploads"]) / upload
+    path.rmdir()
+    os.symlink(tmp_path, path)
+    job = host.job(upload_id=upload)
+    assert job["status"] == "failed" and "not a directory" in job["error"]
+    assert job["id"] not in host.runtime.specs
