@@ -201,6 +201,10 @@ def create_app(
             raise bad_request("bad_follow", "'follow' must be 0 or 1.")
         if request.args.get("format", "json") not in ("json", "raw"):
             raise bad_request("bad_format", "'format' must be json (the default) or raw.")
+        if job["logs_deleted"]:
+            raise ApiError(
+                410, "logs_expired", f"The log of {job_id} was deleted after the retention period."
+            )
         cap = cfg.limits["log_bytes"]
         if follow == "1":
             return Response(

@@ -121,6 +121,8 @@ def test_retention_deletes_artifacts_logs_and_stale_uploads(make_host):
     assert host.store.get_upload(stale)["state"] == "expired"
     resp = host.get(f"/jobs/{job['id']}/artifacts")
     assert (resp.status_code, resp.get_json()["code"]) == (410, "artifacts_expired")
+    resp = host.get(f"/jobs/{job['id']}/logs")
+    assert (resp.status_code, resp.get_json()["code"]) == (410, "logs_expired")
 
 
 def test_locked_files_are_normalized_before_removal(host, monkeypatch):
