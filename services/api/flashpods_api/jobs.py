@@ -73,31 +73,44 @@ class Engine:
             job_id = self.store.claim(self.config.max_concurrent_jobs)
             if job_id is None:
                 return started
-            self.start_claimed(job_id)
+            if not self.start_claimed(job_id):
+                return started  # Podman is down: the job waits in the queue again
             started.append(job_id)
 
     def try_start(self, job_id: str) -> bool:
         """POST /jobs' fast path: start this job now if it heads the queue and a slot is free."""
         if self.store.claim(self.config.max_concurrent_jobs, job_id) != job_id:
             return False
-        self.start_claimed(job_id)
-        return True
+        return self.start_claimed(job_id)
 
-    def start_claimed(self, job_id: str) -> None:
+    def start_claimed(self, job_id: str) -> bool:
+        """Start a claimed job; False if Podman is unreachable and the job was queued again."""
         job = self.store.get_job(job_id)
         if job is None or job["status"] != "starting":
-            return
+            return True
         try:
             input_dir = self._prepare(job)
             self.registrar.register(job_id, job["kind"])
             spec = self._spec(job, input_dir)
             note = self._run_or_adopt(spec)
+        except PodmanError as exc:
+            if _unreachable(exc):
+                # Not the job's fault: keep its place (same seq) until Podman answers.
+                log.warning("podman unreachable, %s waits in the queue: %s", job_id, exc)
+                self.store.transition(job_id, ("starting",), status="queued", claimed_at=None)
+                return False
+            self._fail_start(job, _start_error(exc))
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error sentence
             self._fail_start(job, _start_error(exc))
-            return
-        self.store.transition(
-            job_id, ("starting",), status="running", started_at=time.time(), limits_not_applied=note
-        )
+        else:
+            self.store.transition(
+                job_id,
+                ("starting",),
+                status="running",
+                started_at=time.time(),
+                limits_not_applied=note,
+            )
+        return True
 
     def _run_or_adopt(self, spec: RunSpec) -> str | None:
         try:
@@ -355,6 +368,11 @@ def _locked(root: Path) -> bool:
 
 def _is_link(mode: int) -> bool:
     return stat.S_ISLNK(mode)
+
+
+def _unreachable(exc: PodmanError) -> bool:
+    text = str(exc).lower()
+    return "unable to connect to podman" in text or "did not answer within" in text
 
 
 def _start_error(exc: Exception) -> str:

@@ -29,10 +29,10 @@ class FakeRuntime:
         self.down = False
 
     def run(self, spec: RunSpec) -> tuple[str, str | None]:
-        if self.down or self.fail_run:
-            raise PodmanError(
-                f"podman run failed: {self.fail_run or 'connection refused'}", self.fail_run or ""
-            )
+        if self.down:
+            raise PodmanError("podman run failed: Error: unable to connect to Podman socket")
+        if self.fail_run:
+            raise PodmanError(f"podman run failed: {self.fail_run}", self.fail_run)
         if spec.job_id in self.boxes:
             raise PodmanError(
                 "podman run failed: name is already in use", "the container name is already in use"

@@ -6,6 +6,8 @@ import multiprocessing
 import time
 from pathlib import Path
 
+import pytest
+from flashpods_api.runtime import PodmanError
 from flashpods_api.store import Store
 
 
@@ -199,3 +201,15 @@ def test_a_recent_starting_job_without_container_is_left_to_its_starter(host):
     host.runtime.boxes.clear()
     host.reaper.tick()
     assert host.store.get_job(job["id"])["status"] == "starting"
+
+
+def test_jobs_wait_in_the_queue_while_podman_is_down(host):
+    host.runtime.down = True
+    job = host.job()
+    assert (job["status"], job["queue_position"]) == ("queued", 1)
+    with pytest.raises(PodmanError):
+        host.reaper.tick()  # `podman ps` fails: run_forever logs it and waits for the next tick
+    assert host.store.get_job(job["id"])["status"] == "queued"
+    host.runtime.down = False
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "running"
