@@ -322,7 +322,7 @@ def _json_body(optional: bool = False) -> Any:
         raise bad_request("bad_json", "The request needs a JSON body.")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_request(
             "bad_json", "The request body is not valid JSON; send a JSON object."
         ) from None

@@ -159,8 +159,8 @@ def resources(value: Any) -> dict[str, Any]:
         if (
             not _number(val)
             or val != val
+            or not low <= val <= high  # before float(): a huge int would overflow it
             or (integral and not float(val).is_integer())
-            or not low <= val <= high
         ):
             unit = (
                 "a whole number of MiB"

@@ -42,6 +42,8 @@ TABLE = [
     ("POST", "/jobs", b"", 400, "bad_json"),
     ("POST", "/jobs", b"\xff\xfe", 400, "bad_json"),
     ("POST", "/jobs", [1, 2], 400, "bad_json"),
+    ("POST", "/jobs", b"[" * 200_000, 400, "bad_json"),  # nesting deeper than the parser's stack
+    ("POST", "/jobs", b'{"kind": "worker", "command": "x", "timeout_s": NaN}', 400, "bad_timeout"),
     (
         "POST",
         "/jobs",
@@ -144,6 +146,15 @@ TABLE = [
         400,
         "bad_resources",
     ),
+    # numbers too big for a float
+    (
+        "POST",
+        "/jobs",
+        {"kind": "worker", "command": "x", "resources": {"memory": 10**400}},
+        400,
+        "bad_resources",
+    ),
+    ("POST", "/jobs", {"kind": "worker", "command": "x", "timeout_s": 10**400}, 400, "bad_timeout"),
     (
         "POST",
         "/jobs",
