@@ -283,3 +283,50 @@ def test_allowed_peers_refuses_other_addresses(make_host):
     resp = host.get("/jobs", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert (resp.status_code, resp.get_json()["code"]) == (403, "peer_not_allowed")
     assert host.get("/jobs", environ_base={"REMOTE_ADDR": "10.0.0.2"}).status_code == 200
+
+
+def _random_value(rng, depth=0):
+    choices = [
+        lambda: rng.choice([None, True, False, 0, -1, 1.5, 10**30, -(10**30), float("inf")]),
+        lambda: "".join(rng.choice("ab/.\0\u00e9$ \n{}") for _ in range(rng.randint(0, 12))),
+        lambda: "x" * rng.choice([0, 1, 200, 70_000]),
+    ]
+    if depth < 3:
+        choices.append(lambda: [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))])
+        choices.append(
+            lambda: {
+                rng.choice(["kind", "command", "env", "A", "HOME", "pids", "x"]): _random_value(
+                    rng, depth + 1
+                )
+                for _ in range(rng.randint(0, 3))
+            }
+        )
+    return rng.choice(choices)()
+
+
+def test_random_job_bodies_never_get_a_5xx(host):
+    import random
+
+    rng = random.Random(20261123)
+    fields = [
+        "kind",
+        "command",
+        "prompt",
+        "upload_id",
+        "image",
+        "env",
+        "timeout_s",
+        "resources",
+        "artifacts_glob",
+    ]
+    for _ in range(400):
+        body = {
+            name: _random_value(rng) for name in rng.sample(fields, rng.randint(0, len(fields)))
+        }
+        if rng.random() < 0.5:
+            body["kind"] = rng.choice(["worker", "sub_agent"])
+        resp = host.client.post(
+            "/jobs", headers=host.headers(), data=json.dumps(body), content_type="application/json"
+        )
+        assert resp.status_code < 500, (body, resp.get_data(as_text=True))
+        assert "error" in resp.get_json() or resp.status_code == 201
