@@ -208,3 +208,26 @@ def test_run_args_apply_requested_limits_and_the_spire_socket():
     assert "--network bridge" in joined and "--env A=1" in joined
     assert "--log-opt path=/l/job.ctr.log" in joined
     assert "input" not in joined  # no upload, no /flashpods/input mount
+
+
+# -- entry points ---------------------------------------------------------------
+
+
+def test_entry_points_refuse_a_bad_config_with_the_reason(tmp_path):
+    from flashpods_api.cli import api_main, reaper_main
+
+    for main in (api_main, reaper_main):
+        with pytest.raises(SystemExit, match="Cannot read the API configuration"):
+            main(["--config", str(tmp_path / "missing.json")])
+
+
+def test_only_one_reaper_per_database(tmp_path):
+    from flashpods_api.reaper import hold_lock
+
+    first = hold_lock(str(tmp_path / "db"))
+    try:
+        with pytest.raises(SystemExit, match="Another flashpods-reaper"):
+            hold_lock(str(tmp_path / "db"))
+    finally:
+        os.close(first)
+    os.close(hold_lock(str(tmp_path / "db")))  # free again once the first one is gone
