@@ -6,7 +6,6 @@ a background loop (the reaper is its own process), so any number of workers is s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -142,7 +141,7 @@ def create_app(
         upload = store.get_upload(upload_id)
         if upload is None or upload["state"] != "reserved":
             raise _upload_error(upload_id, "unknown" if upload is None else upload["state"])
-        size = _tree_size(engine.upload_dir(upload_id))
+        size = artifacts.tree_bytes(engine.upload_dir(upload_id))
         if size > cfg.limits["upload_bytes"]:
             raise ApiError(
                 413,
@@ -343,15 +342,6 @@ def _upload_error(upload_id: str, reason: str) -> ApiError:
     return bad_request(
         "unknown_upload", f"There is no upload {upload_id}; reserve one with POST /uploads first."
     )
-
-
-def _tree_size(root: Any) -> int:
-    total = 0
-    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
-    return total
 
 
 def _iso(value: float | None) -> str | None:

@@ -12,6 +12,7 @@ sibling directory the job never saw (`<artifacts>/<id>.workspace/`), see docs/ap
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fnmatch
@@ -185,6 +186,16 @@ def _is_link(name: str, dir_fd: int) -> bool:
         return False
 
 
+def tree_bytes(root: Path) -> int:
+    """Bytes of everything beneath `root` (links are counted, never followed)."""
+    total = 0
+    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
+        for name in filenames + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
+    return total
+
+
 def workspace_root(artifacts_dir: Path, job_id: str) -> Path:
     return artifacts_dir / f"{job_id}.workspace"
 
@@ -199,7 +210,10 @@ def entries(artifacts_dir: Path, job_id: str, glob: str | None) -> Iterator[Entr
             continue
         count += 1
         if count > MAX_ENTRIES:
-            return
+            yield Entry(
+                "...", entry.root, "", skipped=f"listing stopped after {MAX_ENTRIES} entries"
+            )
+            break
         yield entry
     for entry in _walk(workspace_root(artifacts_dir, job_id), WORKSPACE_PREFIX):
         yield entry

@@ -264,6 +264,14 @@ class Engine:
                 "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
+        elif reason == "artifact_cap" or self.artifacts_over_cap(job_id):
+            status = "failed"
+            error = (
+                f"The job wrote more than {self.config.limits['artifact_bytes']} bytes into "
+                "/artifacts (this host's cap)"
+                + (" and was killed" if reason == "artifact_cap" else "")
+                + "; keep fewer or smaller artifacts."
+            )
         else:
             status = "succeeded" if exit_code == 0 else "failed"
         done = self.store.transition(
@@ -287,6 +295,10 @@ class Engine:
             self.runtime.remove(job_id)
         except PodmanError as exc:
             log.warning("could not remove container %s (retried by the reaper): %s", job_id, exc)
+
+    def artifacts_over_cap(self, job_id: str) -> bool:
+        root = self.artifacts(job_id)
+        return root.is_dir() and artifacts.tree_bytes(root) > self.config.limits["artifact_bytes"]
 
     def _record_changes(self, job: dict[str, Any]) -> dict[str, Any] | None:
         job_id = job["id"]

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # (longer than the runtime's timeout on `podman run`).
 START_STALE_S = 90.0
 RETENTION_EVERY_S = 5.0
+ARTIFACT_CHECK_EVERY_S = 2.0
 
 
 class Reaper:
@@ -38,6 +39,7 @@ class Reaper:
         self.config = engine.config
         self.stop = threading.Event()
         self._decoders: dict[str, logs.Decoder] = {}
+        self._artifact_checked: dict[str, float] = {}
         self._last_retention = 0.0
         # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
         shortest = min(float(v) for v in self.config.retention.values())
@@ -89,11 +91,11 @@ class Reaper:
     def _watch_running(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
         job_id = job["id"]
         if container is None:
-            self._decoders.pop(job_id, None)
+            self._forget(job_id)
             self.engine.finish(job, None, lost=True)
             return
         if container.get("State") in ("exited", "stopped"):
-            self._decoders.pop(job_id, None)
+            self._forget(job_id)
             self.engine.finish(job, _exit_code(container))
             return
         now = time.time()
@@ -104,16 +106,21 @@ class Reaper:
             )
             job = self.store.get_job(job_id) or job
         self._enforce_log_cap(job)
+        self._enforce_artifact_cap(job)
         job = self.store.get_job(job_id) or job
         if job["stop_requested_at"] is not None and job["kill_sent_at"] is None:
             if (
-                job["stop_reason"] == "log_cap"
+                job["stop_reason"] in ("log_cap", "artifact_cap")
                 or now > job["stop_requested_at"] + self.config.kill_grace_s
             ):
                 self.engine.signal(job_id, "KILL")
                 self.store.transition(job_id, ("running",), kill_sent_at=now)
             else:
                 self.engine.signal(job_id, "TERM")
+
+    def _forget(self, job_id: str) -> None:
+        self._decoders.pop(job_id, None)
+        self._artifact_checked.pop(job_id, None)
 
     def _enforce_log_cap(self, job: dict[str, Any]) -> None:
         cap = self.config.limits["log_bytes"]
@@ -128,6 +135,19 @@ class Reaper:
                 stop_requested_at=time.time(),
                 stop_reason="log_cap",
                 kill_sent_at=None,
+            )
+
+    def _enforce_artifact_cap(self, job: dict[str, Any]) -> None:
+        """Walk a running job's /artifacts every few seconds; over the cap, it is killed."""
+        job_id = job["id"]
+        if time.monotonic() - self._artifact_checked.get(job_id, 0.0) < ARTIFACT_CHECK_EVERY_S:
+            return
+        self._artifact_checked[job_id] = time.monotonic()
+        if job["stop_reason"] not in ("artifact_cap", "log_cap") and self.engine.artifacts_over_cap(
+            job_id
+        ):
+            self.store.transition(
+                job_id, ("running",), stop_requested_at=time.time(), stop_reason="artifact_cap"
             )
 
     def _watch_starting(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:

@@ -136,6 +136,15 @@ def test_output_past_the_hard_log_cap_kills_the_job(devhost_factory):
     assert done["log_bytes"] == len(text.encode())
 
 
+def test_artifacts_past_the_cap_kill_the_job(devhost_factory):
+    limits = {"artifact_bytes": 100_000}
+    api = Api(devhost_factory(api_overrides={"reaper": {"interval_s": 0.2}, "limits": limits}))
+    job = api.submit("head -c 300000 /dev/zero > /artifacts/big; echo wrote; sleep 300")
+    done = api.wait(job["id"], timeout=30)
+    assert done["status"] == "failed" and "100000 bytes into /artifacts" in done["error"]
+    assert api.log_text(job["id"]) == "wrote\n"
+
+
 def test_files_a_job_locked_are_still_collected_and_removed(api):
     job = api.submit(
         "mkdir -p locked/in && echo x > locked/in/f && chmod 000 locked/in locked;"

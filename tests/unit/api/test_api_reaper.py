@@ -213,3 +213,25 @@ def test_jobs_wait_in_the_queue_while_podman_is_down(host):
     host.runtime.down = False
     host.reaper.tick()
     assert host.store.get_job(job["id"])["status"] == "running"
+
+
+def test_artifacts_past_the_cap_kill_a_running_job(make_host):
+    host = make_host(limits={"artifact_bytes": 1000})
+    job = host.job("sleep 100")
+    (Path(host.raw["storage"]["artifacts"]) / job["id"] / "big").write_bytes(b"x" * 2000)
+    host.reaper.tick()
+    assert (job["id"], "KILL") in host.runtime.signals
+    host.reaper.tick()
+    final = host.store.get_job(job["id"])
+    assert final["status"] == "failed" and "into /artifacts" in final["error"]
+    assert "was killed" in final["error"]
+
+
+def test_artifacts_past_the_cap_at_exit_fail_the_job(make_host):
+    host = make_host(limits={"artifact_bytes": 1000})
+    job = host.job("write fast")
+    (Path(host.raw["storage"]["artifacts"]) / job["id"] / "big").write_bytes(b"x" * 2000)
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    final = host.store.get_job(job["id"])
+    assert final["status"] == "failed" and "this host's cap" in final["error"]
