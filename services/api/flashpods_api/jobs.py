@@ -235,8 +235,7 @@ class Engine:
     # -- finishing -----------------------------------------------------------
 
     def finish(self, job: dict[str, Any], exit_code: int | None, lost: bool = False) -> None:
-        """Record a job's end (final log, workspace changes, status), then drop its workspace
-        and container."""
+        """Record a job's end (log, workspace changes, status); then drop workspace, container."""
         job_id = job["id"]
         cap = self.config.limits["log_bytes"]
         log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
