@@ -32,7 +32,7 @@ body=$(jq -n --arg up "$(printf '%s' "$up" | jq -r .upload_id)" \
     command: "cat /workspace/input.txt; echo result > /artifacts/out.txt"}')
 job=$(curl -sS -H "$auth" -H 'Content-Type: application/json' -d "$body" \
   "$FLASHPODS_API_URL/jobs")
-id=$(printf '%s' "$job" | jq -r '.job.id // .id')
+id=$(printf '%s' "$job" | jq -r .job.id)
 for _ in $(seq 600); do
   status=$(curl -sS -H "$auth" "$FLASHPODS_API_URL/jobs/$id" | jq -r .job.status)
   case $status in succeeded|failed|timed_out|killed|lost) break ;; esac
