@@ -13,6 +13,7 @@ let
     "cryptography"
     "dataset"
     "flask"
+    "grpcio"
     "gunicorn"
     "mcp"
     "pydantic"
