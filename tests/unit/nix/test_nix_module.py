@@ -360,7 +360,12 @@ def test_python_packages_map_every_dependency_to_a_nixpkgs_attribute():
         "python3Packages.sh",
     ]
     # pyjwt[crypto]: the extra is dropped, cryptography is listed on its own.
-    assert deps["flashpods-token"] == ["python3Packages.cryptography", "python3Packages.pyjwt"]
+    # grpcio: the Workload API client (FetchJWTBundles) of spire mode.
+    assert deps["flashpods-token"] == [
+        "python3Packages.cryptography",
+        "python3Packages.grpcio",
+        "python3Packages.pyjwt",
+    ]
     assert "python3Packages.mcp" in deps["flashpods-mcp"]
     assert packages["flashpods-mcp"]["mainProgram"] == "flashpods-mcp"
     assert packages["flashpods-api"]["mainProgram"] == "flashpods-api"
