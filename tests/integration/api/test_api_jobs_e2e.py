@@ -181,3 +181,17 @@ def test_healthz_names_a_dead_reaper_and_a_dead_podman(devhost_factory):
         assert time.monotonic() < deadline, body
         time.sleep(0.5)
     assert body["code"] == "unhealthy" and "podman does not answer" in body["error"]
+
+
+def test_a_start_podman_refuses_fails_the_job_with_podman_s_reason(devhost_factory):
+    worker = "localhost/flashpods-worker:latest"
+    missing = "localhost/flashpods-missing:latest"  # allowed, but not in the image store
+    agent = "localhost/flashpods-agent:latest"
+    images = {"worker": worker, "allowed": [worker, agent, missing]}
+    api = Api(devhost_factory(api_overrides={"images": images}))
+    job = api.submit("true", image=missing)
+    done = api.wait(job["id"])
+    assert done["status"] == "failed" and done["started_at"] is None
+    assert "could not be started" in done["error"] and "flashpods-missing" in done["error"]
+    assert wait_no_containers(api.host) == []
+    assert not (api.host.paths.workspaces / job["id"]).exists()

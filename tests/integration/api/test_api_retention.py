@@ -34,11 +34,14 @@ def test_files_expire_after_their_ttl(devhost_factory):
             time.sleep(0.2)
 
     wait_for(lambda: not art.exists(), "artifacts")
+    wait_for(lambda: not api.job(job["id"])["artifacts_available"], "artifacts_available")
     assert api.get(f"/jobs/{job['id']}/artifacts").status_code == 410
     assert log.exists()  # logs live longer than artifacts here
     wait_for(lambda: not (host.paths.uploads / stale["upload_id"]).exists(), "stale upload")
     wait_for(lambda: not base.exists(), "upload base")
     wait_for(lambda: not log.exists(), "log")
+    # The record is marked just after the files are gone.
+    wait_for(lambda: not api.job(job["id"])["logs_available"], "logs_available")
     final = api.job(job["id"])
     assert final["artifacts_available"] is False and final["logs_available"] is False
     assert final["status"] == "succeeded"  # the record itself stays
