@@ -8,6 +8,8 @@
  *   2. umask 0002, mkdir -p $HOME;
  *   3. exchange its identity for the job's secrets at the token service;
  *   4. exec the job's command with those secrets in its environment.
+ * `--wait-command` (warm containers) first waits for the command the API
+ * hands over in /flashpods/control (handover.h), then does the same.
  * `--normalize DIR...` is a separate mode used by the reaper. See README.md. */
 /* memmem, pipe2, explicit_bzero: declared here for glibc and musl alike, not
  * only when the build passes -D_GNU_SOURCE (the Nix build does not). */
@@ -16,6 +18,7 @@
 #endif
 #include "copyin.h"
 #include "exchange.h"
+#include "handover.h"
 #include "normalize.h"
 #include "secrets.h"
 #include "svid.h"
@@ -44,12 +47,16 @@
 
 static const char usage[] =
     "usage: flashpods-init [--] COMMAND [ARG...]\n"
+    "       flashpods-init --wait-command\n"
     "       flashpods-init --normalize DIR...\n"
     "       flashpods-init --version | --help\n"
     "\n"
     "Runs COMMAND as a Flashpods job: copies /flashpods/input into /workspace once,\n"
     "sets umask 0002, creates $HOME, fetches the job's secrets from the token service\n"
     "($FLASHPODS_TOKEN_SOCKET) into the environment, then executes COMMAND.\n"
+    "--wait-command (a warm container) waits for $FLASHPODS_CONTROL_DIR/command\n"
+    "(default /flashpods/control; at most FLASHPODS_WAIT_S seconds, 0 = forever),\n"
+    "takes COMMAND and extra environment from it, then does the same.\n"
     "--normalize runs chmod u+rwX,g+rwX on every file and directory under each DIR\n"
     "without following symlinks.\n"
     "\n"
@@ -282,7 +289,25 @@ int main(int argc, char **argv)
         return run_normalize(argc - 2, argv + 2);
 
     int first = 1;
-    if (argc >= 2 && !strcmp(argv[1], "--"))
+    if (argc == 2 && !strcmp(argv[1], "--wait-command")) {
+        /* Nothing else happens before the hand-over: no copy-in, and above all
+         * no token exchange, so an unclaimed warm container never asks for
+         * secrets (the token service refuses it anyway). */
+        long wait_s;
+        struct err e;
+        char **handed;
+        if (env_seconds("FLASHPODS_WAIT_S", 0, 31536000, &wait_s, &e) < 0 ||
+            handover_wait(env_or("FLASHPODS_CONTROL_DIR", "/flashpods/control"), wait_s, &handed,
+                          &e) < 0) {
+            say("%s", e.msg);
+            return EXIT_HELPER_FAILED;
+        }
+        argv = handed;
+        argc = 0;
+        while (handed[argc])
+            argc++;
+        first = 0;
+    } else if (argc >= 2 && !strcmp(argv[1], "--"))
         first = 2;
     else if (argc >= 2 && argv[1][0] == '-') {
         say("unknown option %.100s; usage: flashpods-init [--] COMMAND [ARG...] (see --help)",

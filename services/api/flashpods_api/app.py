@@ -122,20 +122,25 @@ def create_app(
         record = validate.job_request(_json_body(), cfg)
         if record["upload_id"]:
             _check_upload(record["upload_id"])
-        record["id"] = ids.new_job_id()
+        warm_id = engine.warm.take(record)
+        record["id"] = warm_id or ids.new_job_id()
         try:
             store.create_job(record, cfg.queue_limit)
-        except QueueFull:
-            raise ApiError(
-                429,
-                "queue_full",
-                f"The queue holds {cfg.queue_limit} jobs already; "
-                "wait for some to finish and retry.",
-            ) from None
-        except UploadUnavailable as exc:
-            raise _upload_error(record["upload_id"], exc.reason) from None
-        engine.try_start(record["id"])
+        except (QueueFull, UploadUnavailable) as exc:
+            if warm_id:
+                engine.warm.release(warm_id)
+            raise _create_error(exc, record) from None
+        engine.try_start(record["id"], warm=bool(warm_id))
         return jsonify({"job": _public(store, store.get_job(record["id"]))}), 201
+
+    def _create_error(exc: Exception, record: dict[str, Any]) -> ApiError:
+        if isinstance(exc, UploadUnavailable):
+            return _upload_error(record["upload_id"], exc.reason)
+        return ApiError(
+            429,
+            "queue_full",
+            f"The queue holds {cfg.queue_limit} jobs already; wait for some to finish and retry.",
+        )
 
     def _check_upload(upload_id: str) -> None:
         upload = store.get_upload(upload_id)
@@ -288,6 +293,7 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> Any:
         checks = _health(store, runtime, cfg)
+        checks["warm_pool"] = _warm_health(engine)
         failing = [name for name, check in checks.items() if not check["ok"]]
         if failing:
             body = {
@@ -411,7 +417,8 @@ def _health(store: Store, runtime: Runtime, cfg: Config) -> dict[str, dict[str, 
     else:
         checks["reaper"] = {"ok": True, "detail": f"heartbeat {time.time() - beat:.1f} s ago"}
     low = []
-    for path in {os.path.dirname(cfg.db_path), *map(str, cfg.raw["storage"].values())}:
+    storage = [str(p) for p in cfg.raw["storage"].values() if p]
+    for path in {os.path.dirname(cfg.db_path), *storage}:
         try:
             free = shutil.disk_usage(path).free
         except OSError:
@@ -421,6 +428,17 @@ def _health(store: Store, runtime: Runtime, cfg: Config) -> dict[str, dict[str, 
             low.append(f"{path} has only {free // (1024 * 1024)} MiB free")
     checks["disk"] = {"ok": not low, "detail": ", ".join(low) or "enough free space"}
     return checks
+
+
+def _warm_health(engine: Engine) -> dict[str, Any]:
+    """Ready warm containers per kind (a pool below its target is filling, not failing)."""
+    targets = engine.warm.targets
+    try:
+        ready = engine.warm.ready_counts() if targets else {"worker": 0, "sub_agent": 0}
+    except Exception as exc:  # noqa: BLE001 - the db check reports the cause
+        return {"ok": True, "detail": f"unknown ({exc})", "ready": {}, "target": targets}
+    detail = ", ".join(f"{k}: {ready[k]}/{n} ready" for k, n in targets.items()) or "off"
+    return {"ok": True, "detail": detail, "ready": ready, "target": targets}
 
 
 def _register_errors(app: Flask) -> None:

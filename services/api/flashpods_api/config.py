@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "workspaces": "/var/lib/flashpods/workspaces",
         "artifacts": "/var/lib/flashpods/artifacts",
         "logs": "/var/log/flashpods",
+        "control": None,  # warm containers' hand-over dirs; None = <workspaces>/../control
     },
     "podman_url": "unix:///run/flashpods/podman/podman.sock",
     "rsync_url": "rsync://10.0.0.1/uploads",
@@ -58,7 +59,11 @@ DEFAULTS: dict[str, Any] = {
         "upload_bytes": 1024 * 1024 * 1024,
     },
     "reaper": {"interval_s": 1.0},
+    # Containers kept created and started ahead of demand, per kind ({} = no warm pool).
+    "warm_pool": {},
 }
+
+WARM_POOL_MAX = 32
 
 # Sections whose inner keys are fixed (checked one level down); "agent.env" is free-form.
 _NESTED = ("storage", "images", "agent", "spire", "retention", "limits", "reaper")
@@ -98,6 +103,12 @@ class Config:
     @property
     def logs_dir(self) -> Path:
         return Path(self.raw["storage"]["logs"])
+
+    @property
+    def control_dir(self) -> Path:
+        """Per-job hand-over dirs of warm containers (mounted read-only at /flashpods/control)."""
+        configured = self.raw["storage"]["control"]
+        return Path(configured) if configured else self.workspaces_dir.parent / "control"
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -164,10 +175,48 @@ def _check(cfg: dict[str, Any]) -> None:
     command = cfg["agent"]["command"]
     if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
         raise ConfigError("agent.command must be a non-empty list of strings (argv).")
-    if not isinstance(cfg["agent"]["env"], dict):
-        raise ConfigError("agent.env must be a JSON object of NAME: value strings.")
+    _check_agent_env(cfg["agent"]["env"])
+    _check_warm_pool(cfg["warm_pool"])
     if not isinstance(cfg["instance"], str) or not cfg["instance"]:
         raise ConfigError("instance must be a non-empty string (it labels this host's containers).")
+
+
+# Credentials never belong in a config file (secrets come from the token service only).
+CREDENTIAL_NAMES = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "GITHUB_TOKEN"})
+CREDENTIAL_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
+
+
+def is_credential_name(name: str) -> bool:
+    """A name that looks like it carries a secret: known names and *_TOKEN/_KEY/_SECRET/..."""
+    upper = name.upper()
+    return upper in CREDENTIAL_NAMES or upper.endswith(CREDENTIAL_SUFFIXES)
+
+
+def _check_agent_env(env: Any) -> None:
+    if not isinstance(env, dict):
+        raise ConfigError("agent.env must be a JSON object of NAME: value strings.")
+    for name, value in env.items():
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"agent.env.{name} must be a string, not {type(value).__name__}; quote it."
+            )
+        if is_credential_name(name):
+            raise ConfigError(
+                f"agent.env.{name} looks like a credential; secrets never go in the API "
+                "configuration: give it to the token service (its secrets and roles) instead."
+            )
+
+
+def _check_warm_pool(pool: Any) -> None:
+    if not isinstance(pool, dict):
+        raise ConfigError('warm_pool must be a JSON object like {"worker": 2, "sub_agent": 0}.')
+    for kind, count in pool.items():
+        if kind not in ("worker", "sub_agent"):
+            raise ConfigError(f"warm_pool.{kind}: unknown kind; use worker or sub_agent.")
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= WARM_POOL_MAX:
+            raise ConfigError(
+                f"warm_pool.{kind} must be a whole number from 0 to {WARM_POOL_MAX}, not {count!r}."
+            )
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 from . import artifacts, logs, workspace_diff
 from .config import Config
-from .runtime import PodmanError, RunSpec, Runtime
+from .runtime import HELPER_IN_CONTAINER, PodmanError, RunSpec, Runtime
 from .store import ACTIVE, FINAL, Store
+from .warm import WarmPool
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Engine:
         self.store = store
         self.runtime = runtime
         self.registrar = registrar
+        self.warm = WarmPool(self)
 
     # -- paths ---------------------------------------------------------------
 
@@ -77,22 +79,31 @@ class Engine:
                 return started  # Podman is down: the job waits in the queue again
             started.append(job_id)
 
-    def try_start(self, job_id: str) -> bool:
+    def try_start(self, job_id: str, warm: bool | None = None) -> bool:
         """POST /jobs' fast path: start this job now if it heads the queue and a slot is free."""
         if self.store.claim(self.config.max_concurrent_jobs, job_id) != job_id:
             return False
-        return self.start_claimed(job_id)
+        return self.start_claimed(job_id, warm)
 
-    def start_claimed(self, job_id: str) -> bool:
-        """Start a claimed job; False if Podman is unreachable and the job was queued again."""
+    def start_claimed(self, job_id: str, warm: bool | None = None) -> bool:
+        """Start a claimed job; False if Podman is unreachable and the job was queued again.
+
+        A job that took a warm container (`warm`, looked up when None) is handed its
+        command instead: its container runs already, with its id, labels and identity.
+        """
         job = self.store.get_job(job_id)
         if job is None or job["status"] != "starting":
             return True
+        if warm is None:
+            warm = self.warm.owns(job_id)
         try:
-            input_dir = self._prepare(job)
-            self.registrar.register(job_id, job["kind"])
-            spec = self._spec(job, input_dir)
-            note = self._run_or_adopt(spec)
+            if warm:
+                note = self.warm.hand_over(job)
+            else:
+                input_dir = self._prepare(job)
+                self.registrar.register(job_id, job["kind"])
+                spec = self.spec(job, input_dir)
+                note = self._run_or_adopt(spec)
         except PodmanError as exc:
             if _unreachable(exc):
                 # Not the job's fault: keep its place (same seq) until Podman answers.
@@ -129,7 +140,11 @@ class Engine:
         return note
 
     def _prepare(self, job: dict[str, Any]) -> str | None:
-        job_id = job["id"]
+        self.prepare_dirs(job["id"])
+        return self._prepare_upload(job)
+
+    def prepare_dirs(self, job_id: str) -> None:
+        """The job's workspace, artifacts dir and live log file (idempotent)."""
         for path in (self.workspace(job_id), self.artifacts(job_id)):
             path.mkdir(exist_ok=True)
             os.chmod(path, DIR_MODE)
@@ -143,6 +158,8 @@ class Engine:
         )
         os.fchmod(fd, 0o660)
         os.close(fd)
+
+    def _prepare_upload(self, job: dict[str, Any]) -> str | None:
         upload_id = job.get("upload_id")
         if not upload_id:
             return None
@@ -163,7 +180,32 @@ class Engine:
             )
         return str(base)
 
-    def _spec(self, job: dict[str, Any], input_dir: str | None) -> RunSpec:
+    def command_argv(self, job: dict[str, Any]) -> list[str]:
+        if job["kind"] == "worker":
+            return ["sh", "-c", job["command"]]
+        return list(self.config.agent["command"])
+
+    def request_env(self, job: dict[str, Any]) -> dict[str, str]:
+        """What a job adds to its container's fixed environment: its prompt and its `env`.
+
+        For a sub_agent the host's agent.env wins for every ANTHROPIC_* name and a request's
+        own ANTHROPIC_* names are dropped: a request must not point the agent's key at
+        another endpoint (validate.py refuses them already; this holds even so).
+        """
+        env: dict[str, str] = {}
+        if job["kind"] == "sub_agent":
+            env["FLASHPODS_PROMPT"] = job["prompt"]
+        env.update(job.get("env") or {})
+        if job["kind"] == "sub_agent":
+            env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")}
+            agent_env = self.config.agent["env"]
+            env.update({k: v for k, v in agent_env.items() if k.startswith("ANTHROPIC_")})
+        return env
+
+    def spec(
+        self, job: dict[str, Any], input_dir: str | None, control: str | None = None
+    ) -> RunSpec:
+        """The container of a job; with `control`, a warm one that waits for its command."""
         cfg = self.config
         env = {
             "FLASHPODS_JOB_ID": job["id"],
@@ -174,12 +216,13 @@ class Engine:
             "HOME": "/tmp/home",
             "TMPDIR": "/tmp",
         }
-        if job["kind"] == "worker":
-            argv = ["/flashpods/bin/flashpods-init", "--", "sh", "-c", job["command"]]
+        if job["kind"] == "sub_agent":
+            env = {**cfg.agent["env"], **env}
+        if control:
+            argv = [HELPER_IN_CONTAINER, "--wait-command"]
         else:
-            argv = ["/flashpods/bin/flashpods-init", "--", *cfg.agent["command"]]
-            env = {**cfg.agent["env"], **env, "FLASHPODS_PROMPT": job["prompt"]}
-        env.update(job["env"] or {})
+            argv = [HELPER_IN_CONTAINER, "--", *self.command_argv(job)]
+            env.update(self.request_env(job))
         return RunSpec(
             job_id=job["id"],
             kind=job["kind"],
@@ -196,6 +239,7 @@ class Engine:
             input_dir=input_dir,
             agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
             resources=job["resources"] or {},
+            control_dir=control,
         )
 
     def _fail_start(self, job: dict[str, Any], error: str) -> None:
@@ -203,10 +247,11 @@ class Engine:
         log.warning("job %s could not start: %s", job_id, error)
         with contextlib.suppress(PodmanError):  # else the reaper removes it once final
             self.runtime.remove(job_id)
-        self._unregister(job_id)
+        self.unregister(job_id)
         if self.store.transition(
             job_id, ("starting",), status="failed", error=error, **self._final_times()
         ):
+            self._after_warm(job)
             self.remove_tree(self.workspace(job_id))
 
     # -- stopping ------------------------------------------------------------
@@ -288,7 +333,8 @@ class Engine:
             return
         if job.get("upload_id"):
             self.store.set_upload(job["upload_id"], "used", last_used_at=time.time())
-        self._unregister(job_id)
+        self.unregister(job_id)
+        self._after_warm(job)
         self.remove_tree(self.workspace(job_id))
         try:
             self.runtime.remove(job_id)
@@ -304,7 +350,9 @@ class Engine:
         workspace = self.workspace(job_id)
         if not workspace.exists():
             return None  # recorded before a crash, workspace already gone
-        base = self.base_dir(job["upload_id"]) if job.get("upload_id") else None
+        base = None
+        if job.get("upload_id"):
+            base = self.warm.base(job) or self.base_dir(job["upload_id"])
         out = artifacts.workspace_root(self.config.artifacts_dir, job_id)
         cap = self.config.limits["artifact_bytes"]
         self._normalize_if_locked(workspace)
@@ -315,7 +363,14 @@ class Engine:
             log.warning("workspace changes of %s not recorded: %s", job_id, exc)
             return {"error": f"workspace changes could not be recorded: {exc.strerror or exc}"}
 
-    def _unregister(self, job_id: str) -> None:
+    def _after_warm(self, job: dict[str, Any]) -> None:
+        if self.warm.owns(job["id"]):
+            try:
+                self.warm.after_job(job)
+            except OSError as exc:  # retried by the reaper's warm reconcile
+                log.warning("could not clean up warm job %s: %s", job["id"], exc)
+
+    def unregister(self, job_id: str) -> None:
         try:
             self.registrar.unregister(job_id)
         except Exception as exc:  # noqa: BLE001 - a stale entry must not block the job's end

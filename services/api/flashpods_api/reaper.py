@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # (longer than the runtime's timeout on `podman run`).
 START_STALE_S = 90.0
 RETENTION_EVERY_S = 5.0
+# A claimed warm job not handed its command after this long lost its starter to a crash.
+WARM_HANDOVER_STALE_S = 2.0
 ARTIFACT_CHECK_EVERY_S = 2.0
 
 
@@ -80,8 +82,10 @@ class Reaper:
                 self._watch_running(job, container)
             else:
                 self._watch_starting(job, container)
-        self._remove_orphans(containers, active_ids)
+        warm_ids = self.engine.warm.reconcile(containers)
+        self._remove_orphans(containers, active_ids | warm_ids)
         self.engine.start_next()
+        self.engine.warm.refill()
         if time.monotonic() - self._last_retention >= self._retention_every:
             self._last_retention = time.monotonic()
             self.retention()
@@ -152,6 +156,13 @@ class Reaper:
 
     def _watch_starting(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
         job_id = job["id"]
+        running = container is not None and container.get("State") == "running"
+        if running and self.engine.warm.owns(job_id) and not self.engine.warm.handed_over(job_id):
+            # A warm container waits for its command: its starter died before handing
+            # it over (or is doing it now; the hand-over is idempotent).
+            if time.time() - (job["claimed_at"] or 0) > WARM_HANDOVER_STALE_S:
+                self.engine.start_claimed(job_id, warm=True)
+            return
         if container is not None and container.get("State") in ("running", "exited", "stopped"):
             # Its starter died after `podman run` (or is about to record it: whichever
             # compare-and-set comes second is a no-op).

@@ -24,6 +24,7 @@ HELPER_IN_CONTAINER = "/flashpods/bin/flashpods-init"
 TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
 AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
 INPUT_IN_CONTAINER = "/flashpods/input"
+CONTROL_IN_CONTAINER = "/flashpods/control"
 TMPFS_SIZE = "1g"
 # Rlimits hold where cgroup limits do not (rootless on cgroup v1). NPROC counts per uid
 # and every job shares the flashpods uid, so it is a fork-bomb brake, not a per-job cap.
@@ -60,6 +61,8 @@ class RunSpec:
     input_dir: str | None = None
     agent_socket: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    # A warm container: labelled flashpods.warm=1, its hand-over dir mounted read-only.
+    control_dir: str | None = None
 
 
 def run_args(spec: RunSpec) -> list[str]:
@@ -74,6 +77,7 @@ def run_args(spec: RunSpec) -> list[str]:
         "--label", f"flashpods.job={spec.job_id}",
         "--label", f"flashpods.kind={spec.kind}",
         "--label", f"flashpods.instance={spec.instance}",
+        *(["--label", "flashpods.warm=1"] if spec.control_dir else []),
         "--userns=keep-id",
         "--init",
         "--security-opt", "no-new-privileges",
@@ -97,6 +101,8 @@ def run_args(spec: RunSpec) -> list[str]:
     args += bind(spec.artifacts, "/artifacts")
     if spec.input_dir:
         args += bind(spec.input_dir, INPUT_IN_CONTAINER, ro=True)
+    if spec.control_dir:
+        args += bind(spec.control_dir, CONTROL_IN_CONTAINER, ro=True)
     args += bind(spec.helper_path, HELPER_IN_CONTAINER, ro=True)
     args += bind(spec.token_socket, TOKEN_SOCKET_IN_CONTAINER)
     if spec.agent_socket:

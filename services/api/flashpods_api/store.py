@@ -55,6 +55,19 @@ _SCHEMA = (
         base_deleted INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS uploads_state ON uploads (instance, state)",
+    # Warm containers: created and started ahead of demand, named with the id of the job
+    # that will claim them. Not jobs (never counted against the cap) until a job takes one.
+    # creating -> ready -> taken (by the job of the same id) ; rows go when the job ends.
+    """CREATE TABLE IF NOT EXISTS warm (
+        id TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        image TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        taken_at REAL,
+        limits_not_applied TEXT
+    )""",
     """CREATE TABLE IF NOT EXISTS heartbeats (
         name TEXT PRIMARY KEY, at REAL NOT NULL, pid INTEGER NOT NULL
     )""",
@@ -310,6 +323,72 @@ class Store:
                 now=now,
             )
         ]
+
+    # -- warm containers -----------------------------------------------------
+
+    def add_warm(self, warm_id: str, kind: str, image: str) -> None:
+        with self._tx(write=True):
+            self.db["warm"].insert(
+                {
+                    "id": warm_id,
+                    "instance": self.instance,
+                    "kind": kind,
+                    "image": image,
+                    "state": "creating",
+                    "created_at": time.time(),
+                }
+            )
+
+    def set_warm(self, warm_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
+        return self._cas("warm", warm_id, expected, fields, state_col="state")
+
+    def get_warm(self, warm_id: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT * FROM warm WHERE id=:id AND instance=:i", id=warm_id, i=self.instance
+        )
+        return rows[0] if rows else None
+
+    def warm_rows(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM warm WHERE instance=:i ORDER BY created_at", i=self.instance
+        )
+
+    def delete_warm(self, warm_id: str) -> None:
+        with self._tx(write=True):
+            self._exec("DELETE FROM warm WHERE id=:id AND instance=:i", id=warm_id, i=self.instance)
+
+    def take_warm(self, kind: str, image: str, cap: int) -> str | None:
+        """Reserve the oldest ready warm container of `kind` for a new job (compare-and-set).
+
+        Only when the job could start at once (nothing queued, a slot free): a job that
+        has to wait in the queue starts cold later and leaves the warm one to the next.
+        """
+        with self._tx(write=True):
+            row = self._exec(
+                """UPDATE warm SET state='taken', taken_at=:now
+                   WHERE id = (SELECT id FROM warm WHERE instance=:i AND kind=:kind
+                               AND image=:image AND state='ready'
+                               ORDER BY created_at LIMIT 1)
+                     AND state='ready'
+                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE instance=:i AND status='queued')
+                     AND (SELECT count(*) FROM jobs
+                          WHERE instance=:i AND status IN ('starting','running')) < :cap
+                   RETURNING id""",
+                now=time.time(),
+                i=self.instance,
+                kind=kind,
+                image=image,
+                cap=cap,
+            ).fetchone()
+        return row[0] if row else None
+
+    def warm_ready_counts(self) -> dict[str, int]:
+        rows = self._rows(
+            "SELECT kind, count(*) AS n FROM warm"
+            " WHERE instance=:i AND state='ready' GROUP BY kind",
+            i=self.instance,
+        )
+        return {r["kind"]: int(r["n"]) for r in rows}
 
     # -- heartbeats ----------------------------------------------------------
 

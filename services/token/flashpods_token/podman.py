@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import stat
 import urllib.parse
 from dataclasses import dataclass
 
 API = "/v4.0.0/libpod"
 ZERO_TIME = "0001-01-01T00:00:00Z"
+# Warm containers (services/api/flashpods_api/warm.py) are created before any job claims
+# them; the API hands a claimed one its command as a file in this read-only mount.
+WARM_LABEL = "flashpods.warm"
+CONTROL_IN_CONTAINER = "/flashpods/control"
+HANDED_OVER_FILE = "command"
 
 
 class PodmanError(Exception):
@@ -129,4 +136,26 @@ def is_live_job(inspect: dict, instance: str, job_id: str, pid: int | None = Non
         return False
     if pid is None and inspect.get("Name") != job_id:
         return False  # looked up by name: refuse a match on an id prefix
+    if not claimed(inspect):
+        return False
     return pid is None or state.get("Pid") == pid
+
+
+def claimed(inspect: dict) -> bool:
+    """False for a warm container no job has claimed yet: it gets no secrets.
+
+    The API hands a claimed warm container its command by writing `command` into the
+    job's control directory (owned by the API user; the container and the `flashpods`
+    user can only read it), mounted at /flashpods/control. Its source path comes from
+    Podman, not from the container, so a container cannot point it elsewhere.
+    """
+    if labels_of(inspect).get(WARM_LABEL) != "1":
+        return True
+    for mount in inspect.get("Mounts") or []:
+        if mount.get("Destination") == CONTROL_IN_CONTAINER and mount.get("Source"):
+            try:
+                st = os.lstat(os.path.join(mount["Source"], HANDED_OVER_FILE))
+            except OSError:
+                return False
+            return stat.S_ISREG(st.st_mode)
+    return False
