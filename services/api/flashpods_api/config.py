@@ -182,7 +182,9 @@ def _check(cfg: dict[str, Any]) -> None:
 
 
 # Credentials never belong in a config file (secrets come from the token service only).
-CREDENTIAL_NAMES = frozenset({"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "GITHUB_TOKEN"})
+CREDENTIAL_NAMES = frozenset(
+    {"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"}
+)
 CREDENTIAL_SUFFIXES = ("_TOKEN", "_KEY", "_SECRET", "_PASSWORD", "_CREDENTIALS")
 
 

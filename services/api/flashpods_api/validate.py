@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from . import ids
-from .config import Config
+from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -94,6 +94,14 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
         )
     record["image"] = image
     record["env"] = env(body.get("env", {}))
+    if kind == "sub_agent":
+        steered = sorted(n for n in record["env"] if n.upper().startswith("ANTHROPIC_"))
+        if steered:
+            raise bad_request(
+                "reserved_env",
+                f"Environment variable {steered[0]} is set by the host for sub_agent jobs "
+                "(its agent.env), so the agent's key cannot be sent elsewhere; remove it.",
+            )
     record["timeout_s"] = timeout(
         body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
     )
@@ -122,6 +130,12 @@ def env(value: Any) -> dict[str, str]:
                 "reserved_env",
                 f"Environment variable {name} is set by Flashpods and cannot be overridden; "
                 "rename it.",
+            )
+        if name.upper() in CREDENTIAL_NAMES:
+            raise bad_request(
+                "reserved_env",
+                f"Environment variable {name} is a credential; jobs get secrets from the "
+                "host's token service only, never through 'env'. Remove it.",
             )
         if not isinstance(val, str) or "\0" in val or len(val.encode()) > MAX_ENV_VALUE:
             raise bad_request(

@@ -147,3 +147,17 @@ class Host:
         with open(path, "a") as fh:
             for line in lines:
                 fh.write(line + "\n")
+
+
+def decode_command(data: bytes) -> tuple[list[str], dict[str, str]]:
+    """Read a warm container's hand-over file the way images/helper/handover.c does."""
+    parts = data.split(b"\0")
+    assert parts[-1] == b"", "every string ends with a NUL"
+    parts = [p.decode() for p in parts[:-1]]
+    assert parts[0] == "flashpods-command-1"
+    argc = int(parts[1])
+    argv = parts[2 : 2 + argc]
+    envc = int(parts[2 + argc])
+    pairs = parts[3 + argc :]
+    assert len(pairs) == envc
+    return argv, dict(p.split("=", 1) for p in pairs)
