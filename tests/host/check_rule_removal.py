@@ -1,6 +1,6 @@
 """Remove each rule of the firewall template once and record which tests catch it.
 
-    /opt/flashpods/venv/bin/python tests/host/check_rule_removal.py [test paths...]
+    /opt/flashpods/venv/bin/python tests/host/check_rule_removal.py [--only TEXT] [test paths...]
 
 Not a test itself (it runs the suite once per rule, minutes): the check behind the
 table in docs/security.md. For every statement line of every chain, and every element
@@ -75,7 +75,10 @@ def run_suite(template_dir: Path, paths: list[str]) -> tuple[int, list[str]]:
     return result.returncode, caught
 
 
-def main(paths: list[str]) -> int:
+def main(args: list[str]) -> int:
+    # --only TEXT: remove only the lines that contain TEXT (repeatable).
+    only = [args[i + 1] for i, a in enumerate(args) if a == "--only"]
+    paths = [a for i, a in enumerate(args) if a != "--only" and (i == 0 or args[i - 1] != "--only")]
     paths = paths or ["tests/host"]
     text = (TEMPLATES / FIREWALL).read_text()
     lines = text.splitlines()
@@ -85,6 +88,8 @@ def main(paths: list[str]) -> int:
         return 2
     missed = 0
     for index in removable_lines(text):
+        if only and not any(o in lines[index] for o in only):
+            continue
         with tempfile.TemporaryDirectory(prefix="fp-mutant-") as tmp:
             mutant = Path(tmp)
             for f in TEMPLATES.glob("*.in"):

@@ -26,7 +26,8 @@ def probe(addr: str, port: int) -> dict:
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(TIMEOUT_S)
-            s.connect((addr, port))
+            # getaddrinfo turns "fe80::1%eth0" into the 4-tuple with its scope id.
+            s.connect(socket.getaddrinfo(addr, port, family, socket.SOCK_STREAM)[0][4])
             result["reached"] = True
             try:
                 s.sendall(REQUEST)

@@ -23,12 +23,15 @@ from topology import (
     LAPTOP_PORT,
     LAPTOP_ROUTED,
     LAPTOP_TUNNEL,
+    LINK_LOCAL6,
     METADATA,
     PRIVATE,
     RESOLVER,
     RESOLVER6,
     RESOLVER_LOOPBACK,
     RSYNC_PORT,
+    SPECIAL4,
+    SPECIAL6,
     SPIRE_PORT,
     SSH_PORT,
     STRANGER,
@@ -54,6 +57,7 @@ TARGETS = [
     (STRANGER, INTERNET_PORT),
     (METADATA, INTERNET_PORT),
     *((addr, INTERNET_PORT) for addr in PRIVATE),
+    *((addr, INTERNET_PORT) for addr in SPECIAL4),
 ]
 
 
@@ -153,6 +157,7 @@ def test_V20_job_container_reaches_nothing_but_the_public_internet(from_job, ser
     assert _reached(from_job, others) == [], "host ports (sshd, SPIRE server, another job)"
     assert _reached(from_job, [(METADATA, INTERNET_PORT)]) == [], "cloud metadata service"
     assert _reached(from_job, [(a, INTERNET_PORT) for a in PRIVATE]) == [], "private ranges"
+    assert _reached(from_job, [(a, INTERNET_PORT) for a in SPECIAL4]) == [], "special ranges"
     # The resolver it needs still answers, and so does a public one; DNS servers on the
     # metadata or a private address do not (UDP is refused like TCP).
     assert "203.0.113.10" in from_job[f"dns {RESOLVER}"]["line"], from_job[f"dns {RESOLVER}"]
@@ -172,8 +177,11 @@ ESCAPED_DENIED = [
     (LAPTOP_TUNNEL, LAPTOP_PORT),
     (LAPTOP_ROUTED, LAPTOP_PORT),
     (METADATA, INTERNET_PORT),
-    *((addr, INTERNET_PORT) for addr in PRIVATE),
+    *((addr, INTERNET_PORT) for addr in (*PRIVATE, *SPECIAL4, *SPECIAL6)),
     (ULA6, INTERNET_PORT),
+    (f"{LINK_LOCAL6}%eth0", INTERNET_PORT),
+    # An IPv4-mapped destination leaves as IPv4 and meets the IPv4 rules.
+    (f"::ffff:{METADATA}", INTERNET_PORT),
 ]
 
 
@@ -184,6 +192,10 @@ def test_V5_V6_V18_V20_job_uid_outside_any_container(services):
                (RESOLVER, "dns"), (RESOLVER_LOOPBACK, "dns"), (RESOLVER6, "dns"),
                (INTERNET, "dns"), (METADATA, "dns"), (PRIVATE[0], "dns")]  # fmt: skip
     got = services.probe("host", targets, user="flashpods")
+    # Matching allow: root reaches the special-range and link-local listeners.
+    special = [(a, INTERNET_PORT) for a in (*SPECIAL4, *SPECIAL6, f"{LINK_LOCAL6}%eth0")]
+    as_root = services.probe("host", special)
+    assert all(r["reached"] for r in as_root.values()), as_root
     reached = [k for k, _ in [(f"{a} {p}", 0) for a, p in ESCAPED_DENIED] if got[k]["reached"]]
     assert reached == []
     slow = [k for k, r in got.items() if "seconds" in r and r["seconds"] > 1]

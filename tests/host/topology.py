@@ -47,6 +47,11 @@ INTERNET6 = "2001:db8:203::10"
 METADATA = "169.254.169.254"
 PRIVATE = ("192.168.99.1", "172.16.99.1", "10.99.0.1", "100.64.0.1")
 ULA6 = "fd99::1"
+# Special-purpose ranges the router also answers on: benchmarking, IETF protocol
+# assignments; IPv6 discard-only and local-use NAT64.
+SPECIAL4 = ("198.18.0.1", "192.0.0.1")
+SPECIAL6 = ("100::1", "64:ff9b:1::1")
+LINK_LOCAL6 = "fe80::254"
 RESOLVER = "10.255.255.53"
 RESOLVER_LOOPBACK = "127.0.0.53"
 RESOLVER6 = "fd53::53"  # a ULA resolver: reachable only through the resolver rule
@@ -198,8 +203,12 @@ class Topology:
         # The router holds the internet, the metadata service and private neighbours.
         for addr in (f"{INTERNET}/24", f"{METADATA}/32", *(f"{p}/32" for p in PRIVATE)):
             self.ip("inet", "addr", "add", addr, "dev", "lo")
-        for addr in (f"{INTERNET6}/64", f"{ULA6}/64"):
+        for addr in (f"{INTERNET6}/64", f"{ULA6}/64", *(f"{a}/128" for a in SPECIAL6)):
             self.ip("inet", "addr", "add", addr, "dev", "lo", "nodad")
+        for addr in SPECIAL4:
+            self.ip("inet", "addr", "add", f"{addr}/32", "dev", "lo")
+        # A link-local neighbour on the public link (IPv6 link-local needs no route).
+        self.ip("inet", "addr", "add", f"{LINK_LOCAL6}/64", "dev", "eth0", "nodad")
         # The stranger tries the tunnel address through the public link (Linux hosts
         # accept a packet for any of their addresses on any interface).
         self.ip("stranger", "route", "add", "10.0.0.0/24", "via", HOST_PUBLIC)
