@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "workspaces": "/var/lib/flashpods/workspaces",
         "artifacts": "/var/lib/flashpods/artifacts",
         "logs": "/var/log/flashpods",
-        "control": None,  # warm containers' hand-over dirs; None = <workspaces>/../control
+        "control": None,  # warm containers' hand-over dirs; None = <workspaces>/.control
     },
     "podman_url": "unix:///run/flashpods/podman/podman.sock",
     "rsync_url": "rsync://10.0.0.1/uploads",
@@ -108,7 +108,7 @@ class Config:
     def control_dir(self) -> Path:
         """Per-job hand-over dirs of warm containers (mounted read-only at /flashpods/control)."""
         configured = self.raw["storage"]["control"]
-        return Path(configured) if configured else self.workspaces_dir.parent / "control"
+        return Path(configured) if configured else self.workspaces_dir / ".control"
 
 
 def from_dict(data: dict[str, Any]) -> Config:
