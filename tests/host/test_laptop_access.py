@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from topology import HOST_PUBLIC, HOST_TUNNEL, LAPTOP_TUNNEL, RSYNC_PORT
@@ -39,19 +42,31 @@ def test_V2_api_refuses_missing_or_wrong_bearer_token(api_jobs, token):
     assert _job_count(api_jobs) == before, "a refused request created a job"
 
 
-def _upload(t, role: str, url: str, user: str | None = None):
-    src = f"/var/tmp/flashpods-test/fp{t.tag}-src-{role}"
-    os.makedirs(f"{src}/pkg", exist_ok=True)
-    os.chmod(src, 0o755)
-    with open(f"{src}/pkg/data.txt", "w") as f:
-        f.write(f"from {role}\n")
+@pytest.fixture
+def sources(topology):
+    """A world-readable source tree per uploader (rsync runs as other users too)."""
+    base = Path(tempfile.mkdtemp(prefix=f"fp{topology.tag}-src-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base)
+
+
+def _upload(t, sources: Path, role: str, url: str, user: str | None = None):
+    src = sources / role
+    (src / "pkg").mkdir(parents=True, exist_ok=True)
+    (src / "pkg" / "data.txt").write_text(f"from {role}\n")
+    for path in (src, src / "pkg"):
+        os.chmod(path, 0o755)
+    os.chmod(src / "pkg" / "data.txt", 0o644)
     argv = ["rsync", "-rt", "--contimeout=5", "--timeout=10", f"{src}/", url]
     if user:
         argv = ["runuser", "-u", user, "--", *argv]
     return t.sh(role, *argv, check=False, timeout=60)
 
 
-def test_V4_rsync_accepts_uploads_only_from_the_laptop(api_jobs, devhost):
+def test_V4_rsync_accepts_uploads_only_from_the_laptop(api_jobs, devhost, sources):
     t = api_jobs.t
     got = api_jobs.http("POST", "/uploads")
     assert got["status"] == 201, got
@@ -61,18 +76,18 @@ def test_V4_rsync_accepts_uploads_only_from_the_laptop(api_jobs, devhost):
     landed = devhost.paths.uploads / upload["upload_id"] / "pkg" / "data.txt"
 
     # A third host on the link, to the tunnel address and to the public address.
-    stranger = _upload(t, "stranger", url)
+    stranger = _upload(t, sources, "stranger", url)
     assert stranger.returncode != 0
     assert "refused" in stranger.stderr, stranger.stderr
     public = url.replace(HOST_TUNNEL, HOST_PUBLIC)
-    assert _upload(t, "stranger", public).returncode != 0
+    assert _upload(t, sources, "stranger", public).returncode != 0
     # The job uid on the host itself (a container escape) is refused too.
-    escaped = _upload(t, "host", url, user="flashpods")
+    escaped = _upload(t, sources, "host", url, user="flashpods")
     assert escaped.returncode != 0
     assert not landed.exists()
 
     # Matching allow: the laptop, through the tunnel.
-    laptop = _upload(t, "laptop", url)
+    laptop = _upload(t, sources, "laptop", url)
     assert laptop.returncode == 0, laptop.stderr
     assert landed.read_text() == "from laptop\n"
     assert LAPTOP_TUNNEL in devhost.log("rsyncd", 200)
