@@ -122,16 +122,19 @@ def create_app(
         record = validate.job_request(_json_body(), cfg)
         if record["upload_id"]:
             _check_upload(record["upload_id"])
-        warm_id = engine.warm.take(record)
-        record["id"] = warm_id or ids.new_job_id()
+        record["id"] = ids.new_job_id()
         try:
-            store.create_job(record, cfg.queue_limit)
+            job, warm = store.submit(
+                record,
+                cfg.queue_limit,
+                claim_cap=cfg.max_concurrent_jobs,
+                warm=engine.warm.wanted(record),
+            )
         except (QueueFull, UploadUnavailable) as exc:
-            if warm_id:
-                engine.warm.release(warm_id)
             raise _create_error(exc, record) from None
-        engine.try_start(record["id"], warm=bool(warm_id))
-        return jsonify({"job": _public(store, store.get_job(record["id"]))}), 201
+        if job["status"] == "starting":  # claimed in the same transaction: start it now
+            engine.start_claimed(job["id"], warm=warm, job=job)
+        return jsonify({"job": _public(store, store.get_job(job["id"]))}), 201
 
     def _create_error(exc: Exception, record: dict[str, Any]) -> ApiError:
         if isinstance(exc, UploadUnavailable):

@@ -85,13 +85,16 @@ class Engine:
             return False
         return self.start_claimed(job_id, warm)
 
-    def start_claimed(self, job_id: str, warm: bool | None = None) -> bool:
+    def start_claimed(
+        self, job_id: str, warm: bool | None = None, job: dict[str, Any] | None = None
+    ) -> bool:
         """Start a claimed job; False if Podman is unreachable and the job was queued again.
 
         A job that took a warm container (`warm`, looked up when None) is handed its
         command instead: its container runs already, with its id, labels and identity.
         """
-        job = self.store.get_job(job_id)
+        if job is None:
+            job = self.store.get_job(job_id)
         if job is None or job["status"] != "starting":
             return True
         if warm is None:

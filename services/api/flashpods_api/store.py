@@ -180,24 +180,49 @@ class Store:
 
     def create_job(self, record: dict[str, Any], queue_limit: int) -> dict[str, Any]:
         """Insert a queued job, consuming its upload; refuses a full queue or a used upload."""
+        job, _warm = self.submit(record, queue_limit)
+        return job
+
+    def submit(
+        self,
+        record: dict[str, Any],
+        queue_limit: int,
+        claim_cap: int | None = None,
+        warm: tuple[str, str] | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """POST /jobs in one write transaction: insert the job queued, consuming its upload.
+
+        With `warm` (kind, image), first take a ready warm container for it (only if the
+        job could start at once); the job then carries that container's id. With
+        `claim_cap`, claim the job in the same transaction if it heads the queue and
+        fewer than `claim_cap` jobs are active (status 'starting'). A refusal (full
+        queue, used upload) rolls everything back, the warm container included.
+        Returns (the job, whether it took a warm container).
+        """
         now = time.time()
         row = {**record, "instance": self.instance, "status": "queued", "created_at": now}
         for key in _JSON_FIELDS:
             if key in row and row[key] is not None:
                 row[key] = json.dumps(row[key], sort_keys=True)
+        took_warm = False
         with self._tx(write=True):
             queued = self._exec(
                 "SELECT count(*) FROM jobs WHERE instance=:i AND status='queued'", i=self.instance
             ).scalar()
             if queued >= queue_limit:
                 raise QueueFull()
+            if warm is not None and claim_cap is not None:
+                warm_id = self._take_warm(warm[0], warm[1], claim_cap, now)
+                if warm_id:
+                    row["id"] = warm_id
+                    took_warm = True
             upload_id = record.get("upload_id")
             if upload_id:
                 taken = self._exec(
                     """UPDATE uploads
                        SET state='used', used_by=:job, used_at=:now, last_used_at=:now
                        WHERE id=:id AND instance=:i AND state='reserved'""",
-                    job=record["id"],
+                    job=row["id"],
                     now=now,
                     id=upload_id,
                     i=self.instance,
@@ -207,10 +232,13 @@ class Store:
                         "SELECT state FROM uploads WHERE id=:id", id=upload_id
                     ).scalar()
                     raise UploadUnavailable({None: "unknown", "used": "used"}.get(state, "expired"))
-            self.jobs.insert(row)
-        job = self.get_job(record["id"])
-        assert job is not None
-        return job
+            columns = ", ".join(row)
+            marks = ", ".join(f":{k}" for k in row)
+            self._exec(f"INSERT INTO jobs ({columns}) VALUES ({marks})", **row)
+            if claim_cap is not None:
+                self._claim(claim_cap, row["id"])
+            job = self._exec("SELECT * FROM jobs WHERE id=:id", id=row["id"]).fetchone()
+        return _decode(dict(job._mapping)), took_warm
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         rows = self._rows(
@@ -266,20 +294,23 @@ class Store:
 
         With `job_id`, claims only if that job is the head. Returns the claimed job id or None.
         """
-        only = "AND id=:id" if job_id else ""
         with self._tx(write=True):
-            row = self._exec(
-                f"""UPDATE jobs SET status='starting', claimed_at=:now
-                    WHERE seq = (SELECT min(seq) FROM jobs WHERE instance=:i AND status='queued')
-                      AND status='queued' {only}
-                      AND (SELECT count(*) FROM jobs
-                           WHERE instance=:i AND status IN ('starting','running')) < :cap
-                    RETURNING id""",
-                now=time.time(),
-                i=self.instance,
-                cap=cap,
-                id=job_id,
-            ).fetchone()
+            return self._claim(cap, job_id)
+
+    def _claim(self, cap: int, job_id: str | None) -> str | None:
+        only = "AND id=:id" if job_id else ""
+        row = self._exec(
+            f"""UPDATE jobs SET status='starting', claimed_at=:now
+                WHERE seq = (SELECT min(seq) FROM jobs WHERE instance=:i AND status='queued')
+                  AND status='queued' {only}
+                  AND (SELECT count(*) FROM jobs
+                       WHERE instance=:i AND status IN ('starting','running')) < :cap
+                RETURNING id""",
+            now=time.time(),
+            i=self.instance,
+            cap=cap,
+            id=job_id,
+        ).fetchone()
         return row[0] if row else None
 
     def transition(self, job_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
@@ -358,28 +389,32 @@ class Store:
             self._exec("DELETE FROM warm WHERE id=:id AND instance=:i", id=warm_id, i=self.instance)
 
     def take_warm(self, kind: str, image: str, cap: int) -> str | None:
-        """Reserve the oldest ready warm container of `kind` for a new job (compare-and-set).
-
-        Only when the job could start at once (nothing queued, a slot free): a job that
-        has to wait in the queue starts cold later and leaves the warm one to the next.
-        """
+        """Reserve the oldest ready warm container of `kind` (see `submit`)."""
         with self._tx(write=True):
-            row = self._exec(
-                """UPDATE warm SET state='taken', taken_at=:now
-                   WHERE id = (SELECT id FROM warm WHERE instance=:i AND kind=:kind
-                               AND image=:image AND state='ready'
-                               ORDER BY created_at LIMIT 1)
-                     AND state='ready'
-                     AND NOT EXISTS (SELECT 1 FROM jobs WHERE instance=:i AND status='queued')
-                     AND (SELECT count(*) FROM jobs
-                          WHERE instance=:i AND status IN ('starting','running')) < :cap
-                   RETURNING id""",
-                now=time.time(),
-                i=self.instance,
-                kind=kind,
-                image=image,
-                cap=cap,
-            ).fetchone()
+            return self._take_warm(kind, image, cap, time.time())
+
+    def _take_warm(self, kind: str, image: str, cap: int, now: float) -> str | None:
+        """Compare-and-set ready -> taken, only when a new job could start at once.
+
+        A job that has to wait in the queue starts cold later and leaves the warm
+        container to the next one.
+        """
+        row = self._exec(
+            """UPDATE warm SET state='taken', taken_at=:now
+               WHERE id = (SELECT id FROM warm WHERE instance=:i AND kind=:kind
+                           AND image=:image AND state='ready'
+                           ORDER BY created_at LIMIT 1)
+                 AND state='ready'
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE instance=:i AND status='queued')
+                 AND (SELECT count(*) FROM jobs
+                      WHERE instance=:i AND status IN ('starting','running')) < :cap
+               RETURNING id""",
+            now=now,
+            i=self.instance,
+            kind=kind,
+            image=image,
+            cap=cap,
+        ).fetchone()
         return row[0] if row else None
 
     def warm_ready_counts(self) -> dict[str, int]:
@@ -412,6 +447,12 @@ class Store:
 
 def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
+    # WAL: readers never block the writer and a commit is one append, not a journal
+    # dance. synchronous=NORMAL: a commit survives any crash of our processes (kill -9
+    # included); only a power cut may lose the last commits, which the reaper's
+    # reconcile against `podman ps` repairs like any other crash.
+    dbapi_connection.execute("PRAGMA journal_mode=WAL")
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ the job's control directory (mounted read-only at /flashpods/control).
 
 A warm container is not a job: it never counts against `max_concurrent_jobs` and the
 token service refuses it (label flashpods.warm=1 without a `command` file in its
-control mount) until a job has claimed it. `POST /jobs` takes one with a
-compare-and-set (`Store.take_warm`), creates the job under the container's id, claims
-the job like any other and hands the command over: a rename of a file.
+control mount) until a job has claimed it. `POST /jobs` takes one, inserts the job
+under the container's id and claims it, all in one write transaction (`Store.submit`:
+the take is a compare-and-set), then hands the command over: a rename of a file.
 
 Hand-over format (read by images/helper/handover.c): NUL-terminated strings
 `flashpods-command-1`, ARGC, ARGV..., ENVC, NAME=VALUE...
@@ -77,19 +77,13 @@ class WarmPool:
 
     # -- the API's side ------------------------------------------------------
 
-    def take(self, record: dict[str, Any]) -> str | None:
-        """A ready warm container's id for this new job, or None (then it starts cold)."""
+    def wanted(self, record: dict[str, Any]) -> tuple[str, str] | None:
+        """(kind, image) of a warm container this new job may take, or None: start cold."""
         kind = record["kind"]
         if not self.targets.get(kind) or record.get("resources"):
             return None  # resource limits are flags of `podman run`: only a cold start sets them
         image = self.config.images[kind]
-        if record["image"] != image:
-            return None
-        return self.store.take_warm(kind, image, self.config.max_concurrent_jobs)
-
-    def release(self, warm_id: str) -> None:
-        """The request that took it failed before creating its job: ready again."""
-        self.store.set_warm(warm_id, ("taken",), state="ready", taken_at=None)
+        return (kind, image) if record["image"] == image else None
 
     def owns(self, job_id: str) -> bool:
         if not self.targets and not self.config.warm_pool:

@@ -10,6 +10,7 @@ from api_fakes import decode_command
 from flashpods_api import warm
 from flashpods_api.config import ConfigError, from_dict
 from flashpods_api.runtime import run_args
+from flashpods_api.store import UploadUnavailable
 
 POOL = {"worker": 2}
 
@@ -224,3 +225,18 @@ def test_command_encoding_round_trips_and_refuses_nul():
 def test_bad_warm_pool_config_names_the_fix(tmp_path, pool, says):
     with pytest.raises(ConfigError, match=says):
         from_dict({"warm_pool": pool})
+
+
+def test_a_refused_submit_rolls_the_warm_take_back(make_host):
+    host = _filled(make_host)
+    upload = host.post("/uploads").get_json()["upload_id"]
+    host.store.set_upload(upload, "reserved", state="used")  # taken by a racing request
+    record = {
+        "id": "job_racer", "kind": "worker", "command": "true", "prompt": None,
+        "upload_id": upload, "image": host.config.images["worker"], "env": {},
+        "timeout_s": 60, "resources": {}, "artifacts_glob": None,
+    }  # fmt: skip
+    with pytest.raises(UploadUnavailable):
+        host.store.submit(record, 100, claim_cap=4, warm=("worker", record["image"]))
+    assert [r["state"] for r in host.store.warm_rows()] == ["ready", "ready"]
+    assert host.store.get_job("job_racer") is None
