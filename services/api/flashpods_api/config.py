@@ -67,7 +67,10 @@ WARM_POOL_MAX = 32
 
 # Sections whose inner keys are fixed (checked one level down); "agent.env" is free-form.
 _NESTED = ("storage", "images", "agent", "spire", "retention", "limits", "reaper")
-NETWORK_MODES = ("slirp4netns", "bridge", "pasta")
+# Rootless "bridge" is refused: jobs on a rootless bridge reach each other inside Podman's
+# own rootless network namespace, where no host rule can see the traffic (measured;
+# docs/security.md, V19). "host" would put jobs on the host's own network stack.
+NETWORK_MODES = ("slirp4netns", "pasta")
 
 
 class ConfigError(Exception):

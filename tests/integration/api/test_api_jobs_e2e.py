@@ -160,7 +160,13 @@ def test_openapi_is_served_and_healthz_reports_every_part(api):
     doc = api.get("/openapi.json").json()
     assert "/jobs/{job_id}/artifacts.tar" in doc["paths"]
     health = requests.get(api.url + "/healthz", timeout=10).json()
-    assert health["ok"] is True and set(health["checks"]) == {"db", "podman", "reaper", "disk"}
+    assert health["ok"] is True and set(health["checks"]) == {
+        "db",
+        "podman",
+        "reaper",
+        "disk",
+        "warm_pool",
+    }
 
 
 def test_healthz_names_a_dead_reaper_and_a_dead_podman(devhost_factory):
