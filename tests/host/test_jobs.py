@@ -7,7 +7,6 @@ namespace, the laptop calling through WireGuard, the firewall loaded).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import subprocess
@@ -125,12 +124,7 @@ def test_V17_crash_safety_kill_api_and_reaper(api_jobs, devhost):
     devhost.kill("api", signal.SIGKILL)
     devhost.kill("reaper", signal.SIGKILL)
     time.sleep(4)  # the first job ends while nothing of Flashpods watches
-    # The launcher waits for /healthz after each restart and treats any dead service as
-    # fatal, the API killed above included: the reaper is running once start() returns
-    # or raises; the API's restart then waits for the whole host to be healthy.
-    with contextlib.suppress(RuntimeError):
-        devhost.start("reaper")
-    devhost.start("api")
+    devhost.start("api", "reaper")
 
     first = api_jobs.wait(ends_while_down, timeout=60)
     assert first["status"] == "failed" and first["exit_code"] == 3, first

@@ -28,6 +28,11 @@ SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
 # Stopped first so nothing starts new containers while the rest goes down.
 STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
 LOOPBACK = "127.0.0.1"
+# Signals after which kill() counts a service as down on purpose until start() brings it
+# back: a stopped or continued process (SIGSTOP, SIGCONT) is still expected to live.
+TERMINATING_SIGNALS = frozenset(
+    {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGABRT}
+)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class DevHost:
         self._accounts: Accounts | None = None
         self._services: dict[str, Service] = {}
         self._firewall_loaded = False
+        # Services a test killed with kill(): their death is no failure of the others' start.
+        self._killed: set[str] = set()
         self.api_port = settings.api_port
         self.rsync_port = settings.rsync_port
         self.api_token = ""
@@ -139,23 +146,30 @@ class DevHost:
         )
 
     def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
-        """Signal one service's process group, e.g. SIGKILL the API to simulate a crash."""
+        """Signal one service's process group, e.g. SIGKILL the API to simulate a crash.
+
+        A terminating signal marks the service as down on purpose: start() of the other
+        services then neither waits for it nor reports its death, until it is started.
+        """
         self._service(name).kill(sig)
+        if sig in TERMINATING_SIGNALS:
+            self._killed.add(name)
 
     def log(self, name: str, lines: int = 40) -> str:
         return tail(self.paths.service_log(name), lines)
 
     # ---- start -----------------------------------------------------------------------
 
-    def start(self, name: str | None = None) -> None:
-        """Start the whole host (name=None) or restart one service after kill()."""
-        if name is not None:
-            service = self._service(name)
-            if service.running:
-                service.stop()
-            self._launch(name)
-            if name in ("api", "reaper"):
-                self._wait_healthy()
+    def start(self, *names: str) -> None:
+        """Start the whole host (no names) or restart the named services after kill().
+
+        `start("api", "reaper")` restarts both, in SERVICE_ORDER. The API's /healthz
+        needs the reaper's heartbeat, so it is awaited only when neither API nor reaper
+        is still down on purpose; while the other one is, a restarted API is awaited
+        until it answers at all, and a restarted reaper only has to stay alive.
+        """
+        if names:
+            self._restart(names)
             return
         try:
             self._prepare()
@@ -165,6 +179,25 @@ class DevHost:
         except BaseException:
             self.stop()
             raise
+
+    def _restart(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            self._service(name)  # unknown names fail before anything is restarted
+        ordered = [name for name in SERVICE_ORDER if name in names]
+        for name in ordered:
+            service = self._services[name]
+            if service.running:
+                service.stop()
+            self._killed.discard(name)
+            self._launch(name)
+        if not {"api", "reaper"} & set(ordered):
+            return
+        if not {"api", "reaper"} & self._killed:
+            self._wait_healthy()
+        elif "api" in ordered:
+            self._wait_answering()
+        else:
+            self._check_alive()
 
     def _prepare(self) -> None:
         s, acc, paths = self.settings, self.accounts, self.paths
@@ -330,23 +363,34 @@ class DevHost:
                 service.check_alive,
             )
 
-    def _wait_healthy(self) -> None:
-        url = f"{self.api_url}/healthz"
-
-        def everything_alive() -> None:
-            for service in self._services.values():
+    def _check_alive(self) -> None:
+        """Raise when a service died that no one killed on purpose."""
+        for name, service in self._services.items():
+            if name not in self._killed:
                 service.check_alive()
 
+    def _wait_healthy(self) -> None:
+        url = f"{self.api_url}/healthz"
         try:
             probes.wait_until(
                 f"{url} (200)",
                 lambda: probes.http_status(url, self.settings.netns) == 200,
                 self.settings.healthz_timeout_s,
-                everything_alive,
+                self._check_alive,
             )
         except TimeoutError as error:
             status, body = probes.http_get(url, self.settings.netns)
             raise TimeoutError(f"{error}; last answer: {status} {body[:2000]}") from None
+
+    def _wait_answering(self) -> None:
+        """The API answers HTTP at all (/healthz says 503 while the reaper is down)."""
+        url = f"{self.api_url}/healthz"
+        probes.wait_until(
+            f"{url} (any answer)",
+            lambda: probes.http_status(url, self.settings.netns) is not None,
+            self.settings.healthz_timeout_s,
+            self._check_alive,
+        )
 
     # ---- firewall --------------------------------------------------------------------
 

@@ -149,3 +149,45 @@ def test_killed_services_come_back_with_start(devhost_factory) -> None:
     assert probes.tcp_answers("127.0.0.1", host.rsync_port)
     client = Client(host.api_url, host.api_token)
     assert client.run_worker("true")["status"] == "succeeded"
+
+
+def test_api_and_reaper_killed_together_come_back_one_by_one_or_together(devhost_factory):
+    host = devhost_factory()
+    client = Client(host.api_url, host.api_token)
+    # One by one: the reaper alone (the API is down on purpose, so nothing waits for it),
+    # then the API, which waits for /healthz (200 needs the reaper's heartbeat).
+    host.kill("api", signal.SIGKILL)
+    host.kill("reaper", signal.SIGKILL)
+    host.start("reaper")
+    assert host._services["reaper"].running and not host._services["api"].running
+    host.start("api")
+    assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code == 200
+    # The other order: the API first answers (503 without a reaper), then the reaper.
+    host.kill("reaper", signal.SIGKILL)
+    host.kill("api", signal.SIGKILL)
+    host.start("api")
+    assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code in (200, 503)
+    host.start("reaper")
+    assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code == 200
+    # Together, in one call.
+    host.kill("api", signal.SIGKILL)
+    host.kill("reaper", signal.SIGKILL)
+    host.start("api", "reaper")
+    assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code == 200
+    assert client.run_worker("true")["status"] == "succeeded"
+
+
+def test_start_still_reports_a_service_that_died_unasked(devhost_factory):
+    host = devhost_factory()
+    host.kill("reaper", signal.SIGKILL)
+    # The token service dies without kill(): a restart of the reaper must say so.
+    host._services["token"].process.kill()
+    host._services["token"].process.wait()
+    try:
+        host.start("reaper")
+    except RuntimeError as error:
+        assert "token exited" in str(error), error
+    else:
+        raise AssertionError("start() did not report the dead token service")
+    host.start("token")
+    assert requests.get(f"{host.api_url}/healthz", timeout=10).status_code == 200
