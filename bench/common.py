@@ -100,7 +100,9 @@ class Api:
             if job["status"] in wanted:
                 return job
             if job["status"] in FINAL or time.monotonic() > deadline:
-                raise RuntimeError(f"job {job_id} is {job['status']}, wanted {sorted(wanted)}")
+                raise RuntimeError(
+                    f"job {job_id} is {job['status']}, wanted {sorted(wanted)}: {job.get('error')}"
+                )
             time.sleep(0.01)
 
     def kill(self, job_id: str) -> None:

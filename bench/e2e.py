@@ -52,7 +52,7 @@ async def _mcp_spawns(host, tree: Path, rounds: int, home: Path) -> list[float]:
             elapsed = time.perf_counter() - start
             if result.isError:
                 raise RuntimeError(f"spawn_worker failed: {result.content}")
-            job_id = result.structuredContent["job_id"]
+            job_id = result.structuredContent["job"]["id"]
             times.append(elapsed)
             api.kill(job_id)
     return times[1:]

@@ -45,10 +45,13 @@ def burst(count: int, cap: int) -> Result:
         def watch_cap() -> None:
             nonlocal peak
             while not stop.is_set():
-                listing = api.session.get(
-                    f"{api.base}/jobs", params={"limit": 1000}, timeout=60
-                ).json()
-                active = sum(1 for j in listing["jobs"] if j["status"] in ("starting", "running"))
+                active = 0
+                for status in ("starting", "running"):
+                    listing = api.session.get(
+                        f"{api.base}/jobs", params={"status": status, "limit": 500}, timeout=60
+                    )
+                    listing.raise_for_status()
+                    active += len(listing.json()["jobs"])
                 peak = max(peak, active)
                 time.sleep(0.05)
 

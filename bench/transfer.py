@@ -153,7 +153,8 @@ def follow_latency(lines: int) -> Result:
             f"s=$(date +%s%N); echo x > /tmp/probe; e=$(date +%s%N); "
             f'echo "w $((e - s))" >&2; sleep 0.1; i=$((i+1)); done'
         )
-        job = api.post_job(command)
+        # The busybox worker's `date` has no %N: the Debian agent image's has.
+        job = api.post_job(command, image="localhost/flashpods-agent:latest")
         latencies: list[float] = []
         writes: list[float] = []
         with api.session.get(
