@@ -52,5 +52,9 @@ else
 		cp -r "$package" "$copy/$(basename "$package")"
 		copies+=("$copy/$(basename "$package")")
 	done
+	# The renderer's templates ship as package data of flashpods_devhost (git keeps one
+	# copy, in modules/flashpods, which the NixOS module renders too).
+	mkdir "$copy/devhost/flashpods_devhost/templates"
+	cp "$FLASHPODS_REPO"/modules/flashpods/*.in "$copy/devhost/flashpods_devhost/templates/"
 	"${pip[@]}" install --no-deps --force-reinstall "${copies[@]}"
 fi

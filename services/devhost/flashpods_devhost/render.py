@@ -30,12 +30,30 @@ class RenderError(ValueError):
     """A value cannot go into a template; the message says which and why."""
 
 
+# scripts/lib/venv.sh copies modules/flashpods/*.in here when it builds the package, so an
+# installed (non-editable) flashpods_devhost carries them; git holds them only once.
+PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
+# An editable install or a run from the checkout: the repository's own copy.
+REPOSITORY_TEMPLATES = Path(__file__).resolve().parents[3] / "modules" / "flashpods"
+
+
 def template_dir() -> Path:
-    """Where the shared templates are: $FLASHPODS_TEMPLATE_DIR or the repository's."""
+    """Where the shared templates are, first match wins.
+
+    $FLASHPODS_TEMPLATE_DIR (tests point it at a modified copy), the templates packaged
+    with this module, the repository's modules/flashpods.
+    """
     override = os.environ.get(TEMPLATE_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[3] / "modules" / "flashpods"
+    for candidate in (PACKAGED_TEMPLATES, REPOSITORY_TEMPLATES):
+        if (candidate / FIREWALL_TEMPLATE).is_file():
+            return candidate
+    raise RenderError(
+        f"no templates in {PACKAGED_TEMPLATES} or {REPOSITORY_TEMPLATES}: install "
+        f"flashpods_devhost with scripts/lib/venv.sh (it packages modules/flashpods/*.in) "
+        f"or set {TEMPLATE_DIR_ENV} to a checkout's modules/flashpods"
+    )
 
 
 def fill(template: str, values: Mapping[str, str]) -> str:
@@ -58,7 +76,10 @@ def _read(name: str) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
-        raise RenderError(f"template {path} not found; set {TEMPLATE_DIR_ENV}") from None
+        raise RenderError(
+            f"template {path} not found; set {TEMPLATE_DIR_ENV} to a directory with "
+            f"{FIREWALL_TEMPLATE} and {RSYNCD_TEMPLATE} (a checkout's modules/flashpods)"
+        ) from None
 
 
 def _port(name: str, value: object) -> str:
