@@ -34,12 +34,14 @@ def sent_names(root):
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow  # runs the rsync program
 def test_measure_applies_the_default_excludes(project):
     size = transfer.measure(project, transfer.filter_args())
     # 50 files of 4096 bytes plus the 13-byte .gitignore; no .git, build/, *.log, artifacts
     assert size.bytes == 50 * 4096 + len("build/\n*.log\n")
 
 
+@pytest.mark.slow  # runs the rsync program
 def test_include_git_and_extra_excludes(project):
     with_git = transfer.measure(project, transfer.filter_args(include_git=True))
     assert with_git.bytes == 50 * 4096 + 13 + 100_000
@@ -53,6 +55,7 @@ def test_unusable_exclude_patterns(bad):
         transfer.filter_args(exclude=[bad])
 
 
+@pytest.mark.slow  # runs the rsync program
 def test_size_cap_is_a_clear_error(project):
     size = transfer.measure(project, transfer.filter_args())
     with pytest.raises(FlashpodsError, match="more than the cap of 1,000 bytes"):
@@ -107,6 +110,7 @@ def test_unknown_module_is_explained(project, rsync_daemon):
         transfer.upload(project, url, "up_aaaaaaaaaaaaaaaa", transfer.filter_args())
 
 
+@pytest.mark.slow  # runs the rsync program
 def test_refused_port_is_explained(project, unused_port):
     url = f"rsync://127.0.0.1:{unused_port}/uploads"
     with pytest.raises(FlashpodsError, match="refused the connection") as info:

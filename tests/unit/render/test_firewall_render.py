@@ -32,6 +32,7 @@ def test_every_placeholder_is_filled():
     assert "elements = { 10.255.255.53, 127.0.0.53 }" in text
 
 
+@pytest.mark.root  # nft -c in a new network namespace
 @pytest.mark.parametrize(
     "resolvers",
     [
@@ -44,6 +45,7 @@ def test_nft_accepts_the_rendered_ruleset(resolvers):
     check_firewall(render_firewall(**{**VALUES, "resolvers": resolvers}))
 
 
+@pytest.mark.root  # nft -c in a new network namespace
 def test_nft_check_reports_a_broken_ruleset():
     with pytest.raises(RenderError, match="checking the flashpods table failed"):
         check_firewall("table inet flashpods { chain c { nonsense } }\n")
@@ -98,6 +100,7 @@ def _tables(netns):
     return out.stdout.split("\n")
 
 
+@pytest.mark.root  # nft in a network namespace
 def test_load_is_atomic_repeatable_and_leaves_other_tables_alone(netns):
     # Another table (netavark's, the NixOS firewall's) must survive every load.
     subprocess.run(
@@ -137,6 +140,7 @@ def test_load_is_atomic_repeatable_and_leaves_other_tables_alone(netns):
     assert _tables(netns) == ["table inet other", ""]
 
 
+@pytest.mark.root  # nft in a network namespace
 def test_load_failure_names_nft_error(netns):
     with pytest.raises(RenderError, match="loading the flashpods table failed"):
         load_firewall("table inet flashpods { chain c { nonsense } }\n", netns=netns)

@@ -137,6 +137,7 @@ def tree(tmp_path):
     return src
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_laptop_uploads_and_group_flashpods_can_use_the_files(daemon, tree):
     result = _rsync("-r", "--perms", f"{tree}/", f"{daemon['url']}/up_a/")
     assert result.returncode == 0, result.stderr
@@ -149,6 +150,7 @@ def test_laptop_uploads_and_group_flashpods_can_use_the_files(daemon, tree):
     assert d.st_mode & 0o7777 == 0o2770
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_other_client_address_is_denied(daemon, tree):
     result = _rsync("-r", f"{tree}/", f"{daemon['url']}/up_b/", source="127.0.0.2")
     assert result.returncode != 0
@@ -157,6 +159,7 @@ def test_other_client_address_is_denied(daemon, tree):
     assert not (daemon["uploads"] / "up_b").exists()
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_module_is_not_listed_and_cannot_be_read(daemon, tree):
     assert _rsync("-r", f"{tree}/", f"{daemon['url']}/up_c/").returncode == 0
     listing = _rsync(daemon["url"].rsplit("/", 1)[0] + "/")
@@ -167,6 +170,7 @@ def test_module_is_not_listed_and_cannot_be_read(daemon, tree):
     assert not (daemon["root"] / "copy").exists()
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_kept_bases_are_usable_as_link_dest(daemon, tree):
     # -t: link-dest links files whose size and mtime match, as the MCP's uploads do.
     assert _rsync("-rt", f"{tree}/", f"{daemon['url']}/up_d/").returncode == 0
@@ -180,6 +184,7 @@ def test_kept_bases_are_usable_as_link_dest(daemon, tree):
     assert new.st_ino == (bases / "up_d" / "pkg" / "main.py").stat().st_ino
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_refused_options_are_refused(daemon, tree):
     result = _rsync("-r", "--temp-dir=/tmp", f"{tree}/", f"{daemon['url']}/up_f/")
     assert result.returncode != 0
@@ -188,6 +193,7 @@ def test_refused_options_are_refused(daemon, tree):
     assert result.returncode != 0
 
 
+@pytest.mark.root  # a real rsync daemon as root (chroot, uid switch)
 def test_a_symlink_cannot_carry_writes_outside_the_module(daemon, tmp_path):
     outside = daemon["root"] / "outside"
     outside.mkdir()

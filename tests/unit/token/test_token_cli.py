@@ -48,6 +48,7 @@ def test_missing_config_variable_says_what_to_set():
     assert out.returncode == 2 and "FLASHPODS_TOKEN_CONFIG" in out.stderr
 
 
+@pytest.mark.root  # switches to the token user with setpriv
 def test_peer_mode_without_cap_sys_ptrace_refuses_to_start(
     tmp_path, secret_files, podman, sock_dir
 ):

@@ -14,6 +14,9 @@ import time
 import pytest
 from conftest import SECRETS, base_config, exchange
 
+# unshare --pid and reading other processes' namespaces need root.
+pytestmark = pytest.mark.root
+
 CLIENT = r"""
 import http.client, json, socket, sys
 class C(http.client.HTTPConnection):

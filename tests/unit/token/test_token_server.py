@@ -232,6 +232,7 @@ def test_unknown_route_and_method(spire_server):
     assert out.startswith(b"HTTP/1.1 400")
 
 
+@pytest.mark.root  # gives the socket to group flashpods
 def test_socket_is_0660_with_the_configured_group_and_no_tcp(
     tmp_path, secret_files, podman, bundle_file, start_server
 ):
