@@ -67,9 +67,11 @@ check_module() {
 	local lib_dir
 	lib_dir=$(nixpkgs_lib)
 	if [[ -z $lib_dir ]]; then
-		echo "SKIPPED: no copy of nixpkgs' lib. Set FLASHPODS_NIXPKGS_LIB to a checkout of" \
-			"nix-community/nixpkgs.lib (the directory that holds lib/default.nix) to evaluate" \
-			"the module's options and assertions here."
+		local where=${FLASHPODS_NIXPKGS_LIB:-/var/tmp/nixpkgs.lib}
+		echo "SKIPPED (only this step: lib.evalModules of the module, packages and flake):" \
+			"needs a copy of nixpkgs lib, which CI cannot fetch; none at $where." \
+			"Set FLASHPODS_NIXPKGS_LIB to a checkout of nix-community/nixpkgs.lib (the" \
+			"directory that holds lib/default.nix) to run it."
 		return 0
 	fi
 	local out

@@ -36,8 +36,9 @@ def nixpkgs_lib() -> Path | None:
 LIB = nixpkgs_lib()
 pytestmark = pytest.mark.skipif(
     NIX is None or LIB is None,
-    reason="needs nix-instantiate and a copy of nixpkgs' lib: set FLASHPODS_NIXPKGS_LIB to a "
-    "checkout of nix-community/nixpkgs.lib",
+    reason="needs a copy of nixpkgs lib, which CI cannot fetch (and nix-instantiate): set "
+    "FLASHPODS_NIXPKGS_LIB to a checkout of nix-community/nixpkgs.lib; the parse and "
+    "builtins-only checks (test_nix_parse.py, scripts/lib/check-nix.sh) run without it",
 )
 
 
