@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from . import render
+from . import render, stale
 from .host import DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
@@ -52,6 +52,15 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault(render.TEMPLATE_DIR_ENV, str(templates))
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Roots of crashed runs (services dead, containers gone, untouched for a while);
+    # FLASHPODS_TEST_KEEP_ROOT=1 keeps them, as it keeps this session's.
+    if os.environ.get("FLASHPODS_TEST_KEEP_ROOT") == "1":
+        return
+    for root in stale.remove_stale_roots(TEST_BASE):
+        print(f"flashpods-devhost: removed the stale test root {root}", file=sys.stderr)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[object]:
     report = yield
@@ -82,6 +91,8 @@ def devhost_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., De
         if failed:
             for name in SERVICE_ORDER:
                 print(f"--- {host.settings.root} {name}.log ---\n{host.log(name)}", file=sys.stderr)
+        if keep and host.settings.root.is_dir():
+            (host.settings.root / stale.KEPT_MARKER).touch()
         try:
             host.stop(remove_root=not keep)
         except Exception as error:  # stop the other hosts anyway, then report
