@@ -27,7 +27,8 @@ def _spawn_to_running(api: Api, command: str) -> tuple[float, str]:
     return time.perf_counter() - start, job["id"]
 
 
-def _measure(host, api: Api, samples: int) -> tuple[list[float], list[float]]:
+def _measure(host, api: Api, samples: int, between=None) -> tuple[list[float], list[float]]:
+    """Alternating samples of bare `podman run -d` and POST /jobs until running."""
     ours: list[float] = []
     bare: list[float] = []
     for _ in range(samples):
@@ -39,7 +40,23 @@ def _measure(host, api: Api, samples: int) -> tuple[list[float], list[float]]:
         # Clean up between samples so neither side pays for a growing container count.
         api.kill(job_id)
         host.podman("rm", "-f", "-t", "0", container)
+        if between:
+            between()
     return ours, bare
+
+
+def _result(rid: str, what: str, ours: list[float], bare: list[float], target: float, notes: str):
+    ratio = median(ours) / median(bare)
+    return Result(
+        id=rid,
+        what=what,
+        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
+        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
+        ratio=ratio,
+        target=f"<= {target:.2f}",
+        met=ratio <= target,
+        notes=notes,
+    )
 
 
 def cold(samples: int) -> Result:
@@ -47,17 +64,8 @@ def cold(samples: int) -> Result:
         api = Api(host)
         _measure(host, api, 2)  # warm the image cache and the API's connections
         ours, bare = _measure(host, api, samples)
-    ratio = median(ours) / median(bare)
-    return Result(
-        id="P1",
-        what="cold spawn: POST /jobs to running vs `podman run -d` (same image, same user)",
-        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
-        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
-        ratio=ratio,
-        target="<= 1.10",
-        met=ratio <= 1.10,
-        notes=f"{samples} alternating samples",
-    )
+    what = "cold spawn: POST /jobs to running vs `podman run -d` (same image, same user)"
+    return _result("P1", what, ours, bare, 1.10, f"{samples} alternating samples")
 
 
 def warm(samples: int) -> Result:
@@ -65,32 +73,14 @@ def warm(samples: int) -> Result:
     overrides = {"warm_pool": {"worker": 2}}
     with bench_host(max_concurrent_jobs=8, api_overrides=overrides) as host:
         api = Api(host)
-        _wait_pool(host, api, 2)
-        ours: list[float] = []
-        bare: list[float] = []
-        for _ in range(samples):
-            start = time.perf_counter()
-            container = bare_podman_run(host, "--userns=keep-id", WORKER_IMAGE, "sleep", "600")
-            bare.append(time.perf_counter() - start)
-            seconds, job_id = _spawn_to_running(api, "sleep 600")
-            ours.append(seconds)
-            api.kill(job_id)
-            host.podman("rm", "-f", "-t", "0", container)
-            _wait_pool(host, api, 1)
-    ratio = median(ours) / median(bare)
-    return Result(
-        id="P2",
-        what="warm start: POST /jobs to running through the warm pool vs `podman run -d`",
-        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
-        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
-        ratio=ratio,
-        target="<= 0.50",
-        met=ratio <= 0.5,
-        notes=f"{samples} alternating samples; pool refilled between samples",
-    )
+        _wait_pool(api, 2)
+        ours, bare = _measure(host, api, samples, between=lambda: _wait_pool(api, 1))
+    what = "warm start: POST /jobs to running through the warm pool vs `podman run -d`"
+    notes = f"{samples} alternating samples; pool refilled between samples"
+    return _result("P2", what, ours, bare, 0.50, notes)
 
 
-def _wait_pool(host, api: Api, at_least: int, timeout: float = 120) -> None:
+def _wait_pool(api: Api, at_least: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         health = api.session.get(f"{api.base}/healthz", timeout=30).json()
