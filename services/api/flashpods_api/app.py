@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -18,7 +17,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import artifacts, auth, ids, logs, validate
+from . import artifacts, auth, health, ids, logs, validate
 from .config import Config, from_dict, load
 from .errors import ApiError, bad_request, conflict, not_found
 from .jobs import DIR_MODE, Engine, Registrar, default_registrar
@@ -31,8 +30,6 @@ MAX_BODY = 1024 * 1024
 LOG_LIMIT_DEFAULT = 1024 * 1024
 LOG_LIMIT_MAX = 8 * 1024 * 1024
 FOLLOW_POLL_S = 0.2
-HEARTBEAT_STALE_S = 15.0
-MIN_FREE_BYTES = 256 * 1024 * 1024
 _TIMES = (
     "created_at",
     "claimed_at",
@@ -69,6 +66,7 @@ def create_app(
     store = store or Store(cfg.db_path, cfg.instance)
     runtime = runtime or Runtime(cfg.podman_url, cfg.instance)
     engine = Engine(cfg, store, runtime, registrar or default_registrar(cfg))
+    podman_probe = health.PodmanProbe(store, runtime, float(cfg.reaper["interval_s"]))
     token = auth.read_token(cfg.token_file)
     app.extensions["flashpods"] = engine
     _register_errors(app)
@@ -295,8 +293,7 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> Any:
-        checks = _health(store, runtime, cfg)
-        checks["warm_pool"] = _warm_health(engine)
+        checks = health.checks(store, podman_probe, cfg, engine)
         failing = [name for name, check in checks.items() if not check["ok"]]
         if failing:
             body = {
@@ -388,60 +385,6 @@ def _follow(store: Store, cfg: Config, job_id: str, offset: int, cap: int) -> An
         if final:
             return
         time.sleep(FOLLOW_POLL_S)
-
-
-def _health(store: Store, runtime: Runtime, cfg: Config) -> dict[str, dict[str, Any]]:
-    checks: dict[str, dict[str, Any]] = {}
-    try:
-        store.ping()
-        checks["db"] = {"ok": True, "detail": "reachable"}
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        checks["db"] = {"ok": False, "detail": f"the database does not answer ({exc})"}
-    try:
-        runtime.ping()
-        checks["podman"] = {"ok": True, "detail": "answering"}
-    except PodmanError as exc:
-        checks["podman"] = {"ok": False, "detail": f"podman does not answer: {exc}"}
-    try:
-        beat = store.last_beat("reaper")
-    except Exception:  # noqa: BLE001
-        beat = None
-    stale = max(HEARTBEAT_STALE_S, 10 * float(cfg.reaper["interval_s"]))
-    if beat is None:
-        checks["reaper"] = {
-            "ok": False,
-            "detail": "the reaper has never reported (is flashpods-reaper running?)",
-        }
-    elif time.time() - beat > stale:
-        checks["reaper"] = {
-            "ok": False,
-            "detail": f"the reaper's last heartbeat is {time.time() - beat:.0f} s old",
-        }
-    else:
-        checks["reaper"] = {"ok": True, "detail": f"heartbeat {time.time() - beat:.1f} s ago"}
-    low = []
-    storage = [str(p) for p in cfg.raw["storage"].values() if p]
-    for path in {os.path.dirname(cfg.db_path), *storage}:
-        try:
-            free = shutil.disk_usage(path).free
-        except OSError:
-            low.append(f"{path} is missing")
-            continue
-        if free < MIN_FREE_BYTES:
-            low.append(f"{path} has only {free // (1024 * 1024)} MiB free")
-    checks["disk"] = {"ok": not low, "detail": ", ".join(low) or "enough free space"}
-    return checks
-
-
-def _warm_health(engine: Engine) -> dict[str, Any]:
-    """Ready warm containers per kind (a pool below its target is filling, not failing)."""
-    targets = engine.warm.targets
-    try:
-        ready = engine.warm.ready_counts() if targets else {"worker": 0, "sub_agent": 0}
-    except Exception as exc:  # noqa: BLE001 - the db check reports the cause
-        return {"ok": True, "detail": f"unknown ({exc})", "ready": {}, "target": targets}
-    detail = ", ".join(f"{k}: {ready[k]}/{n} ready" for k, n in targets.items()) or "off"
-    return {"ok": True, "detail": detail, "ready": ready, "target": targets}
 
 
 def _register_errors(app: Flask) -> None:

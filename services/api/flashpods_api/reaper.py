@@ -74,7 +74,7 @@ class Reaper:
         # Jobs first, containers second: a job is 'running' only after its container
         # exists, so a running job missing from the later listing really is gone.
         active = self.store.jobs_in(("starting", "running"))
-        containers = {name: c for c in self.runtime.containers() for name in (c.get("Names") or [])}
+        containers = {name: c for c in self._list_containers() for name in (c.get("Names") or [])}
         active_ids = {job["id"] for job in active}
         for job in active:
             container = containers.get(job["id"])
@@ -89,6 +89,16 @@ class Reaper:
         if time.monotonic() - self._last_retention >= self._retention_every:
             self._last_retention = time.monotonic()
             self.retention()
+
+    def _list_containers(self) -> list[dict[str, Any]]:
+        """`podman ps`, recording whether Podman answered: /healthz reads that record."""
+        try:
+            found = self.runtime.containers()
+        except PodmanError as exc:
+            self.store.record_probe("podman", False, f"podman does not answer: {exc}")
+            raise
+        self.store.record_probe("podman", True, "answering")
+        return found
 
     # -- running jobs --------------------------------------------------------
 

@@ -71,6 +71,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS heartbeats (
         name TEXT PRIMARY KEY, at REAL NOT NULL, pid INTEGER NOT NULL
     )""",
+    # The reaper's latest check of a dependency (Podman), so /healthz need not spawn one.
+    """CREATE TABLE IF NOT EXISTS probes (
+        name TEXT PRIMARY KEY, at REAL NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL
+    )""",
 )
 
 _JSON_FIELDS = ("env", "resources", "workspace_changes")
@@ -440,6 +444,24 @@ class Store:
     def last_beat(self, name: str) -> float | None:
         rows = self._rows("SELECT at FROM heartbeats WHERE name=:n", n=f"{self.instance}:{name}")
         return rows[0]["at"] if rows else None
+
+    def record_probe(self, name: str, ok: bool, detail: str) -> None:
+        with self._tx(write=True):
+            self._exec(
+                "INSERT INTO probes (name, at, ok, detail) VALUES (:n, :at, :ok, :d)"
+                " ON CONFLICT(name) DO UPDATE SET at=:at, ok=:ok, detail=:d",
+                n=f"{self.instance}:{name}",
+                at=time.time(),
+                ok=int(ok),
+                d=detail,
+            )
+
+    def last_probe(self, name: str) -> dict[str, Any] | None:
+        """{"at", "ok", "detail"} of the latest recorded check, or None if there was none."""
+        rows = self._rows(
+            "SELECT at, ok, detail FROM probes WHERE name=:n", n=f"{self.instance}:{name}"
+        )
+        return {**rows[0], "ok": bool(rows[0]["ok"])} if rows else None
 
     def ping(self) -> None:
         self._rows("SELECT 1 AS one")

@@ -27,6 +27,7 @@ class FakeRuntime:
         self.normalized: list[str] = []
         self.fail_run: str | None = None
         self.down = False
+        self.pings = 0
 
     def run(self, spec: RunSpec) -> tuple[str, str | None]:
         if self.down:
@@ -65,6 +66,7 @@ class FakeRuntime:
         self.normalized.append(directory)
 
     def ping(self) -> None:
+        self.pings += 1
         if self.down:
             raise PodmanError("podman version failed: connection refused")
 

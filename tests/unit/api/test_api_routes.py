@@ -8,8 +8,9 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
 from api_fakes import TOKEN
-from flashpods_api.runtime import run_args
+from flashpods_api.runtime import PodmanError, run_args
 
 
 def test_upload_reserves_a_directory_and_rsync_url(host):
@@ -274,6 +275,8 @@ def test_healthz_names_the_failing_part(host):
     host.reaper.tick()
     assert host.client.get("/healthz").status_code == 200
     host.runtime.down = True
+    with pytest.raises(PodmanError):
+        host.reaper.tick()  # the reaper's `podman ps` fails and it records that
     resp = host.client.get("/healthz")
     assert resp.status_code == 503 and resp.get_json()["failing"] == ["podman"]
 
