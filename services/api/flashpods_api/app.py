@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -20,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from . import artifacts, auth, health, ids, logs, validate
 from .config import Config, from_dict, load
 from .errors import ApiError, bad_request, conflict, not_found
+from .filewatch import FileWatch
 from .jobs import DIR_MODE, Engine, Registrar, default_registrar
 from .runtime import PodmanError, Runtime
 from .store import FINAL, KINDS, STATUSES, QueueFull, Store, UploadUnavailable
@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 LOG_LIMIT_DEFAULT = 1024 * 1024
 LOG_LIMIT_MAX = 8 * 1024 * 1024
-FOLLOW_POLL_S = 0.2
+# A follower wakes on every write to the live log (inotify) and looks at the job's
+# status at least this often, so it notices the end even if no write announces it.
+FOLLOW_RECHECK_S = 0.5
+FOLLOW_CHUNK = 256 * 1024
 _TIMES = (
     "created_at",
     "claimed_at",
@@ -373,18 +376,23 @@ def _public(store: Store, job: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _follow(store: Store, cfg: Config, job_id: str, offset: int, cap: int) -> Any:
-    pos = offset
-    while True:
-        job = store.get_job(job_id)
-        final = job is None or job["status"] in FINAL
-        data = logs.read(cfg.logs_dir, job_id, pos, 256 * 1024, cap)
-        if data:
-            pos += len(data)
-            yield data
-            continue
-        if final:
-            return
-        time.sleep(FOLLOW_POLL_S)
+    follower = logs.Follower(cfg.logs_dir, job_id, offset, cap)
+    with FileWatch() as watch:
+        try:
+            while True:
+                # Watch before reading, so a write right after the read still wakes us.
+                watch.watch(follower.live_path)
+                # Status before data: a job seen final has written its last byte already.
+                job = store.get_job(job_id)
+                final = job is None or job["status"] in FINAL
+                while data := follower.read(FOLLOW_CHUNK):
+                    watch.changed()
+                    yield data
+                if final:
+                    return
+                watch.wait(FOLLOW_RECHECK_S)
+        finally:
+            follower.close()
 
 
 def _register_errors(app: Flask) -> None:

@@ -50,19 +50,21 @@ class Decoder:
     _pending: bytes = b""
 
     def feed(self, fh: BinaryIO) -> Iterator[bytes]:
+        while (block := self.step(fh)) is not None:
+            yield from block
+
+    def step(self, fh: BinaryIO, size: int = CHUNK) -> list[bytes] | None:
+        """Decode the next raw block: the outputs of its complete lines, None at EOF."""
         fh.seek(self.raw_pos)
-        while True:
-            block = fh.read(CHUNK)
-            if not block:
-                return
-            self.raw_pos += len(block)
-            data = self._pending + block
-            lines = data.split(b"\n")
-            self._pending = lines.pop()
-            for line in lines:
-                out = decode_line(line)
-                self.decoded += len(out)
-                yield out
+        block = fh.read(size)
+        if not block:
+            return None
+        self.raw_pos += len(block)
+        lines = (self._pending + block).split(b"\n")
+        self._pending = lines.pop()
+        outs = [decode_line(line) for line in lines]
+        self.decoded += sum(map(len, outs))
+        return outs
 
 
 def decoded_size(path: Path, decoder: Decoder | None = None) -> Decoder:
@@ -105,6 +107,63 @@ def read(logs_dir: Path, job_id: str, offset: int, limit: int, cap: int) -> byte
             if attempt:
                 return b""
     return b""
+
+
+class Follower:
+    """A job's decoded stream from `offset` on, read incrementally (for follow=1).
+
+    The live log is decoded once, not from its start on every read; once the final log
+    exists (written whole, then renamed in) the rest comes from there at the same offset.
+    """
+
+    def __init__(self, logs_dir: Path, job_id: str, offset: int, cap: int) -> None:
+        self.logs_dir = logs_dir
+        self.job_id = job_id
+        self.pos = offset
+        self.cap = cap
+        self._live: BinaryIO | None = None
+        self._decoder = Decoder()
+        self._ready = bytearray()  # decoded live bytes at self.pos.., not yet returned
+
+    @property
+    def live_path(self) -> Path:
+        return ctr_log_path(self.logs_dir, self.job_id)
+
+    def read(self, limit: int) -> bytes:
+        """Up to `limit` new bytes (b"" when nothing new was written yet)."""
+        try:
+            with open(final_log_path(self.logs_dir, self.job_id), "rb") as fh:
+                self.close()
+                fh.seek(self.pos)
+                data = fh.read(limit)
+        except FileNotFoundError:
+            data = self._read_live(limit)
+        self.pos += len(data)
+        return data
+
+    def _read_live(self, limit: int) -> bytes:
+        if self._live is None:
+            try:
+                self._live = open(self.live_path, "rb")  # noqa: SIM115 - kept open across reads
+            except FileNotFoundError:
+                return b""
+        while len(self._ready) < limit and self._decoder.decoded < self.cap:
+            before = self._decoder.decoded
+            outs = self._decoder.step(self._live, max(CHUNK, limit))
+            if outs is None:
+                break
+            data = b"".join(outs)[: max(0, self.cap - before)]
+            skip = max(0, self.pos + len(self._ready) - before)  # bytes before `offset`
+            self._ready += data[skip:]
+        out = bytes(self._ready[:limit])
+        del self._ready[:limit]
+        return out
+
+    def close(self) -> None:
+        self._ready.clear()
+        if self._live is not None:
+            self._live.close()
+            self._live = None
 
 
 def _slice(chunks: Iterator[bytes], offset: int, limit: int) -> bytes:
