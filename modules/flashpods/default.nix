@@ -124,6 +124,19 @@ in
         default = 2;
         description = "gunicorn worker processes of the API (each runs many threads).";
       };
+      warmPool = lib.mkOption {
+        type = lib.types.attrsOf lib.types.ints.unsigned;
+        default = { };
+        example = {
+          worker = 2;
+          sub_agent = 0;
+        };
+        description = ''
+          Warm containers kept created and started ahead of demand, per job kind
+          (`worker`, `sub_agent`); a spawn takes one and hands it its command.
+          Empty: every job starts cold. Rendered as the API's `warm_pool`.
+        '';
+      };
       maxConcurrentJobs = lib.mkOption {
         type = lib.types.ints.positive;
         default = 4;
@@ -293,6 +306,11 @@ in
       workspaces = pathOption "/var/lib/flashpods/workspaces" "Per-job workspaces mounted at /workspace.";
       db = pathOption "/var/lib/flashpods/db" "Directory of the job database (flashpods.db).";
       logs = pathOption "/var/log/flashpods" "Per-job logs.";
+      control = pathOption "/var/lib/flashpods/control" ''
+        Per-job hand-over directories of warm containers (mounted read-only at
+        /flashpods/control). Its parent directory must not be writable by group
+        flashpods, so a job cannot swap the directory out.
+      '';
     };
 
     rsync.port = lib.mkOption {
@@ -365,6 +383,19 @@ in
       {
         assertion = lib.elem cfg.api.images.worker cfg.api.images.allowed && lib.elem cfg.api.images.subAgent cfg.api.images.allowed;
         message = "services.flashpods.api.images.allowed must contain api.images.worker and api.images.subAgent.";
+      }
+      {
+        assertion = builtins.all (kind: lib.elem kind [ "worker" "sub_agent" ]) (builtins.attrNames cfg.api.warmPool);
+        message = "services.flashpods.api.warmPool: keys must be job kinds, worker or sub_agent.";
+      }
+      {
+        assertion =
+          let
+            parent = builtins.dirOf (toString cfg.storage.control);
+            groupWritable = with cfg.storage; [ uploads workspaces artifacts logs ];
+          in
+          !(builtins.elem parent (map toString groupWritable));
+        message = "services.flashpods.storage.control must not lie directly inside uploads, workspaces, artifacts or logs: those are writable by group flashpods, which could then replace the control directory. Use e.g. \"/var/lib/flashpods/control\".";
       }
       {
         assertion = cfg.api.port != cfg.rsync.port;

@@ -61,6 +61,7 @@ let
     artifacts
     logs
     db
+    control
   ];
 
   apiUnitBase = unit: {
@@ -125,8 +126,10 @@ in
           workspaces
           artifacts
           logs
+          control
           ;
       };
+      warm_pool = cfg.api.warmPool;
       podman_url = "unix://${cfg.podman.socket}";
       rsync_url = "rsync://${hostIp}:${toString cfg.rsync.port}/uploads";
       # Second layer behind the firewall: only the laptop's address.

@@ -10,16 +10,36 @@ let
     };
   };
   apiShared = dir "flashpods-api" "flashpods" "2770";
+  controlParent = builtins.dirOf (toString cfg.storage.control);
+  declared = map toString (
+    with cfg.storage;
+    [
+      uploads
+      workspaces
+      artifacts
+      logs
+      db
+    ]
+  );
 in
 {
   config = lib.mkIf cfg.enable {
-    systemd.tmpfiles.settings."10-flashpods" = {
+    systemd.tmpfiles.settings."10-flashpods" =
+      # The control dir's parent (default /var/lib/flashpods): root's, not group-writable.
+      lib.optionalAttrs (!(builtins.elem controlParent declared)) {
+        ${controlParent} = dir "root" "root" "0755";
+      }
+      // {
       ${cfg.storage.uploads} = apiShared;
       "${cfg.storage.uploads}/.bases" = dir "flashpods-api" "flashpods" "2750";
       ${cfg.storage.workspaces} = apiShared;
       ${cfg.storage.artifacts} = apiShared;
       ${cfg.storage.logs} = apiShared;
       ${cfg.storage.db} = dir "flashpods-api" "flashpods-api" "0700";
+      # Warm containers' hand-over dirs: the API writes, jobs (group flashpods)
+      # read. Its parent is root's and not group-writable (default.nix asserts
+      # it is none of the shared dirs), so no job can swap the directory.
+      ${cfg.storage.control} = dir "flashpods-api" "flashpods" "2750";
       # The token socket's directory: writable by the token service only (so
       # no one else can replace its socket), traversable by group flashpods
       # (containers, the API, the SPIRE agent) to reach the sockets inside.

@@ -153,6 +153,22 @@ in
       api.defaultTimeout = "2d";
     })).systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG;
     sshOpenPublicly = (evaluate (withFlashpods { ssh.openPublicly = true; })).services.openssh.openFirewall;
+    # A warm pool and a control dir elsewhere reach the API config and tmpfiles.
+    warm =
+      let
+        c = evaluate (withFlashpods {
+          api.warmPool = {
+            worker = 2;
+            sub_agent = 1;
+          };
+          storage.control = "/srv/flashpods/control";
+        });
+      in
+      {
+        apiConfig = builtins.fromJSON c.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG;
+        tmpfiles = c.systemd.tmpfiles.settings."10-flashpods";
+        failedAssertions = failedAssertions c;
+      };
   };
 
   broken = {
@@ -183,6 +199,12 @@ in
     }));
     samePorts = failedAssertions (evaluate (withFlashpods {
       rsync.port = 8080;
+    }));
+    controlInWorkspaces = failedAssertions (evaluate (withFlashpods {
+      storage.control = "/var/lib/flashpods/workspaces/.control";
+    }));
+    badWarmKind = failedAssertions (evaluate (withFlashpods {
+      api.warmPool.agent = 1;
     }));
     badDurationFails = evaluationFails (withFlashpods { retention.logs = "one day"; }) (
       c: c.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG

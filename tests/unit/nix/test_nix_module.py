@@ -255,6 +255,13 @@ def test_storage_layout_has_the_modes_of_design_md(valid):
         "group": "flashpods",
         "mode": "0750",
     }
+    # Warm containers' control dir: the API writes, jobs read; its parent is root's.
+    assert dirs["/var/lib/flashpods/control"] == {
+        "user": "flashpods-api",
+        "group": "flashpods",
+        "mode": "2750",
+    }
+    assert dirs["/var/lib/flashpods"] == {"user": "root", "group": "root", "mode": "0755"}
     # Retention belongs to the reaper: tmpfiles must never age a job's files away.
     assert all("age" not in d for d in dirs.values())
 
@@ -311,6 +318,24 @@ def test_settings_override_generated_keys_and_durations_convert(evaluated):
     assert cfg["default_timeout_s"] == 2 * 86400
 
 
+def test_warm_pool_and_control_dir_reach_the_api_config(valid, evaluated):
+    from flashpods_api import config as api_config
+
+    default = api_config.from_dict(valid["apiConfig"])
+    assert default.raw["warm_pool"] == {}
+    assert str(default.control_dir) == "/var/lib/flashpods/control"
+    warm = evaluated["overrides"]["warm"]
+    assert warm["failedAssertions"] == []
+    parsed = api_config.from_dict(warm["apiConfig"])
+    assert parsed.raw["warm_pool"] == {"worker": 2, "sub_agent": 1}
+    assert str(parsed.control_dir) == "/srv/flashpods/control"
+    assert warm["tmpfiles"]["/srv/flashpods"]["d"]["mode"] == "0755"
+    assert warm["tmpfiles"]["/srv/flashpods/control"]["d"]["mode"] == "2750"
+    units = valid["units"]
+    for unit in ("flashpods-api", "flashpods-reaper"):
+        assert "/var/lib/flashpods/control" in units[unit]["serviceConfig"]["ReadWritePaths"]
+
+
 BROKEN_CASES = {
     # case name -> option every message must name
     "missingEverything": [
@@ -324,6 +349,8 @@ BROKEN_CASES = {
     "addressWithoutPrefix": ["services.flashpods.wireguard.hostAddress"],
     "oldSpire": ["services.flashpods.spire.package", "1.9.0"],
     "samePorts": ["services.flashpods.rsync.port"],
+    "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
+    "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
 }
 
 
