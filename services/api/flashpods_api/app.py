@@ -33,6 +33,7 @@ LOG_LIMIT_MAX = 8 * 1024 * 1024
 # status at least this often, so it notices the end even if no write announces it.
 FOLLOW_RECHECK_S = 0.5
 FOLLOW_CHUNK = 256 * 1024
+FILE_BLOCK = 1024 * 1024
 _TIMES = (
     "created_at",
     "claimed_at",
@@ -219,8 +220,16 @@ def create_app(
                 _follow(store, cfg, job_id, offset, cap), mimetype="application/octet-stream"
             )
         final = job["status"] in FINAL
+        raw = request.args.get("format") == "raw"
+        if raw and (opened := logs.open_final(cfg.logs_dir, job_id, offset, limit)):
+            fh, length = opened
+            headers = {
+                "X-Flashpods-Next-Offset": str(offset + length),
+                "X-Flashpods-Final": str(final).lower(),
+            }
+            return _file_response(fh, length, headers)
         data = logs.read(cfg.logs_dir, job_id, offset, limit, cap)
-        if request.args.get("format") == "raw":
+        if raw:
             headers = {
                 "X-Flashpods-Next-Offset": str(offset + len(data)),
                 "X-Flashpods-Final": str(final).lower(),
@@ -260,8 +269,12 @@ def create_app(
     @app.get("/jobs/<job_id>/artifacts.tar")
     def artifacts_tar(job_id: str) -> Any:
         job = _artifacts_job(job_id)
-        stream = artifacts.stream_tar(cfg.artifacts_dir, job_id, job["artifacts_glob"])
-        headers = {"Content-Disposition": f'attachment; filename="{job_id}-artifacts.tar"'}
+        members, length = artifacts.tar_plan(cfg.artifacts_dir, job_id, job["artifacts_glob"])
+        headers = {
+            "Content-Disposition": f'attachment; filename="{job_id}-artifacts.tar"',
+            "Content-Length": str(length),
+        }
+        stream = artifacts.stream_tar(members)
         return Response(
             stream, mimetype="application/x-tar", headers=headers, direct_passthrough=True
         )
@@ -287,12 +300,7 @@ def create_app(
                 f"{path!r} is a {exc.reason}, not a regular file; only regular files are served.",
             ) from None
         size = os.fstat(fd).st_size
-        return Response(
-            artifacts.stream_fd(fd, size),
-            mimetype="application/octet-stream",
-            headers={"Content-Length": str(size)},
-            direct_passthrough=True,
-        )
+        return _file_response(os.fdopen(fd, "rb"), size)
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -373,6 +381,29 @@ def _public(store: Store, job: dict[str, Any] | None) -> dict[str, Any]:
     if job["status"] == "queued":
         out["queue_position"] = store.queue_position(job)
     return out
+
+
+def _file_response(fh: Any, length: int, headers: dict[str, str] | None = None) -> Response:
+    """`length` bytes of an open file from its position, by sendfile where the server can.
+
+    gunicorn's wsgi.file_wrapper goes to os.sendfile with count = Content-Length (the
+    bytes never pass through Python); elsewhere the body is read in large blocks.
+    """
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    body = wrapper(fh, FILE_BLOCK) if wrapper else _read_exactly(fh, length)
+    return Response(
+        body,
+        mimetype="application/octet-stream",
+        headers={"Content-Length": str(length), **(headers or {})},
+        direct_passthrough=True,
+    )
+
+
+def _read_exactly(fh: Any, length: int) -> Any:
+    with fh:
+        while length > 0 and (block := fh.read(min(FILE_BLOCK, length))):
+            length -= len(block)
+            yield block
 
 
 def _follow(store: Store, cfg: Config, job_id: str, offset: int, cap: int) -> Any:

@@ -166,6 +166,20 @@ class Follower:
             self._live = None
 
 
+def open_final(logs_dir: Path, job_id: str, offset: int, limit: int) -> tuple[BinaryIO, int] | None:
+    """The final log opened at `offset` and how many bytes (<= limit) to send from there.
+
+    None while the job has no final log yet (its bytes are decoded from the live log).
+    """
+    try:
+        fh = open(final_log_path(logs_dir, job_id), "rb")  # noqa: SIM115 - the response closes it
+    except FileNotFoundError:
+        return None
+    size = os.fstat(fh.fileno()).st_size
+    fh.seek(min(offset, size))
+    return fh, max(0, min(limit, size - offset))
+
+
 def _slice(chunks: Iterator[bytes], offset: int, limit: int) -> bytes:
     pos = 0
     out = bytearray()
