@@ -86,7 +86,12 @@ def test_link_dest_basis_makes_a_reupload_cheap(tmp_path, rsync_daemon):
     bases = rsync_daemon.uploads / ".bases"
     bases.mkdir()
     (rsync_daemon.uploads / "up_1111111111111111").rename(bases / "up_1111111111111111")
-    (tree / "src" / "f0000.txt").write_bytes(os.urandom(2048))  # one file changed
+    changed = tree / "src" / "f0000.txt"
+    changed.write_bytes(os.urandom(2048))  # one file changed
+    # rsync's quick check compares size and mtime: rewritten within the same second at
+    # the same size, the file would pass for unchanged (and be hard-linked to the basis).
+    later = changed.stat().st_mtime + 10
+    os.utime(changed, (later, later))
     second = transfer.upload(
         tree,
         rsync_daemon.url,
