@@ -408,6 +408,9 @@ def _read_exactly(fh: Any, length: int) -> Any:
 
 def _follow(store: Store, cfg: Config, job_id: str, offset: int, cap: int) -> Any:
     follower = logs.Follower(cfg.logs_dir, job_id, offset, cap)
+    # gunicorn sends the status line with the first write: an empty one answers at once,
+    # so a client of a still silent job is not left waiting for headers.
+    yield b""
     with FileWatch() as watch:
         try:
             while True:
