@@ -385,14 +385,21 @@ in
         message = "services.flashpods.api.images.allowed must contain api.images.worker and api.images.subAgent.";
       }
       {
-        assertion = builtins.all (kind: lib.elem kind [ "worker" "sub_agent" ]) (builtins.attrNames cfg.api.warmPool);
+        assertion = lib.all (kind: kind == "worker" || kind == "sub_agent") (
+          builtins.attrNames cfg.api.warmPool
+        );
         message = "services.flashpods.api.warmPool: keys must be job kinds, worker or sub_agent.";
       }
       {
         assertion =
           let
             parent = builtins.dirOf (toString cfg.storage.control);
-            groupWritable = with cfg.storage; [ uploads workspaces artifacts logs ];
+            groupWritable = with cfg.storage; [
+              uploads
+              workspaces
+              artifacts
+              logs
+            ];
           in
           !(builtins.elem parent (map toString groupWritable));
         message = "services.flashpods.storage.control must not lie directly inside uploads, workspaces, artifacts or logs: those are writable by group flashpods, which could then replace the control directory. Use e.g. \"/var/lib/flashpods/control\".";

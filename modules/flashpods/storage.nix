@@ -21,15 +21,14 @@ let
       db
     ]
   );
+  # The control dir's parent (default /var/lib/flashpods): root's, not group-writable.
+  controlParentEntry = lib.optionalAttrs (!(builtins.elem controlParent declared)) {
+    ${controlParent} = dir "root" "root" "0755";
+  };
 in
 {
   config = lib.mkIf cfg.enable {
-    systemd.tmpfiles.settings."10-flashpods" =
-      # The control dir's parent (default /var/lib/flashpods): root's, not group-writable.
-      lib.optionalAttrs (!(builtins.elem controlParent declared)) {
-        ${controlParent} = dir "root" "root" "0755";
-      }
-      // {
+    systemd.tmpfiles.settings."10-flashpods" = controlParentEntry // {
       ${cfg.storage.uploads} = apiShared;
       "${cfg.storage.uploads}/.bases" = dir "flashpods-api" "flashpods" "2750";
       ${cfg.storage.workspaces} = apiShared;
