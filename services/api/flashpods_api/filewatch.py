@@ -11,10 +11,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import logging
 import os
 import select
 import struct
 import time
+
+log = logging.getLogger(__name__)
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
@@ -57,9 +60,13 @@ class FileWatch:
         if self._watched == key:
             return True
         if _libc.inotify_add_watch(self.fd, os.fsencode(key), MASK) < 0:
-            if ctypes.get_errno() == errno.ENOENT:
+            err = ctypes.get_errno()
+            if err == errno.ENOENT:
                 return False
-            raise OSError(ctypes.get_errno(), f"inotify_add_watch {key}")
+            # Out of watches (fs.inotify.max_user_watches) or similar: poll instead.
+            log.warning("inotify_add_watch %s: %s; polling instead", key, os.strerror(err))
+            self.close()
+            return os.path.exists(key)
         self._watched = key
         return True
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import random
 import threading
 import time
@@ -112,3 +114,19 @@ def test_without_inotify_the_watch_polls_fast_after_data_and_backs_off(tmp_path,
         start = time.monotonic()
         watch.wait(10)
         assert time.monotonic() - start < 0.1
+
+
+def test_a_watch_the_kernel_refuses_turns_into_polling(tmp_path, monkeypatch):
+    path = tmp_path / "refused.ctr.log"
+    path.write_bytes(b"")
+
+    def refuse(_fd, _path, _mask):
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    with filewatch.FileWatch() as watch:
+        monkeypatch.setattr(filewatch._libc, "inotify_add_watch", refuse)
+        assert watch.watch(path) is True and not watch.uses_inotify
+        start = time.monotonic()
+        watch.wait(10)
+        assert time.monotonic() - start < 0.1  # a short poll, not the whole timeout
