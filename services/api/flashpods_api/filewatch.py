@@ -21,14 +21,13 @@ log = logging.getLogger(__name__)
 
 IN_MODIFY = 0x002
 IN_ATTRIB = 0x004
-IN_CLOSE_WRITE = 0x008
 IN_MOVE_SELF = 0x800
 IN_DELETE_SELF = 0x400
 IN_IGNORED = 0x8000  # the kernel dropped the watch (the file is gone)
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 # Appends, and unlink/rename of the file (nlink changes are IN_ATTRIB).
-MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVE_SELF | IN_DELETE_SELF
+MASK = IN_MODIFY | IN_ATTRIB | IN_MOVE_SELF | IN_DELETE_SELF
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event without its name
 POLL_MIN_S = 0.01

@@ -38,11 +38,8 @@ class PodmanProbe:
         self._cached: dict[str, Any] | None = None
         self._cached_at = 0.0
 
-    def check(self) -> dict[str, Any]:
-        try:
-            record = self.store.last_probe("podman")
-        except Exception:  # noqa: BLE001 - the db check reports the cause; ask Podman
-            record = None
+    def check(self, record: dict[str, Any] | None) -> dict[str, Any]:
+        """`record`: the reaper's last Podman check (None if unknown or unreadable)."""
         if record is not None:
             age = time.time() - record["at"]
             if age <= self.record_stale_s:
@@ -66,22 +63,19 @@ class PodmanProbe:
 def checks(store: Store, podman: PodmanProbe, cfg: Config, engine: Engine) -> dict[str, Any]:
     out: dict[str, dict[str, Any]] = {}
     try:
-        store.ping()
+        snapshot = store.health_snapshot()  # one query: it also proves the DB answers
         out["db"] = {"ok": True, "detail": "reachable"}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
+        snapshot = {"reaper_at": None, "podman": None}
         out["db"] = {"ok": False, "detail": f"the database does not answer ({exc})"}
-    out["podman"] = podman.check()
-    out["reaper"] = _reaper(store, cfg)
+    out["podman"] = podman.check(snapshot["podman"])
+    out["reaper"] = _reaper(snapshot["reaper_at"], cfg)
     out["disk"] = _disk(cfg)
     out["warm_pool"] = _warm(engine)
     return out
 
 
-def _reaper(store: Store, cfg: Config) -> dict[str, Any]:
-    try:
-        beat = store.last_beat("reaper")
-    except Exception:  # noqa: BLE001 - the db check reports the cause
-        beat = None
+def _reaper(beat: float | None, cfg: Config) -> dict[str, Any]:
     stale = max(HEARTBEAT_STALE_S, 10 * float(cfg.reaper["interval_s"]))
     if beat is None:
         hint = "the reaper has never reported (is flashpods-reaper running?)"

@@ -441,10 +441,6 @@ class Store:
                 pid=pid,
             )
 
-    def last_beat(self, name: str) -> float | None:
-        rows = self._rows("SELECT at FROM heartbeats WHERE name=:n", n=f"{self.instance}:{name}")
-        return rows[0]["at"] if rows else None
-
     def record_probe(self, name: str, ok: bool, detail: str) -> None:
         with self._tx(write=True):
             self._exec(
@@ -456,15 +452,25 @@ class Store:
                 d=detail,
             )
 
-    def last_probe(self, name: str) -> dict[str, Any] | None:
-        """{"at", "ok", "detail"} of the latest recorded check, or None if there was none."""
-        rows = self._rows(
-            "SELECT at, ok, detail FROM probes WHERE name=:n", n=f"{self.instance}:{name}"
-        )
-        return {**rows[0], "ok": bool(rows[0]["ok"])} if rows else None
-
     def ping(self) -> None:
         self._rows("SELECT 1 AS one")
+
+    def health_snapshot(self) -> dict[str, Any]:
+        """The reaper's heartbeat and its last Podman check in one query (for /healthz).
+
+        {"reaper_at": float | None, "podman": {"at", "ok", "detail"} | None}
+        """
+        row = self._rows(
+            "SELECT (SELECT at FROM heartbeats WHERE name=:beat) AS reaper_at,"
+            " p.at AS at, p.ok AS ok, p.detail AS detail"
+            " FROM (SELECT 1) LEFT JOIN probes p ON p.name=:probe",
+            beat=f"{self.instance}:reaper",
+            probe=f"{self.instance}:podman",
+        )[0]
+        podman = None
+        if row["at"] is not None:
+            podman = {"at": row["at"], "ok": bool(row["ok"]), "detail": row["detail"]}
+        return {"reaper_at": row["reaper_at"], "podman": podman}
 
 
 def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:

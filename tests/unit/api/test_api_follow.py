@@ -79,6 +79,8 @@ def test_the_watch_wakes_on_an_append_without_waiting_out_its_timeout(tmp_path):
         timer.start()
         watch.wait(10)
         assert time.monotonic() - start < 2
+        timer.join()
+        watch.wait(0.05)  # any later event of that same write
         start = time.monotonic()
         watch.wait(0.2)  # nothing new: the timeout ends the wait
         assert time.monotonic() - start >= 0.15
@@ -109,7 +111,7 @@ def test_without_inotify_the_watch_polls_fast_after_data_and_backs_off(tmp_path,
             start = time.monotonic()
             watch.wait(10)
             waits.append(time.monotonic() - start)
-        assert waits[0] < 0.1 and 0.15 <= waits[-1] < 1
+        assert waits[0] < waits[-1] and 0.15 <= waits[-1] < 1
         watch.changed()
         start = time.monotonic()
         watch.wait(10)
