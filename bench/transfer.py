@@ -53,11 +53,17 @@ def _download_log(api: Api, job_id: str, sink) -> int:
             f"{api.base}/jobs/{job_id}/logs",
             params={"offset": offset, "limit": 8 * MIB, "format": "raw"},
             timeout=120,
+            stream=True,
         )
         response.raise_for_status()
-        sink.write(response.content)
+        # Large reads: requests' own .content reads 10 KiB at a time and would measure
+        # the client, not the server.
+        got = 0
+        while block := response.raw.read(1 << 20):
+            sink.write(block)
+            got += len(block)
         offset = int(response.headers["X-Flashpods-Next-Offset"])
-        if response.headers["X-Flashpods-Final"] == "true" and not response.content:
+        if response.headers["X-Flashpods-Final"] == "true" and not got:
             return offset
 
 
