@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 LOG_LIMIT_DEFAULT = 1024 * 1024
 LOG_LIMIT_MAX = 8 * 1024 * 1024
+# A finished job's raw log goes out by sendfile, never through memory, so a client may ask
+# for the whole log in one page; anything read into memory stays capped at LOG_LIMIT_MAX.
+RAW_FINAL_LIMIT_MAX = 1024 * 1024 * 1024
 # A follower wakes on every write to the live log (inotify) and looks at the job's
 # status at least this often, so it notices the end even if no write announces it.
 FOLLOW_RECHECK_S = 0.5
@@ -204,7 +207,9 @@ def create_app(
     def job_logs(job_id: str) -> Any:
         job = _job(job_id)
         offset = validate.query_int(request.args, "offset", 0, 0, 2**62)
-        limit = validate.query_int(request.args, "limit", LOG_LIMIT_DEFAULT, 1, LOG_LIMIT_MAX)
+        limit = validate.query_int(
+            request.args, "limit", LOG_LIMIT_DEFAULT, 1, RAW_FINAL_LIMIT_MAX
+        )
         follow = request.args.get("follow", "0")
         if follow not in ("0", "1"):
             raise bad_request("bad_follow", "'follow' must be 0 or 1.")
@@ -228,6 +233,8 @@ def create_app(
                 "X-Flashpods-Final": str(final).lower(),
             }
             return _file_response(fh, length, headers)
+        # Read into memory: a shorter page than asked is fine, next_offset says where to go on.
+        limit = min(limit, LOG_LIMIT_MAX)
         data = logs.read(cfg.logs_dir, job_id, offset, limit, cap)
         if raw:
             headers = {
