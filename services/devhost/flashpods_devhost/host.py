@@ -213,7 +213,9 @@ class DevHost:
         if not self.api_port:
             self.api_port = probes.free_port(s.api_host, s.netns)
         if not self.rsync_port:
-            self.rsync_port = probes.free_port(s.rsync_host, s.netns)
+            # free_port releases its socket: the kernel may hand out the same port twice.
+            while self.rsync_port in (0, self.api_port):
+                self.rsync_port = probes.free_port(s.rsync_host, s.netns)
         self.api_token = layout.api_token()
         secret_files = layout.write_secrets(s.secrets)
         self.api_config = configs.api_config(
