@@ -207,9 +207,7 @@ def create_app(
     def job_logs(job_id: str) -> Any:
         job = _job(job_id)
         offset = validate.query_int(request.args, "offset", 0, 0, 2**62)
-        limit = validate.query_int(
-            request.args, "limit", LOG_LIMIT_DEFAULT, 1, RAW_FINAL_LIMIT_MAX
-        )
+        limit = validate.query_int(request.args, "limit", LOG_LIMIT_DEFAULT, 1, RAW_FINAL_LIMIT_MAX)
         follow = request.args.get("follow", "0")
         if follow not in ("0", "1"):
             raise bad_request("bad_follow", "'follow' must be 0 or 1.")

@@ -57,7 +57,9 @@ def test_worker_reads_its_upload_writes_output_and_an_artifact(api):
     diff = api.get(f"/jobs/{job['id']}/artifacts/_workspace/changes.diff").text
     assert "-old\n+changed\n" in diff
     assert wait_no_containers(api.host) == []  # removed after the exit code and log were recorded
-    assert not (api.host.paths.workspaces / job["id"]).exists()
+    # The final status is recorded before the workspace goes (a crash in between keeps
+    # the recorded changes; the reaper removes strays), so wait for the removal.
+    assert _eventually_gone(api.host.paths.workspaces / job["id"])
 
     # The next upload can use this one as its rsync --link-dest basis.
     again = api.upload({"input.txt": "forty-two\n"}, basis=upload["upload_id"])
@@ -152,7 +154,9 @@ def test_files_a_job_locked_are_still_collected_and_removed(api):
     )
     done = api.wait(job["id"])
     assert done["status"] == "succeeded"
-    assert not (api.host.paths.workspaces / job["id"]).exists()
+    # The final status is recorded before the workspace goes (a crash in between keeps
+    # the recorded changes; the reaper removes strays), so wait for the removal.
+    assert _eventually_gone(api.host.paths.workspaces / job["id"])
     assert api.get(f"/jobs/{job['id']}/artifacts/mine.txt").content == b"secret\n"
 
 
@@ -200,4 +204,15 @@ def test_a_start_podman_refuses_fails_the_job_with_podman_s_reason(devhost_facto
     assert done["status"] == "failed" and done["started_at"] is None
     assert "could not be started" in done["error"] and "flashpods-missing" in done["error"]
     assert wait_no_containers(api.host) == []
-    assert not (api.host.paths.workspaces / job["id"]).exists()
+    # The final status is recorded before the workspace goes (a crash in between keeps
+    # the recorded changes; the reaper removes strays), so wait for the removal.
+    assert _eventually_gone(api.host.paths.workspaces / job["id"])
+
+
+def _eventually_gone(path, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
