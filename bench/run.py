@@ -77,6 +77,9 @@ def render(results: list[Result], errors: list[str], smoke: bool) -> str:
         lines += ["", "Notes:", "", *notes]
     if errors:
         lines += ["", "Benchmarks that crashed:", "", *[f"- {e}" for e in errors]]
+    history = Path(__file__).with_name("history.md")
+    if history.exists():
+        lines += ["", history.read_text().rstrip()]
     return "\n".join(lines) + "\n"
 
 
