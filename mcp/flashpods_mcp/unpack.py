@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import tarfile
@@ -94,16 +95,42 @@ def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dirs: _DirCache, 
             raise IsADirectoryError(errno.EISDIR, "not a regular file")
         os.ftruncate(fd, 0)
         os.fchmod(fd, mode)
-        source = tar.extractfile(member)
-        size = 0
-        if source is not None:
-            while chunk := source.read(COPY_CHUNK):
-                _write_all(fd, chunk)
-                size += len(chunk)
+        size = _copy_in_kernel(tar, member, fd)
+        if size is None:
+            size = 0
+            source = tar.extractfile(member)
+            if source is not None:
+                while chunk := source.read(COPY_CHUNK):
+                    _write_all(fd, chunk)
+                    size += len(chunk)
         os.utime(fd, (member.mtime, member.mtime))
         return size
     finally:
         os.close(fd)
+
+
+def _copy_in_kernel(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int | None:
+    """Copy a member's bytes straight from an uncompressed tar file with copy_file_range
+    (no pass through Python); None when the archive is compressed or the member sparse."""
+    raw = tar.fileobj
+    if tar.mode != "r" or member.issparse() or not isinstance(raw, io.BufferedReader):
+        return None
+    source_fd = raw.fileno()
+    offset, left = member.offset_data, member.size
+    try:
+        while left:
+            copied = os.copy_file_range(source_fd, fd, left, offset, None)
+            if copied == 0:
+                raise FlashpodsError(f"The artifact archive ends inside {member.name}.")
+            offset += copied
+            left -= copied
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and (
+            left == member.size
+        ):
+            return None  # this filesystem pair cannot copy in the kernel: copy in Python
+        raise
+    return member.size
 
 
 def _write_all(fd: int, data: bytes) -> None:
