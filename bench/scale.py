@@ -43,16 +43,12 @@ def burst(count: int, cap: int) -> Result:
         stop = threading.Event()
 
         def watch_cap() -> None:
+            # Ground truth in one snapshot: containers of this host that Podman runs.
             nonlocal peak
+            label = f"label=flashpods.instance={host.settings.instance}"
             while not stop.is_set():
-                active = 0
-                for status in ("starting", "running"):
-                    listing = api.session.get(
-                        f"{api.base}/jobs", params={"status": status, "limit": 500}, timeout=60
-                    )
-                    listing.raise_for_status()
-                    active += len(listing.json()["jobs"])
-                peak = max(peak, active)
+                ps = host.podman("ps", "-q", "--filter", label, "--filter", "status=running")
+                peak = max(peak, len(ps.stdout.split()))
                 time.sleep(0.05)
 
         watcher = threading.Thread(target=watch_cap, daemon=True)
@@ -73,10 +69,10 @@ def burst(count: int, cap: int) -> Result:
         id="P4b",
         what=f"{count}-job burst through the queue, cap {cap}",
         flashpods=f"{count - wrong}/{count} right exit codes in {elapsed:.1f} s; "
-        f"peak active {peak}",
+        f"peak running containers {peak}",
         bare="",
         ratio=None,
-        target=f"0 failures, peak <= {cap}",
+        target=f"0 failures, peak running containers <= {cap}",
         met=wrong == 0 and peak <= cap,
     )
 
