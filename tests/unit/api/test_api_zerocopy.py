@@ -64,9 +64,10 @@ def test_sendfile_stream_equals_the_read_stream(tmp_path):
     assert len(by_sendfile) == length == len(through_python)
     assert by_sendfile == through_python
     with tarfile.open(fileobj=io.BytesIO(by_sendfile)) as tar:
-        assert tar.extractfile("sub/big.bin").read() == (
-            tmp_path / job_id / "sub" / "big.bin"
-        ).read_bytes()
+        assert (
+            tar.extractfile("sub/big.bin").read()
+            == (tmp_path / job_id / "sub" / "big.bin").read_bytes()
+        )
 
 
 def test_sendfile_stream_keeps_the_promised_length_when_files_change(tmp_path):
