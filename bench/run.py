@@ -2,6 +2,7 @@
 
     bench/run            # full run (minutes), writes docs/benchmarks.md
     bench/run --smoke    # a few samples of each, so the code cannot rot (scripts/test runs it)
+    bench/profile P5     # the same under py-spy: flame graphs of the client and the services
 
 Benchmarks are not timed tests: a missed target is reported, never a failure. A
 benchmark that crashes is a failure (exit 1), since that means the code has rotted.
@@ -57,7 +58,8 @@ def render(results: list[Result], errors: list[str], smoke: bool) -> str:
         "",
         "Every ratio compares Flashpods with the bare tool measured in the same run on the",
         "same host; absolute figures are for information only (shared, noisy machines).",
-        "Regenerate with `bench/run` (full) or `bench/run --smoke` (a few samples).",
+        "Regenerate with `bench/run` (full) or `bench/run --smoke` (a few samples);",
+        "`bench/profile <id>` runs one under py-spy (flame graphs of client and services).",
         "",
     ]
     if smoke:

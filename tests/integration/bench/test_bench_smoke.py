@@ -7,6 +7,7 @@ benchmark that no longer runs (the code rotted) or one that stops producing numb
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,3 +33,26 @@ def test_benchmark_runs_and_reports_numbers(bench_id: str) -> None:
             assert math.isfinite(result.ratio) and result.ratio > 0, result
     report = run.render(results, [], smoke=True)
     assert all(f"| {r.id} |" in report for r in results)
+
+
+def test_profile_samples_the_client_and_every_service(tmp_path: Path) -> None:
+    """bench/profile (py-spy) must keep attaching to the benchmark and to the services it
+    starts, or the profiles behind docs/benchmarks.md could not be made again."""
+    out = tmp_path / "profiles"
+    done = subprocess.run(
+        [REPO / "bench" / "profile", "P5", "--smoke", "--format", "raw", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "| P5c |" in (out / "report.md").read_text()
+    for name in ("bench", "flashpods-api", "flashpods-reaper", "flashpods-token"):
+        profiles = sorted(out.glob(f"{name}*.raw"))
+        assert profiles, f"no py-spy profile of {name} in {sorted(out.iterdir())}"
+        stacks = profiles[0].read_text()
+        assert stacks.strip(), f"{profiles[0]} is empty"
+    # Stacks that every such run has (a short request may fall between two samples):
+    # the benchmark's own function, and the API's gunicorn master loop.
+    assert "log_and_artifacts" in (out / "bench.raw").read_text()
+    assert "Arbiter.run" in "".join(p.read_text() for p in out.glob("flashpods-api*.raw"))
