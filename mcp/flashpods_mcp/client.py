@@ -8,12 +8,15 @@ error message repeats it.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
+import urllib3
 
 from .config import Settings
 from .errors import FlashpodsError
@@ -21,7 +24,6 @@ from .errors import FlashpodsError
 JOB_ID_RE = re.compile(r"^job_[a-z0-9]{12}$")
 UPLOAD_ID_RE = re.compile(r"^up_[a-z0-9]{16}$")
 CONNECT_TIMEOUT_S = 5.0
-DOWNLOAD_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -163,36 +165,66 @@ class ApiClient:
         files = answer.get("artifacts", answer.get("files", []))
         return files if isinstance(files, list) else []
 
-    def download_artifacts_tar(
-        self,
-        job_id: str,
-        out: BinaryIO,
-        progress: Callable[[int, int | None], None] | None = None,
-    ) -> int:
-        """Stream the artifact tarball into `out` chunk by chunk (never whole in memory)."""
+    @contextlib.contextmanager
+    def open_artifacts_tar(
+        self, job_id: str, progress: Callable[[int, int | None], None] | None = None
+    ) -> Iterator[Callable[[int], bytes]]:
+        """The artifact tarball as a `read(n)` over the open response: the caller unpacks
+        while it downloads, so the bytes are never stored twice."""
         response = self._request(
             "GET",
             f"/jobs/{check_job_id(job_id)}/artifacts.tar",
             job_id=job_id,
             stream=True,
         )
-        total_header = response.headers.get("Content-Length")
-        total = int(total_header) if total_header and total_header.isdigit() else None
-        written = 0
         try:
-            for chunk in response.iter_content(DOWNLOAD_CHUNK):
-                out.write(chunk)
-                written += len(chunk)
-                if progress:
-                    progress(written, total)
-        except requests.exceptions.RequestException as exc:
-            raise FlashpodsError(
-                f"The artifact download of {job_id} from {self.base} broke off after "
-                f"{written} bytes; retry get_job_artifacts."
-            ) from exc
+            yield ResponseBody(response, f"{job_id} from {self.base}", progress).read
         finally:
             response.close()
-        return written
+
+
+class ResponseBody:
+    """read(n) straight from urllib3's raw response (iter_content would add a copy and a
+    generator per chunk); counts bytes for the progress callback and checks at the end
+    that as many arrived as Content-Length promised."""
+
+    def __init__(
+        self,
+        response: requests.Response,
+        what: str,
+        progress: Callable[[int, int | None], None] | None,
+    ):
+        total = response.headers.get("Content-Length")
+        self.total = int(total) if total and total.isdigit() else None
+        self.done = 0
+        self._raw = response.raw
+        self._what = what
+        self._progress = progress
+
+    def read(self, n: int) -> bytes:
+        try:
+            # decode_content=False: the bytes as sent (the unpacker recognises compression).
+            data = self._raw.read(n, decode_content=False)
+        except (
+            requests.exceptions.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ) as exc:
+            raise self._broke_off() from exc
+        if data:
+            self.done += len(data)
+            if self._progress:
+                self._progress(self.done, self.total)
+        elif self.total is not None and self.done != self.total:
+            raise self._broke_off()
+        return data
+
+    def _broke_off(self) -> FlashpodsError:
+        return FlashpodsError(
+            f"The artifact download of {self._what} broke off after {self.done} bytes; "
+            "retry get_job_artifacts."
+        )
 
 
 def parse_log_chunk(response: requests.Response, offset: int) -> LogChunk:

@@ -7,7 +7,6 @@ Paths arrive here already confined (see confine.py).
 from __future__ import annotations
 
 import collections
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from .bases import BasisMemory
 from .client import ApiClient, check_job_id
 from .config import Settings
 from .errors import FlashpodsError
-from .unpack import UnpackResult, safe_extract
+from .unpack import UnpackResult, safe_extract_stream
 
 ProgressFn = Callable[[int, int | None, str], None]
 LOG_CHUNK = 256 * 1024
@@ -249,9 +248,7 @@ class Flashpods:
             if progress:
                 progress(done, total, f"downloading artifacts of {job_id}")
 
-        # The tar goes to a temp file first: streamed, never held in memory, and
-        # checked whole before anything is unpacked.
-        with tempfile.NamedTemporaryFile(prefix="flashpods-artifacts-", suffix=".tar") as tmp:
-            self.api.download_artifacts_tar(job_id, tmp, report)
-            tmp.flush()
-            return safe_extract(Path(tmp.name), dest)
+        # One pass: unpacked as it downloads, into a staging directory that is moved into
+        # dest only once the whole archive has arrived and checked out (unpack.py).
+        with self.api.open_artifacts_tar(job_id, report) as read:
+            return safe_extract_stream(read, dest)

@@ -1,36 +1,53 @@
-"""Unpack a job's artifact tarball into `dest` without ever writing outside it.
+"""Unpack a job's artifact tar into `dest` in one pass, without ever writing outside it.
 
 A job controls what lands in its /artifacts, and the host that serves the tar may be
-compromised, so every member is distrusted:
+compromised, so every member is distrusted. The tar is read once, as it arrives
+(tarstream.py), and each member is written straight into a staging directory on dest's
+filesystem: `.<dest name>.flashpods-partial-XXXXXX`, mode 0700, made in dest's parent
+(in dest itself when dest is a mount point, or when its parent cannot be written).
+Only after the whole stream has been read are the files moved into dest:
 
-- an absolute name or a `..` component makes the whole archive refused before a
-  single byte is written (a well-behaved host never sends one);
+- an absolute name or a `..` component anywhere in the archive refuses the whole
+  archive; so do a broken or truncated stream and any other error. The staging
+  directory is removed and dest is untouched (still absent if it was);
 - symlinks and hardlinks are never created (skipped and reported): the simplest rule
   that cannot be tricked into a later member writing through a link;
 - devices and FIFOs are skipped and reported;
-- regular files are written through directory file descriptors opened with
-  O_NOFOLLOW, component by component, so a symlink that already sits in `dest` (or a
-  race that plants one) cannot redirect a write; a file in the way that is not a
-  regular file is left alone and reported.
+- staged files are moved into dest with rename(2) through directory file descriptors
+  opened with O_NOFOLLOW, component by component, so a symlink that already sits in
+  dest (or a race that plants one) cannot redirect them. A regular file in the way is
+  replaced by the rename, never written through (a hardlink in dest to a file outside
+  stays as it was); anything else in the way is left alone and reported.
+
+A process killed mid-stream (kill -9) leaves dest untouched and the staging directory
+behind, to be deleted by hand. Killed during the final renames, dest holds some of the
+new files and the staging directory the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
+import secrets
+import shutil
 import stat
-import tarfile
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FlashpodsError
+from .tarstream import Read, TarStream
 
-COPY_CHUNK = 1024 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: opening a FIFO planted in dest for writing must fail, not hang.
-FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+STAGING_SUFFIX = ".flashpods-partial-"
+# Directory fds kept open per tree: an archive with thousands of directories must not
+# run the process out of descriptors.
+MAX_OPEN_DIRS = 256
+# A staging failure these errors cause is the disk's, not one member's: give up.
+FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
 
 
 @dataclass(frozen=True)
@@ -66,138 +83,277 @@ def member_parts(name: str) -> tuple[str, ...]:
 
 
 class _DirCache:
-    """Directory fds under dest, opened (and created) without following any link."""
+    """Directory fds under a root, opened (and created) without following any link."""
 
     def __init__(self, root_fd: int):
+        self.root_fd = root_fd
         self.fds: dict[tuple[str, ...], int] = {(): root_fd}
 
     def open(self, parts: tuple[str, ...]) -> int:
+        if parts not in self.fds and len(self.fds) > MAX_OPEN_DIRS:
+            self._close_all_but_root()
+        return self._open(parts)
+
+    def _open(self, parts: tuple[str, ...]) -> int:
         if parts in self.fds:
             return self.fds[parts]
-        parent = self.open(parts[:-1])
+        parent = self._open(parts[:-1])
         with contextlib.suppress(FileExistsError):
             os.mkdir(parts[-1], 0o755, dir_fd=parent)
         fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
         self.fds[parts] = fd
         return fd
 
+    def _close_all_but_root(self) -> None:
+        for parts, fd in self.fds.items():
+            if parts:
+                os.close(fd)
+        self.fds = {(): self.root_fd}
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
+        self.fds = {}
 
 
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, dirs: _DirCache, parts) -> int:
-    parent = dirs.open(parts[:-1])
-    mode = 0o755 if member.mode & 0o111 else 0o644
-    fd = os.open(parts[-1], FILE_FLAGS, mode, dir_fd=parent)
+@dataclass
+class _Staged:
+    """What the stream phase left in the staging directory, in archive order."""
+
+    entries: dict[tuple[str, ...], int | None]  # parts -> size of a file, None: a directory
+    skipped: list[SkippedMember]
+
+
+def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
+    """Unpack the tar file `tar_path` into `dest` (see safe_extract_stream)."""
+    with open(tar_path, "rb", buffering=0) as source:
+        return safe_extract_stream(source.read, dest)
+
+
+def safe_extract_stream(read: Read, dest: Path) -> UnpackResult:
+    """Unpack the tar that `read(n)` delivers (b"" at its end) into the existing-or-new
+    directory `dest` (already confined), reading the stream exactly once."""
+    _check_dest(dest)
+    staging = _make_staging(dest)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(errno.EISDIR, "not a regular file")
-        os.ftruncate(fd, 0)
-        os.fchmod(fd, mode)
-        size = _copy_in_kernel(tar, member, fd)
-        if size is None:
-            size = 0
-            source = tar.extractfile(member)
-            if source is not None:
-                while chunk := source.read(COPY_CHUNK):
-                    _write_all(fd, chunk)
-                    size += len(chunk)
-        os.utime(fd, (member.mtime, member.mtime))
+        staging_fd = os.open(staging, DIR_FLAGS)
+        staging_dirs = _DirCache(staging_fd)
+        try:
+            try:
+                in_dest = staging.parent == dest
+                staged = _stage(read, staging_dirs, staging.name if in_dest else None)
+            except FlashpodsError as exc:
+                raise FlashpodsError(f"{str(exc).rstrip('.')}; {_nothing_written(dest)}") from exc
+            except OSError as exc:
+                raise FlashpodsError(
+                    f"Could not stage the artifacts in {staging.parent} ({exc.strerror}); "
+                    f"{_nothing_written(dest)}"
+                ) from exc
+            written = _move_into_dest(staged, staging_dirs, dest)
+        finally:
+            staging_dirs.close()
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return UnpackResult(written=written, skipped=staged.skipped)
+
+
+def _nothing_written(dest: Path) -> str:
+    return f"nothing was written to {dest}."
+
+
+def _check_dest(dest: Path) -> None:
+    """Refuse before downloading when dest (or the first of its ancestors that exists)
+    is not a directory."""
+    for path in (dest, *dest.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise FlashpodsError(
+                    f"Cannot unpack into {dest}: {path} is not a directory; give a dest "
+                    "that is (or can become) a directory."
+                )
+            return
+
+
+def _make_staging(dest: Path) -> Path:
+    """A fresh 0700 directory on dest's filesystem (rename cannot cross filesystems),
+    named after dest so a leftover says whose it is."""
+    prefix = f".{dest.name[:100]}{STAGING_SUFFIX}"
+    beside = next(p for p in dest.parents if p.is_dir())  # dest.parent, unless not made yet
+    if dest.is_dir() and _is_mount_point(dest):
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=dest))
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=beside))
+    except OSError as exc:
+        if not dest.is_dir():
+            raise FlashpodsError(
+                f"Cannot unpack into {dest}: cannot create a staging directory in {beside} "
+                f"({exc.strerror})."
+            ) from exc
+        # A writable dest in a parent we may not write to.
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=dest))
+
+
+def _is_mount_point(path: Path) -> bool:
+    return os.path.ismount(path) or path.stat().st_dev != path.parent.stat().st_dev
+
+
+# -- phase 1: the stream, into the staging directory -----------------------------------
+
+
+def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
+    staged = _Staged(entries={}, skipped=[])
+    stream = TarStream(read)
+    for member in stream:
+        try:
+            parts = member_parts(member.name)
+        except FlashpodsError as exc:
+            raise FlashpodsError(f"Refused the artifact archive: {exc}") from None
+        shown = "/".join(parts)
+        if not parts:
+            continue
+        if member.issym() or member.islnk():
+            kind = "symlink" if member.issym() else "hardlink"
+            why = f"{kind} to {member.linkname!r} not unpacked (links never are)"
+            staged.skipped.append(SkippedMember(shown, why))
+        elif member.ischr() or member.isblk() or member.isfifo():
+            staged.skipped.append(SkippedMember(shown, "device or FIFO not unpacked"))
+        elif not (member.isreg() or member.isdir()):
+            staged.skipped.append(
+                SkippedMember(shown, f"tar member of unknown type {member.type!r} not unpacked")
+            )
+        elif parts[0] == staging_in_dest:  # dest is a mount point: the staging dir is in it
+            staged.skipped.append(SkippedMember(shown, "not written: the staging directory's name"))
+        else:
+            try:
+                size = _stage_member(stream, member, parts, dirs)
+            except OSError as exc:
+                if exc.errno in FATAL_ERRNOS:
+                    raise
+                why = f"not written ({exc.strerror})"
+                if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+                    why += ": an earlier member of the archive is in the way"
+                staged.skipped.append(SkippedMember(shown, why))
+                continue
+            staged.entries.pop(parts, None)  # a member given twice: the last one wins
+            staged.entries[parts] = size
+    return staged
+
+
+def _stage_member(stream: TarStream, member, parts: tuple[str, ...], dirs: _DirCache) -> int | None:
+    """Write one member into staging; returns the file's size, None for a directory."""
+    if member.isdir():
+        dirs.open(parts)
+        return None
+    mode = 0o755 if member.mode & 0o111 else 0o644
+    fd = os.open(parts[-1], STAGED_FILE_FLAGS, mode, dir_fd=dirs.open(parts[:-1]))
+    try:
+        size = 0
+        for chunk in stream.data():
+            size += len(chunk)
+            while chunk:  # os.write may write less than asked
+                chunk = chunk[os.write(fd, chunk) :]
+        os.fchmod(fd, mode)  # the umask would otherwise cut it
+        with contextlib.suppress(OverflowError):  # an absurd mtime: keep the current time
+            os.utime(fd, (member.mtime, member.mtime))
         return size
     finally:
         os.close(fd)
 
 
-def _copy_in_kernel(tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> int | None:
-    """Copy a member's bytes straight from an uncompressed tar file with copy_file_range
-    (no pass through Python); None when the archive is compressed or the member sparse."""
-    raw = tar.fileobj
-    if tar.mode != "r" or member.issparse() or not isinstance(raw, io.BufferedReader):
-        return None
-    source_fd = raw.fileno()
-    offset, left = member.offset_data, member.size
+# -- phase 2: the staged files, into dest ---------------------------------------------
+
+
+def _move_into_dest(staged: _Staged, staging_dirs: _DirCache, dest: Path) -> list[WrittenFile]:
     try:
-        while left:
-            copied = os.copy_file_range(source_fd, fd, left, offset, None)
-            if copied == 0:
-                raise FlashpodsError(f"The artifact archive ends inside {member.name}.")
-            offset += copied
-            left -= copied
+        dest.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(dest, DIR_FLAGS)
     except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP) and (
-            left == member.size
-        ):
-            return None  # this filesystem pair cannot copy in the kernel: copy in Python
-        raise
-    return member.size
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
-    """Unpack `tar_path` into the existing-or-new directory `dest` (already confined)."""
+        raise FlashpodsError(
+            f"Cannot unpack into {dest}: {exc.strerror}; give a dest that is (or can "
+            f"become) a directory; {_nothing_written(dest)}"
+        ) from exc
+    dest_dirs = _DirCache(root_fd)
+    written: list[WrittenFile] = []
     try:
-        tar = tarfile.open(tar_path, mode="r:*")  # noqa: SIM115 (closed by the with below)
-    except tarfile.TarError as exc:
-        raise FlashpodsError(f"The artifact archive is not a readable tar ({exc}).") from exc
-    with tar:
-        members = tar.getmembers()
-        # First pass: refuse a hostile archive before anything is written.
-        for member in members:
+        for parts, size in staged.entries.items():
+            shown = "/".join(parts)
             try:
-                member_parts(member.name)
-            except FlashpodsError as exc:
-                raise FlashpodsError(
-                    f"Refused the artifact archive: {exc}; nothing was written to {dest}."
-                ) from None
+                if size is None:
+                    dest_dirs.open(parts)
+                    continue
+                in_the_way = _move_file(parts, staging_dirs, dest_dirs)
+            except OSError as exc:
+                in_the_way = exc.strerror
+            if in_the_way:
+                staged.skipped.append(
+                    SkippedMember(
+                        shown,
+                        "not written: something in dest that is not a plain directory or "
+                        f"file is in the way ({in_the_way})",
+                    )
+                )
+            else:
+                written.append(WrittenFile(shown, size))
+    finally:
+        dest_dirs.close()
+    return written
 
+
+def _move_file(parts: tuple[str, ...], staging_dirs: _DirCache, dest_dirs: _DirCache) -> str | None:
+    """Rename a staged file over its place in dest; returns what was in the way instead."""
+    source_dir = staging_dirs.open(parts[:-1])
+    target_dir = dest_dirs.open(parts[:-1])
+    name = parts[-1]
+    try:
+        there = os.stat(name, dir_fd=target_dir, follow_symlinks=False).st_mode
+    except FileNotFoundError:
+        there = None
+    if there is not None and not stat.S_ISREG(there):
+        return _describe(there)
+    try:
+        os.rename(name, name, src_dir_fd=source_dir, dst_dir_fd=target_dir)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        _copy_across_mounts(name, source_dir, target_dir)
+    return None
+
+
+def _copy_across_mounts(name: str, source_dir: int, target_dir: int) -> None:
+    """A mount point inside dest: rename cannot reach it, so copy into a fresh file beside
+    the target and rename that over it (still never writing through what is there)."""
+    temporary = f".{name[:100]}.flashpods-{secrets.token_hex(4)}"
+    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=source_dir)
+    try:
+        info = os.fstat(source)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        target = os.open(temporary, flags, 0o600, dir_fd=target_dir)
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            root_fd = os.open(dest, DIR_FLAGS)
-        except OSError as exc:
-            raise FlashpodsError(
-                f"Cannot unpack into {dest}: {exc.strerror}; give a dest that is (or can "
-                "become) a directory."
-            ) from exc
-        written: list[WrittenFile] = []
-        skipped: list[SkippedMember] = []
-        dirs = _DirCache(root_fd)
-        try:
-            for member in members:
-                parts = member_parts(member.name)
-                shown = "/".join(parts)
-                if not parts:
-                    continue
-                if member.issym() or member.islnk():
-                    kind = "symlink" if member.issym() else "hardlink"
-                    skipped.append(
-                        SkippedMember(
-                            shown,
-                            f"{kind} to {member.linkname!r} not unpacked (links never are)",
-                        )
-                    )
-                    continue
-                if not (member.isfile() or member.isdir()):
-                    skipped.append(SkippedMember(shown, "device or FIFO not unpacked"))
-                    continue
-                try:
-                    if member.isdir():
-                        dirs.open(parts)
-                    else:
-                        written.append(WrittenFile(shown, _write_file(tar, member, dirs, parts)))
-                except OSError as exc:
-                    skipped.append(
-                        SkippedMember(
-                            shown,
-                            f"not written: something in dest that is not a plain "
-                            f"directory or file is in the way ({exc.strerror})",
-                        )
-                    )
-        finally:
-            dirs.close()
-    return UnpackResult(written=written, skipped=skipped)
+            try:
+                offset = 0
+                while offset < info.st_size:
+                    sent = os.sendfile(target, source, offset, info.st_size - offset)
+                    if not sent:
+                        break
+                    offset += sent
+                os.fchmod(target, stat.S_IMODE(info.st_mode))
+                os.utime(target, ns=(time.time_ns(), info.st_mtime_ns))
+            finally:
+                os.close(target)
+            os.rename(temporary, name, src_dir_fd=target_dir, dst_dir_fd=target_dir)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=target_dir)
+            raise
+    finally:
+        os.close(source)
+
+
+def _describe(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device or socket"

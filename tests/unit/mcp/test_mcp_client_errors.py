@@ -1,6 +1,5 @@
 """Every HTTP failure becomes a sentence the agent can act on (fake API on loopback)."""
 
-import io
 import time
 
 import pytest
@@ -124,13 +123,79 @@ def test_upload_reservation_must_return_an_id(fake_api, tmp_path):
     assert fake_api.requests[-1]["json"] == {"basis": "up_aaaaaaaaaaaaaaaa"}
 
 
-def test_artifact_download_streams_to_the_file(fake_api, tmp_path):
-    payload = bytes(range(256)) * 8192  # 2 MiB: several chunks
+def read_to_the_end(read, block=1024 * 1024):
+    got = bytearray()
+    while data := read(block):
+        got += data
+    return bytes(got)
+
+
+def test_artifact_download_is_read_from_the_open_response(fake_api, tmp_path):
+    payload = bytes(range(256)) * 8192  # 2 MiB: several reads
     fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = (200, payload)
     seen = []
-    out = io.BytesIO()
-    written = client_for(fake_api.url, tmp_path).download_artifacts_tar(
-        JOB, out, lambda done, total: seen.append((done, total))
-    )
-    assert written == len(payload) and out.getvalue() == payload
+    client = client_for(fake_api.url, tmp_path)
+    with client.open_artifacts_tar(JOB, lambda done, total: seen.append((done, total))) as read:
+        assert read_to_the_end(read) == payload
     assert seen[-1] == (len(payload), len(payload)) and len(seen) >= 2
+    assert fake_api.requests[-1]["auth"] == f"Bearer {TOKEN}"
+
+
+def promise_more_than_sent(promised, sent):
+    """A route that announces `promised` bytes, sends `sent`, then hangs up."""
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(promised))
+        handler.end_headers()
+        handler.wfile.write(b"x" * sent)
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return route
+
+
+@pytest.mark.parametrize("sent", [0, 5000, 3 * 1024 * 1024])
+def test_artifact_download_that_breaks_off_says_how_far_it_got(fake_api, tmp_path, sent):
+    fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = promise_more_than_sent(
+        sent + 1000, sent
+    )
+    client = client_for(fake_api.url, tmp_path)
+    with (
+        pytest.raises(FlashpodsError) as info,
+        client.open_artifacts_tar(JOB) as read,
+    ):
+        read_to_the_end(read)
+    assert str(info.value) == (
+        f"The artifact download of {JOB} from {fake_api.url} broke off after {sent} bytes; "
+        "retry get_job_artifacts."
+    )
+    assert TOKEN not in str(info.value)
+
+
+def test_artifact_download_of_an_unknown_job(fake_api, tmp_path):
+    fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = (404, {"error": "no such job"})
+    with (
+        pytest.raises(FlashpodsError, match=f"Unknown job {JOB}"),
+        client_for(fake_api.url, tmp_path).open_artifacts_tar(JOB),
+    ):
+        pass
+
+
+def test_artifact_download_that_stalls_times_out_as_a_break(fake_api, tmp_path):
+    def stall(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "10000")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 100)
+        handler.wfile.flush()
+        time.sleep(1.0)  # longer than the read timeout below
+
+    fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = stall
+    client = client_for(fake_api.url, tmp_path, FLASHPODS_HTTP_TIMEOUT_S="0.2")
+    with (
+        pytest.raises(FlashpodsError, match="broke off after 100 bytes; retry") as info,
+        client.open_artifacts_tar(JOB) as read,
+    ):
+        read_to_the_end(read, block=100)
+    assert info.value.__cause__ is not None  # the timeout, kept for the traceback
