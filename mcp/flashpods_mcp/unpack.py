@@ -4,7 +4,8 @@ A job controls what lands in its /artifacts, and the host that serves the tar ma
 compromised, so every member is distrusted. The tar is read once, as it arrives
 (tarstream.py), and each member is written straight into a staging directory on dest's
 filesystem: `.<dest name>.flashpods-partial-XXXXXX`, mode 0700, made in dest's parent
-(in dest itself when dest is a mount point, or when its parent cannot be written).
+(the nearest existing directory above dest when dest's parent is not made yet; in dest
+itself when dest is a mount point, or when its parent cannot be written).
 Only after the whole stream has been read are the files moved into dest:
 
 - an absolute name or a `..` component anywhere in the archive refuses the whole
@@ -36,6 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from tarfile import TarInfo
 
 from .errors import FlashpodsError
 from .tarstream import Read, TarStream
@@ -76,6 +78,8 @@ def member_parts(name: str) -> tuple[str, ...]:
     """Split a member name into safe components or raise why the archive is refused."""
     if name.startswith("/"):
         raise FlashpodsError(f"member {name!r} has an absolute path")
+    if "\0" in name:  # only a PAX record can carry one; no file name can
+        raise FlashpodsError(f"member {name!r} has a NUL byte in its name")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise FlashpodsError(f"member {name!r} climbs out with '..'")
@@ -179,18 +183,21 @@ def _make_staging(dest: Path) -> Path:
     named after dest so a leftover says whose it is."""
     prefix = f".{dest.name[:100]}{STAGING_SUFFIX}"
     beside = next(p for p in dest.parents if p.is_dir())  # dest.parent, unless not made yet
-    if dest.is_dir() and _is_mount_point(dest):
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=dest))
-    try:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=beside))
-    except OSError as exc:
-        if not dest.is_dir():
-            raise FlashpodsError(
-                f"Cannot unpack into {dest}: cannot create a staging directory in {beside} "
-                f"({exc.strerror})."
-            ) from exc
-        # A writable dest in a parent we may not write to.
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=dest))
+    if not dest.is_dir():
+        places = [beside]
+    elif _is_mount_point(dest):
+        places = [dest]
+    else:
+        places = [beside, dest]  # dest itself when its parent is not ours to write
+    for place in places:
+        try:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=place))
+        except OSError as exc:
+            error = exc
+    raise FlashpodsError(
+        f"Cannot unpack into {dest}: cannot create a staging directory in {places[0]} "
+        f"({error.strerror})."
+    ) from error
 
 
 def _is_mount_point(path: Path) -> bool:
@@ -221,11 +228,11 @@ def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
             staged.skipped.append(
                 SkippedMember(shown, f"tar member of unknown type {member.type!r} not unpacked")
             )
-        elif parts[0] == staging_in_dest:  # dest is a mount point: the staging dir is in it
-            staged.skipped.append(SkippedMember(shown, "not written: the staging directory's name"))
+        elif parts[0] == staging_in_dest:  # the staging dir is in dest: never overwrite it
+            staged.skipped.append(SkippedMember(shown, "not written: the staging dir's name"))
         else:
             try:
-                size = _stage_member(stream, member, parts, dirs)
+                _stage_member(stream, member, parts, dirs, staged.entries)
             except OSError as exc:
                 if exc.errno in FATAL_ERRNOS:
                     raise
@@ -233,19 +240,27 @@ def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
                 if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
                     why += ": an earlier member of the archive is in the way"
                 staged.skipped.append(SkippedMember(shown, why))
-                continue
-            staged.entries.pop(parts, None)  # a member given twice: the last one wins
-            staged.entries[parts] = size
     return staged
 
 
-def _stage_member(stream: TarStream, member, parts: tuple[str, ...], dirs: _DirCache) -> int | None:
-    """Write one member into staging; returns the file's size, None for a directory."""
+def _stage_member(
+    stream: TarStream,
+    member: TarInfo,
+    parts: tuple[str, ...],
+    dirs: _DirCache,
+    entries: dict[tuple[str, ...], int | None],
+) -> None:
+    """Write one member into staging and note it in `entries` (a file's size, or None
+    for a directory) once it is complete."""
     if member.isdir():
         dirs.open(parts)
-        return None
+        entries.setdefault(parts, None)
+        return
     mode = 0o755 if member.mode & 0o111 else 0o644
     fd = os.open(parts[-1], STAGED_FILE_FLAGS, mode, dir_fd=dirs.open(parts[:-1]))
+    # A name given twice: the last member wins, and the earlier one's staged bytes are
+    # gone from here on (truncated), whatever happens next.
+    entries.pop(parts, None)
     try:
         size = 0
         for chunk in stream.data():
@@ -255,9 +270,9 @@ def _stage_member(stream: TarStream, member, parts: tuple[str, ...], dirs: _DirC
         os.fchmod(fd, mode)  # the umask would otherwise cut it
         with contextlib.suppress(OverflowError):  # an absurd mtime: keep the current time
             os.utime(fd, (member.mtime, member.mtime))
-        return size
     finally:
         os.close(fd)
+    entries[parts] = size
 
 
 # -- phase 2: the staged files, into dest ---------------------------------------------

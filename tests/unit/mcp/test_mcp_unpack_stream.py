@@ -148,6 +148,17 @@ def test_a_hostile_member_after_many_good_ones_leaves_dest_untouched(
     assert leftovers(tmp_path) == []
 
 
+def test_a_nul_byte_in_a_pax_name_refuses_the_archive(tmp_path):
+    info = tarfile.TarInfo("x")
+    info.pax_headers = {"path": "evil\0name"}
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info)
+    with pytest.raises(FlashpodsError, match="has a NUL byte in its name; nothing was written"):
+        safe_extract_stream(reader(out.getvalue()), tmp_path / "new")
+    assert not (tmp_path / "new").exists() and leftovers(tmp_path) == []
+
+
 def offset_of(archive, name):
     """Where member `name`'s data starts in the archive."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
