@@ -164,9 +164,10 @@ class TarStream:
             raise self._truncated(f"inside {name!r}")
 
     def _end_of_archive(self, at: int) -> None:
-        """After a zero block: another one (or the end of the stream) ends the archive."""
+        """After a zero block: another one (or the end of the stream, even in the middle of
+        that second block) ends the archive."""
         second = self._blocks.exactly(BLOCK)
-        if second and second != ZERO_BLOCK:
+        if second.count(0) != len(second):
             raise FlashpodsError(
                 f"The artifact archive is broken: a lone zero block at byte {at} is "
                 "followed by more data."

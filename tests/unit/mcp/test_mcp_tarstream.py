@@ -184,6 +184,7 @@ def test_global_pax_headers_are_ignored():
         END,  # the standard two zero blocks
         END + bytes(20 * tarfile.BLOCKSIZE),  # padded to a 10 KiB record, as tar does
         bytes(tarfile.BLOCKSIZE),  # the stream ends right after one zero block
+        bytes(tarfile.BLOCKSIZE + 100),  # ... or inside the second one
     ],
 )
 def test_end_of_archive(ending):
