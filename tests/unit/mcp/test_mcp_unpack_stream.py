@@ -379,6 +379,7 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", str(path)], check=True)
 
 
+@pytest.mark.root  # mounts tmpfs file systems
 def test_dest_that_is_a_mount_point_stages_inside_it(tmp_path, tmpfs):
     dest = tmp_path / "mnt"
     tmpfs(dest)
