@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -50,6 +51,34 @@ def bare_loopback_copy(path: Path, sink_path: Path) -> float:
     thread.start()
     with socket.create_connection(("127.0.0.1", port)) as client:
         _receive(client.recv_into, sink_path)
+    elapsed = time.perf_counter() - start
+    thread.join()
+    server.close()
+    return elapsed
+
+
+def bare_tree_copy(source_dir: Path, dest_dir: Path) -> float:
+    """Seconds to copy a directory tree over a loopback TCP socket with GNU tar on both
+    ends (`tar -c | socket | tar -x`): the bare tool for what the MCP client does, which
+    also has to create every file, not only move the bytes. 1 MiB records (`-b 2048`,
+    `-B` to reblock what the socket delivers), the MCP client's read size: tar's default
+    10 KiB records halve its throughput and would flatter the ratio."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    dest_dir.mkdir()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            create = ["tar", "-b", "2048", "-C", str(source_dir), "-cf", "-", "."]
+            subprocess.run(create, stdout=conn.fileno(), check=True)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        extract = ["tar", "-b", "2048", "-B", "-C", str(dest_dir), "-xf", "-"]
+        subprocess.run(extract, stdin=client.fileno(), check=True)
     elapsed = time.perf_counter() - start
     thread.join()
     server.close()
@@ -114,7 +143,9 @@ def log_and_artifacts(size_mib: int, rounds: int = 3) -> list[Result]:
 
             # Each side is timed `rounds` times, interleaved, and the medians compared:
             # one loopback copy on this shared machine swings by a factor of two.
-            log_s, tar_s, mcp_s, bare_log_s, bare_tar_s = [], [], [], [], []
+            log_s, tar_s, mcp_s, bare_log_s, bare_tar_s, bare_tree_s = [], [], [], [], [], []
+            # What the API serves: the job's files as they lie on the host.
+            artifacts_dir = host.paths.artifacts / job["id"]
             # The bare copies send the first round's downloads, written back to disk
             # first so that every source is clean page cache, as the API's files are;
             # every receiver writes a new file (truncating a full one costs time).
@@ -136,40 +167,60 @@ def log_and_artifacts(size_mib: int, rounds: int = 3) -> list[Result]:
                 bare_copy.unlink(missing_ok=True)
                 bare_tar_s.append(bare_loopback_copy(tar_source, bare_copy))
                 mcp_s.append(_mcp_download(host, job["id"], Path(tmp) / f"dest{i}"))
+                bare_tree_s.append(bare_tree_copy(artifacts_dir, Path(tmp) / f"bare-tree{i}"))
             got = os.path.getsize(log_copy)
             tar_bytes = os.path.getsize(tar_copy)
             log_s, tar_s, mcp_s = median(log_s), median(tar_s), median(mcp_s)
             bare_log_s, bare_tar_s = median(bare_log_s), median(bare_tar_s)
+            bare_tree_s = median(bare_tree_s)
     results = []
-    for rid, what, seconds, bare_s, nbytes in (
-        ("P5a", f"{size_mib} MiB log via GET /jobs/<id>/logs", log_s, bare_log_s, got),
-        ("P5b", f"{size_mib} MiB artifacts via GET artifacts.tar", tar_s, bare_tar_s, tar_bytes),
+    file_copy = "loopback socket copy into a file"
+    tree_copy = "GNU tar -c | loopback socket | tar -x of the same tree, 1 MiB records"
+    for rid, what, seconds, bare_s, bare_what, nbytes in (
+        ("P5a", f"{size_mib} MiB log via GET /jobs/<id>/logs", log_s, bare_log_s, file_copy, got),
+        (
+            "P5b",
+            f"{size_mib} MiB artifacts via GET artifacts.tar",
+            tar_s,
+            bare_tar_s,
+            file_copy,
+            tar_bytes,
+        ),
         (
             "P5c",
-            f"{size_mib} MiB artifacts via the MCP client (download + safe unpack)",
+            f"{size_mib} MiB artifact tree via the MCP client (download + safe unpack)",
             mcp_s,
-            bare_tar_s,
+            bare_tree_s,
+            tree_copy,
             tar_bytes,
         ),
     ):
         ours = nbytes / seconds / MIB
         bare = nbytes / bare_s / MIB
+        notes = ""
+        if rid == "P5c":
+            # Beside the tree copy, the stricter yardstick: the same bytes into one file.
+            notes = (
+                f"versus the loopback copy into one file ({tar_bytes / bare_tar_s / MIB:.0f}"
+                f" MiB/s): {bare_tar_s / seconds:.2f}"
+            )
         results.append(
             Result(
                 id=rid,
                 what=what,
                 flashpods=f"{ours:.0f} MiB/s",
-                bare=f"{bare:.0f} MiB/s (loopback socket copy into a file)",
+                bare=f"{bare:.0f} MiB/s ({bare_what})",
                 ratio=ours / bare,
                 target=">= 0.8 of bare throughput",
                 met=ours / bare >= 0.8,
+                notes=notes,
             )
         )
     return results
 
 
 def _mcp_download(host, job_id: str, dest: Path) -> float:
-    """The laptop's own path: the MCP package's stream-to-temp-file and safe unpack."""
+    """The laptop's own path: the MCP package's one-pass download and staged unpack."""
     from flashpods_mcp.config import load_settings
     from flashpods_mcp.operations import Flashpods
 
