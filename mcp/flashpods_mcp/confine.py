@@ -91,3 +91,13 @@ def confine(
             f"client's roots and the allow-list ({names}); use a path inside one of them."
         )
     return resolved
+
+
+def enclosing_root(path: Path, roots: Sequence[Path] | None, settings: Settings) -> Path | None:
+    """The outermost root or allow-listed directory `path` lies in (None for the CLI,
+    which has no roots): what a write to `path` must stay inside, staging included."""
+    if roots is None:
+        return None
+    allowed = [*roots, *(p.resolve() for p in settings.allowed_paths)]
+    inside = [a for a in allowed if _inside(path, a)]
+    return min(inside, key=lambda a: len(a.parts)) if inside else None

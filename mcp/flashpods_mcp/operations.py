@@ -240,8 +240,14 @@ class Flashpods:
     # -- artifacts ----------------------------------------------------------------
 
     def fetch_artifacts(
-        self, job_id: str, dest: Path, progress: ProgressFn | None = None
+        self,
+        job_id: str,
+        dest: Path,
+        progress: ProgressFn | None = None,
+        within: Path | None = None,
     ) -> UnpackResult:
+        """Download and unpack into `dest`; with `within` (the MCP root dest lies in),
+        nothing is created outside that directory, not even the staging directory."""
         check_job_id(job_id)
 
         def report(done: int, total: int | None) -> None:
@@ -251,4 +257,4 @@ class Flashpods:
         # One pass: unpacked as it downloads, into a staging directory that is moved into
         # dest only once the whole archive has arrived and checked out (unpack.py).
         with self.api.open_artifacts_tar(job_id, report) as read:
-            return safe_extract_stream(read, dest)
+            return safe_extract_stream(read, dest, within)

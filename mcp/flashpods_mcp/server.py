@@ -19,7 +19,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .config import load_settings
-from .confine import confine
+from .confine import confine, enclosing_root
 from .context import base_dir, client_roots, progress_bridge
 from .errors import FlashpodsError
 from .models import (
@@ -302,7 +302,8 @@ async def get_job_artifacts(
     target = confine(
         raw, what="dest", base=base_dir(roots), roots=roots, settings=flashpods.settings
     )
-    unpacked = await run(flashpods.fetch_artifacts, job_id, target, progress_bridge(ctx))
+    within = enclosing_root(target, roots, flashpods.settings)
+    unpacked = await run(flashpods.fetch_artifacts, job_id, target, progress_bridge(ctx), within)
     model = ArtifactsResult(
         job_id=job_id,
         dest=str(target),

@@ -6,7 +6,9 @@ compromised, so every member is distrusted. The tar is read once, as it arrives
 filesystem: `.<dest name>.flashpods-partial-XXXXXX`, mode 0700, made in dest's parent
 (the nearest existing directory above dest when dest's parent is not made yet; in dest
 itself when dest is a mount point, or when its parent cannot be written).
-Only after the whole stream has been read are the files moved into dest:
+(Member bytes are written by a second thread, writer.py, while the next ones arrive.)
+Only after the whole stream has been read, and every byte written, are the files moved
+into dest:
 
 - an absolute name or a `..` component anywhere in the archive refuses the whole
   archive; so do a broken or truncated stream and any other error. The staging
@@ -41,6 +43,7 @@ from tarfile import TarInfo
 
 from .errors import FlashpodsError
 from .tarstream import Read, TarStream
+from .writer import BackgroundWriter
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,11 +137,17 @@ def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
         return safe_extract_stream(source.read, dest)
 
 
-def safe_extract_stream(read: Read, dest: Path) -> UnpackResult:
+def safe_extract_stream(read: Read, dest: Path, within: Path | None = None) -> UnpackResult:
     """Unpack the tar that `read(n)` delivers (b"" at its end) into the existing-or-new
-    directory `dest` (already confined), reading the stream exactly once."""
+    directory `dest` (already confined), reading the stream exactly once. With `within`
+    (the MCP root dest lies in), the staging directory is made inside it too."""
     _check_dest(dest)
-    staging = _make_staging(dest)
+    made_dest = not dest.exists()
+    try:
+        staging = _make_staging(dest, within)
+    except BaseException:
+        _remove_if_made(dest, made_dest)
+        raise
     try:
         staging_fd = os.open(staging, DIR_FLAGS)
         staging_dirs = _DirCache(staging_fd)
@@ -156,9 +165,19 @@ def safe_extract_stream(read: Read, dest: Path) -> UnpackResult:
             written = _move_into_dest(staged, staging_dirs, dest)
         finally:
             staging_dirs.close()
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_made(dest, made_dest)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     return UnpackResult(written=written, skipped=staged.skipped)
+
+
+def _remove_if_made(dest: Path, made: bool) -> None:
+    """dest was absent before a failed unpack: it is again (if it is empty)."""
+    if made:
+        with contextlib.suppress(OSError):
+            dest.rmdir()
 
 
 def _nothing_written(dest: Path) -> str:
@@ -178,12 +197,18 @@ def _check_dest(dest: Path) -> None:
             return
 
 
-def _make_staging(dest: Path) -> Path:
+def _make_staging(dest: Path, within: Path | None) -> Path:
     """A fresh 0700 directory on dest's filesystem (rename cannot cross filesystems),
-    named after dest so a leftover says whose it is."""
+    named after dest so a leftover says whose it is; never outside `within`."""
     prefix = f".{dest.name[:100]}{STAGING_SUFFIX}"
     beside = next(p for p in dest.parents if p.is_dir())  # dest.parent, unless not made yet
-    if not dest.is_dir():
+    beside_allowed = within is None or beside == within or within in beside.parents
+    if not beside_allowed:
+        # dest is the root itself: its parent is not ours to write, so stage inside dest
+        # (a kill -9 then leaves the hidden staging directory in dest).
+        dest.mkdir(parents=True, exist_ok=True)
+        places = [dest]
+    elif not dest.is_dir():
         places = [beside]
     elif _is_mount_point(dest):
         places = [dest]
@@ -208,6 +233,20 @@ def _is_mount_point(path: Path) -> bool:
 
 
 def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
+    """Read the whole stream into staging; every byte is on disk when this returns."""
+    writer = BackgroundWriter()
+    try:
+        staged = _stage_stream(read, dirs, staging_in_dest, writer)
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.finish()
+    return staged
+
+
+def _stage_stream(
+    read: Read, dirs: _DirCache, staging_in_dest: str | None, writer: BackgroundWriter
+) -> _Staged:
     staged = _Staged(entries={}, skipped=[])
     stream = TarStream(read)
     for member in stream:
@@ -232,7 +271,7 @@ def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
             staged.skipped.append(SkippedMember(shown, "not written: the staging dir's name"))
         else:
             try:
-                _stage_member(stream, member, parts, dirs, staged.entries)
+                _stage_member(stream, member, parts, dirs, staged.entries, writer)
             except OSError as exc:
                 if exc.errno in FATAL_ERRNOS:
                     raise
@@ -249,29 +288,29 @@ def _stage_member(
     parts: tuple[str, ...],
     dirs: _DirCache,
     entries: dict[tuple[str, ...], int | None],
+    writer: BackgroundWriter,
 ) -> None:
-    """Write one member into staging and note it in `entries` (a file's size, or None
-    for a directory) once it is complete."""
+    """Stage one member (its bytes through `writer`) and note it in `entries` (a file's
+    size, or None for a directory) once all of it is queued."""
     if member.isdir():
         dirs.open(parts)
         entries.setdefault(parts, None)
         return
     mode = 0o755 if member.mode & 0o111 else 0o644
+    if parts in entries:
+        # A name given twice: the last member wins. Its open truncates the file, so the
+        # earlier member's queued writes must have landed first, not after.
+        writer.drain()
     fd = os.open(parts[-1], STAGED_FILE_FLAGS, mode, dir_fd=dirs.open(parts[:-1]))
-    # A name given twice: the last member wins, and the earlier one's staged bytes are
-    # gone from here on (truncated), whatever happens next.
+    # The earlier one's staged bytes are gone from here on, whatever happens next.
     entries.pop(parts, None)
+    size = 0
     try:
-        size = 0
         for chunk in stream.data():
             size += len(chunk)
-            while chunk:  # os.write may write less than asked
-                chunk = chunk[os.write(fd, chunk) :]
-        os.fchmod(fd, mode)  # the umask would otherwise cut it
-        with contextlib.suppress(OverflowError):  # an absurd mtime: keep the current time
-            os.utime(fd, (member.mtime, member.mtime))
+            writer.write(fd, chunk)
     finally:
-        os.close(fd)
+        writer.close_file(fd, mode, member.mtime)  # from here on the writer owns fd
     entries[parts] = size
 
 

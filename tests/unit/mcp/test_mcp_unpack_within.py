@@ -1,0 +1,82 @@
+"""Unpacking into an MCP root itself: nothing is created outside the root, not even the
+staging directory (it goes inside dest then), and a failure leaves the root as it was."""
+
+import io
+import os
+import tarfile
+
+import pytest
+from flashpods_mcp.config import load_settings
+from flashpods_mcp.confine import enclosing_root
+from flashpods_mcp.errors import FlashpodsError
+from flashpods_mcp.unpack import safe_extract_stream
+
+MIB = 1024 * 1024
+
+
+def _tar(pairs) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in pairs:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _watching_reader(data: bytes, seen: list, outside, root):
+    """read(n) that, half way through, records what exists outside and inside the root."""
+    source = io.BytesIO(data)
+
+    def read(n):
+        if source.tell() >= len(data) // 2 and not seen:
+            seen.append((sorted(os.listdir(outside)), sorted(os.listdir(root))))
+        return source.read(min(n, MIB))
+
+    return read
+
+
+def test_dest_that_is_the_root_stages_inside_it(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "kept").write_bytes(b"mine")
+    seen = []
+    data = _tar([("a", os.urandom(2 * MIB)), ("b/c", os.urandom(2 * MIB))])
+    result = safe_extract_stream(_watching_reader(data, seen, tmp_path, root), root, root)
+    [(outside_mid, inside_mid)] = seen
+    assert outside_mid == ["project"]  # nothing beside the root, ever
+    assert any(n.startswith(".project.flashpods-partial-") for n in inside_mid)
+    assert [f.path for f in result.written] == ["a", "b/c"]
+    assert sorted(os.listdir(root)) == ["a", "b", "kept"]  # staging gone at the end
+
+
+def test_a_refused_archive_leaves_the_root_as_it_was(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "kept").write_bytes(b"mine")
+    data = _tar([("a", os.urandom(MIB)), ("../escape", b"x")])
+    with pytest.raises(FlashpodsError, match="nothing was written"):
+        safe_extract_stream(io.BytesIO(data).read, root, root)
+    assert sorted(os.listdir(root)) == ["kept"]
+    assert sorted(os.listdir(tmp_path)) == ["project"]
+
+
+def test_an_absent_dest_inside_the_root_stays_absent_after_a_failure(tmp_path):
+    root = tmp_path / "project"
+    root.mkdir()
+    dest = root / "out"
+    data = _tar([("a", os.urandom(MIB))])[: MIB // 2]  # cut short
+    with pytest.raises(FlashpodsError, match="nothing was written"):
+        safe_extract_stream(io.BytesIO(data).read, dest, root)
+    assert os.listdir(root) == []
+
+
+def test_enclosing_root_is_the_outermost_allowed_directory(tmp_path):
+    settings = load_settings(
+        {"HOME": str(tmp_path / "home"), "FLASHPODS_ALLOWED_PATHS": str(tmp_path / "allowed")}
+    )
+    roots = [tmp_path / "a", tmp_path / "a" / "b"]
+    assert enclosing_root(tmp_path / "a" / "b" / "c", roots, settings) == tmp_path / "a"
+    assert enclosing_root(tmp_path / "allowed" / "x", roots, settings) == tmp_path / "allowed"
+    assert enclosing_root(tmp_path / "elsewhere", roots, settings) is None
+    assert enclosing_root(tmp_path / "a", None, settings) is None  # the CLI: no roots
