@@ -5,7 +5,8 @@ compromised, so every member is distrusted. The tar is read once, as it arrives
 (tarstream.py), and each member is written straight into a staging directory on dest's
 filesystem: `.<dest name>.flashpods-partial-XXXXXX`, mode 0700, made in dest's parent
 (the nearest existing directory above dest when dest's parent is not made yet; in dest
-itself when dest is a mount point, or when its parent cannot be written).
+itself when dest is a mount point, when its parent cannot be written, or when dest is
+the MCP root it must stay inside).
 (Member bytes are written by a second thread, writer.py, while the next ones arrive.)
 Only after the whole stream has been read, and every byte written, are the files moved
 into dest:
