@@ -18,12 +18,13 @@ from typing import Any
 
 import dataset
 from sqlalchemy import event, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 ACTIVE = ("starting", "running")
 STATUSES = ("queued", "starting", "running", *FINAL)
 KINDS = ("worker", "sub_agent")
+POOL_SIZE = 16  # SQLite connections kept open per process; busier moments open more
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -98,8 +99,14 @@ class Store:
         self._local = threading.local()
         self.db = dataset.connect(
             f"sqlite:///{db_path}",
+            # dataset hands its connection back after every transaction: a pool keeps
+            # it open for the next one. Without one (NullPool) each request opened a
+            # new SQLite connection and re-ran the connect pragmas, ~0.5 ms of a 0.8 ms
+            # GET /jobs/<id> (measured in-process).
             engine_kwargs={
-                "poolclass": NullPool,
+                "poolclass": QueuePool,
+                "pool_size": POOL_SIZE,
+                "max_overflow": -1,  # more threads at once: opened and closed as before
                 "connect_args": {"timeout": 30, "check_same_thread": False},
             },
         )
