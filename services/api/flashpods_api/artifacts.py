@@ -159,6 +159,8 @@ class Entry:
     relpath: str  # beneath root
     size: int | None = None
     skipped: str | None = None
+    mtime: float = 0.0
+    mode: int = 0
 
 
 def _walk(root: Path, prefix: str) -> Iterator[Entry]:
@@ -178,7 +180,7 @@ def _walk(root: Path, prefix: str) -> Iterator[Entry]:
                 continue
             api_path = f"{prefix}/{rel}" if prefix else rel
             if stat.S_ISREG(st.st_mode):
-                yield Entry(api_path, root, rel, size=st.st_size)
+                yield Entry(api_path, root, rel, st.st_size, mtime=st.st_mtime, mode=st.st_mode)
             else:
                 yield Entry(api_path, root, rel, skipped=_kind(st.st_mode))
 
@@ -293,24 +295,19 @@ def tar_plan(artifacts_dir: Path, job_id: str, glob: str | None) -> tuple[list[T
     """
     members = []
     total = 2 * tarfile.BLOCKSIZE
+    # The walk's lstat is enough to plan: nothing is opened here (a request's fixed cost
+    # is a visible share of a download, P5b). Each member is opened beneath its root
+    # only when its turn comes; what is no longer a regular file then goes out as zeros.
     for entry in entries(artifacts_dir, job_id, glob):
-        if entry.skipped:
+        if entry.skipped or entry.size is None:
             continue
-        try:
-            fd = open_beneath(entry.root, entry.relpath)
-        except NotServed:
-            continue
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
         info = tarfile.TarInfo(entry.path)
-        info.size = st.st_size
-        info.mtime = int(st.st_mtime)
-        info.mode = st.st_mode & 0o755
+        info.size = entry.size
+        info.mtime = int(entry.mtime)
+        info.mode = entry.mode & 0o755
         header = info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
-        members.append(TarMember(entry, header, st.st_size))
-        total += len(header) + st.st_size + _padding(st.st_size)
+        members.append(TarMember(entry, header, entry.size))
+        total += len(header) + entry.size + _padding(entry.size)
     return members, total
 
 

@@ -38,10 +38,26 @@ def socket_sender(environ: Mapping[str, Any]) -> SendFile | None:
     ):
         return None
 
-    def send(fd: int, count: int) -> int:
-        # socket.sendfile loops over os.sendfile and waits out a socket timeout; it stops
-        # early only when the file ends (it shrank since the tar was planned).
+    out = sock.fileno()
+    if sock.gettimeout() is None:
+        # A blocking socket (gunicorn's gthread worker): os.sendfile waits for room
+        # itself, so one call per member does, without socket.sendfile's per-call
+        # selector and file object (a tar of many small files pays those per member).
+        def send(fd: int, count: int) -> int:
+            sent = 0
+            while sent < count:
+                n = os.sendfile(out, fd, sent, count - sent)
+                if n == 0:
+                    break  # the file ended early (it shrank since the plan): caller pads
+                sent += n
+            return sent
+
+        return send
+
+    def send_with_timeout(fd: int, count: int) -> int:
+        # socket.sendfile loops over os.sendfile and waits out the socket's timeout; it
+        # stops early only when the file ends.
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return sock.sendfile(fh, 0, count) if count else 0
 
-    return send
+    return send_with_timeout
