@@ -24,10 +24,11 @@ def _artifacts(root: Path) -> None:
     (root / "empty").write_bytes(b"")
 
 
-def _wire(members, environ_extra=None) -> bytes:
+def _wire(members, environ_extra=None, timeout=None) -> bytes:
     """What a client receives when gunicorn writes each yielded item and the generator
     sends member bodies itself: a real socket pair, read on another thread."""
     server, client = socket.socketpair()
+    server.settimeout(timeout)  # None: gunicorn's gthread socket; a timeout: another path
     received = bytearray()
 
     def read() -> None:
@@ -55,12 +56,13 @@ def _wire(members, environ_extra=None) -> bytes:
     return bytes(received)
 
 
-def test_sendfile_stream_equals_the_read_stream(tmp_path):
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_sendfile_stream_equals_the_read_stream(tmp_path, timeout):
     job_id = "job-zc"
     _artifacts(tmp_path / job_id)
     members, length = artifacts.tar_plan(tmp_path, job_id, None)
     through_python = b"".join(artifacts.stream_tar(members))
-    by_sendfile = _wire(members)
+    by_sendfile = _wire(members, timeout=timeout)
     assert len(by_sendfile) == length == len(through_python)
     assert by_sendfile == through_python
     with tarfile.open(fileobj=io.BytesIO(by_sendfile)) as tar:
@@ -70,7 +72,8 @@ def test_sendfile_stream_equals_the_read_stream(tmp_path):
         )
 
 
-def test_sendfile_stream_keeps_the_promised_length_when_files_change(tmp_path):
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_sendfile_stream_keeps_the_promised_length_when_files_change(tmp_path, timeout):
     job_id = "job-zc"
     root = tmp_path / job_id
     _artifacts(root)
@@ -79,7 +82,7 @@ def test_sendfile_stream_keeps_the_promised_length_when_files_change(tmp_path):
     (root / "grows.bin").write_bytes(b"G" * 5000)  # grew: cut at the planned size
     (root / "sub" / "big.bin").unlink()
     os.symlink("/etc/passwd", root / "sub" / "big.bin")  # now a link: zeros, never followed
-    data = _wire(members)
+    data = _wire(members, timeout=timeout)
     assert len(data) == length
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.extractfile("a.txt").read() == b"short" + b"\0" * 508
