@@ -71,7 +71,7 @@ def create_app(
     app.url_map.merge_slashes = False  # "a//b" is a bad artifact path, not a redirect
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = store or Store(cfg.db_path, cfg.instance)
-    runtime = runtime or Runtime(cfg.podman_url, cfg.instance)
+    runtime = runtime or Runtime(cfg.podman_url, cfg.instance, create_lock=cfg.create_lock_path)
     engine = Engine(cfg, store, runtime, registrar or default_registrar(cfg))
     podman_probe = health.PodmanProbe(store, runtime, float(cfg.reaper["interval_s"]))
     token = auth.read_token(cfg.token_file)

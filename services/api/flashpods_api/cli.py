@@ -82,9 +82,8 @@ def reaper_main(argv: list[str] | None = None) -> None:
 
     lock = hold_lock(config.db_path)
     store = Store(config.db_path, config.instance)
-    engine = Engine(
-        config, store, Runtime(config.podman_url, config.instance), default_registrar(config)
-    )
+    runtime = Runtime(config.podman_url, config.instance, create_lock=config.create_lock_path)
+    engine = Engine(config, store, runtime, default_registrar(config))
     reaper = Reaper(engine)
     install_signal_handlers(reaper)
     logging.getLogger(__name__).info("reaper started for instance %s", config.instance)

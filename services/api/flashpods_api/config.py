@@ -108,6 +108,12 @@ class Config:
         return Path(self.raw["storage"]["logs"])
 
     @property
+    def create_lock_path(self) -> Path:
+        """Serializes container creation (runtime.Runtime._creating) across the API's
+        workers and the reaper: beside the database, which both already write."""
+        return Path(self.raw["db_path"]).parent / "podman-create.lock"
+
+    @property
     def control_dir(self) -> Path:
         """Per-job hand-over dirs of warm containers (mounted read-only at /flashpods/control)."""
         configured = self.raw["storage"]["control"]

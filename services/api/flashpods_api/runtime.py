@@ -9,12 +9,16 @@ package's reader threads cost a few milliseconds per call on the job-start path.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Containers see these paths; docs/design.md "The job container contract".
@@ -113,9 +117,16 @@ def run_args(spec: RunSpec) -> list[str]:
 
 
 class Runtime:
-    def __init__(self, podman_url: str, instance: str, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        podman_url: str,
+        instance: str,
+        timeout_s: float = 60.0,
+        create_lock: Path | None = None,
+    ) -> None:
         self.instance = instance
         self.timeout_s = timeout_s
+        self._create_lock = create_lock
         self._argv0 = ["podman", "--url", podman_url]
         self._env = _client_env()
         self._cgroup_note: str | None = None
@@ -148,8 +159,31 @@ class Runtime:
 
     def run(self, spec: RunSpec) -> tuple[str, str | None]:
         """Start a job container; returns (container id, a note when limits were not applied)."""
-        out, err = self._call("run", *run_args(spec))
+        with self._creating():
+            out, err = self._call("run", *run_args(spec))
         return out.strip(), self.limits_note(spec.resources, err)
+
+    @contextlib.contextmanager
+    def _creating(self) -> Iterator[None]:
+        """One container creation at a time across the API's workers and the reaper.
+
+        Podman 4.3's API service looks up the subordinate ids (/etc/subuid) for every
+        keep-id container, and concurrent look-ups inside the one service fail: at 200
+        concurrent starts (benchmark P4a) some jobs failed with "keep-id requires
+        additional UIDs or GIDs" while the service logged "cannot read subids", and in
+        one run the service itself died. Serial creation never showed it; containers
+        still run in parallel, only their creation waits (~0.1 s each).
+        """
+        if self._create_lock is None:
+            yield
+            return
+        # flock needs no write access: any process that can read the file can take it.
+        fd = os.open(self._create_lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
 
     def limits_note(self, resources: dict[str, Any], stderr: str = "") -> str | None:
         """Say which limits the host ignored: from Podman's warning or the cgroup version."""
@@ -206,6 +240,10 @@ class Runtime:
 
     def normalize(self, image: str, helper_path: str, directory: str) -> None:
         """Open up a tree a job locked: flashpods-init --normalize as the job's own uid."""
+        with self._creating():
+            self._normalize(image, helper_path, directory)
+
+    def _normalize(self, image: str, helper_path: str, directory: str) -> None:
         self._call(
             "run", "--rm", "--userns=keep-id", "--network", "none", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges", "--read-only",
