@@ -36,6 +36,14 @@ in
   config = lib.mkIf cfg.enable {
     virtualisation.podman.enable = true;
 
+    # Each job container's runtime makes a session keyring for the job's mapped uid; the
+    # kernel's default quota (200 keys, 20000 bytes per user) stops the ~200th concurrent
+    # job with "unable to create session key: disk quota exceeded" (benchmark P4a).
+    boot.kernel.sysctl = {
+      "kernel.keys.maxkeys" = lib.mkDefault 2000;
+      "kernel.keys.maxbytes" = lib.mkDefault 2000000;
+    };
+
     users.groups.flashpods = { };
     users.users.flashpods = {
       uid = cfg.podman.uid;

@@ -12,6 +12,20 @@ if is_root; then
 		log "making /dev/net/tun usable by rootless containers (0666)"
 		chmod 0666 /dev/net/tun
 	fi
+	# Every container's runtime makes a session keyring owned by the job's mapped uid,
+	# and the kernel's default quota (200 keys / 20000 bytes per user) stops the 200th
+	# concurrent job ("unable to create session key: disk quota exceeded", benchmark P4a).
+	# Raised, never lowered; the NixOS module sets the same (modules/flashpods/podman.nix).
+	raise_sysctl() { # raise_sysctl KEY MINIMUM
+		local now
+		now=$(sysctl -n "$1")
+		if ((now < $2)); then
+			log "raising $1 from $now to $2"
+			sysctl -q -w "$1=$2"
+		fi
+	}
+	raise_sysctl kernel.keys.maxkeys 2000
+	raise_sysctl kernel.keys.maxbytes 2000000
 	home=$(getent passwd "$FLASHPODS_USER" | cut -d: -f6)
 	owner=$FLASHPODS_USER
 else

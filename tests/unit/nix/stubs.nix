@@ -149,6 +149,25 @@ in
         };
       };
 
+      # nixos/modules/config/sysctl.nix: boot.kernel.sysctl, an attribute set of
+      # sysctl values (null drops a key).
+      boot = optionSet {
+        kernel = optionSet {
+          sysctl = mkOption {
+            type = types.attrsOf (
+              types.nullOr (
+                types.oneOf [
+                  types.bool
+                  types.str
+                  types.int
+                ]
+              )
+            );
+            default = { };
+          };
+        };
+      };
+
       virtualisation = optionSet {
         podman = optionSet {
           package = mkOption {
