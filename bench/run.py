@@ -39,7 +39,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
     return [
         ("P1", lambda: spawn.cold(20)),
         ("P2", lambda: spawn.warm(20)),
-        ("P3", lambda: e2e.unchanged_tree(5)),
+        ("P3", lambda: e2e.unchanged_tree(9)),
         ("P4a", lambda: scale.concurrent_running(200)),
         ("P4b", lambda: scale.burst(500, 8)),
         ("P4c", lambda: scale.polling(50, 40)),
