@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import artifacts, auth, health, ids, logs, validate, zerocopy
+from . import artifacts, auth, health, ids, logs, validate
 from .config import Config, from_dict, load
 from .errors import ApiError, bad_request, conflict, not_found
 from .filewatch import FileWatch
@@ -279,7 +279,7 @@ def create_app(
             "Content-Disposition": f'attachment; filename="{job_id}-artifacts.tar"',
             "Content-Length": str(length),
         }
-        stream = artifacts.stream_tar(members, zerocopy.socket_sender(request.environ))
+        stream = artifacts.stream_tar(members)
         return Response(
             stream, mimetype="application/x-tar", headers=headers, direct_passthrough=True
         )

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .zerocopy import SendFile
-
 WORKSPACE_PREFIX = "_workspace"
 MAX_ENTRIES = 10000
 MAX_PATH = 4096
@@ -315,13 +313,11 @@ def _padding(size: int) -> int:
     return -size % tarfile.BLOCKSIZE
 
 
-def stream_tar(members: list[TarMember], send_file: SendFile | None = None) -> Iterator[bytes]:
+def stream_tar(members: list[TarMember]) -> Iterator[bytes]:
     """A ustar/pax stream of regular files only, built header by header (never in memory).
 
     Exactly the planned length: a member that can no longer be opened safely (replaced by
-    a link since the plan) becomes zeros, one that changed size is padded or cut. With
-    `send_file` (zerocopy.socket_sender) member bodies go to the client by sendfile
-    between two yields instead of through Python.
+    a link since the plan) becomes zeros, one that changed size is padded or cut.
     """
     for member in members:
         yield member.header
@@ -330,14 +326,7 @@ def stream_tar(members: list[TarMember], send_file: SendFile | None = None) -> I
         except NotServed:
             yield from _zeros(member.size)
         else:
-            if send_file is None:
-                yield from stream_fd(fd, member.size, TAR_CHUNK)
-            else:
-                try:
-                    sent = send_file(fd, member.size)
-                finally:
-                    os.close(fd)
-                yield from _zeros(member.size - sent)
+            yield from stream_fd(fd, member.size, TAR_CHUNK)
         if pad := _padding(member.size):
             yield b"\0" * pad
     yield b"\0" * (2 * tarfile.BLOCKSIZE)

@@ -34,12 +34,14 @@ def test_a_member_that_changes_after_the_plan_keeps_the_promised_length(host, tm
     root = _artifacts(host, job["id"])
     members, length = artifacts.tar_plan(host.config.artifacts_dir, job["id"], None)
     (root / "a.txt").write_bytes(b"short")  # shrank: padded with zeros
+    (root / "empty").write_bytes(b"written late")  # grew: cut at the planned size
     (root / "sub" / "big.bin").unlink()
     os.symlink("/etc/passwd", root / "sub" / "big.bin")  # now a link: zeros, never followed
     data = b"".join(artifacts.stream_tar(members))
     assert len(data) == length
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.extractfile("a.txt").read() == b"short" + b"\0" * 508
+        assert tar.extractfile("empty").read() == b""
         assert set(tar.extractfile("sub/big.bin").read()) == {0}
 
 
