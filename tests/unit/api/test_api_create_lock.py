@@ -122,3 +122,32 @@ def test_another_process_holding_the_lock_makes_a_creation_wait(tmp_path, monkey
     holder.stdout.close()
     assert waited >= 0.3, f"the creation did not wait for the other process ({waited:.2f} s)"
     assert len(log.read_text().splitlines()) == 2
+
+
+NORMALIZE_STAND_IN = """#!/bin/sh
+# `create` answers an id; `start` notes whether the creation lock is free meanwhile.
+for arg in "$@"; do
+    case $arg in
+    create) echo cafe0123; exit 0 ;;
+    start)
+        if flock -n "{lock}" true; then echo "start: lock free" >> "{log}";
+        else echo "start: lock held" >> "{log}"; fi
+        exit 0 ;;
+    rm) echo "rm" >> "{log}"; exit 0 ;;
+    esac
+done
+exit 1
+"""
+
+
+def test_normalize_runs_its_container_outside_the_creation_lock(tmp_path, monkeypatch):
+    # A whole `podman run --rm` under the lock made the next job start wait for it.
+    log, lock = tmp_path / "calls.log", tmp_path / "create.lock"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    podman = bin_dir / "podman"
+    podman.write_text(NORMALIZE_STAND_IN.format(log=log, lock=lock))
+    podman.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    Runtime("unix:///nonexistent", "t", create_lock=lock).normalize("img", "/h", str(tmp_path))
+    assert log.read_text().splitlines() == ["start: lock free", "rm"]
