@@ -7,9 +7,7 @@ filesystem: `.<dest name>.flashpods-partial-XXXXXX`, mode 0700, made in dest's p
 (the nearest existing directory above dest when dest's parent is not made yet; in dest
 itself when dest is a mount point, when its parent cannot be written, or when dest is
 the MCP root it must stay inside).
-(Member bytes are written by a second thread, writer.py, while the next ones arrive.)
-Only after the whole stream has been read, and every byte written, are the files moved
-into dest:
+Only after the whole stream has been read are the files moved into dest:
 
 - an absolute name or a `..` component anywhere in the archive refuses the whole
   archive; so do a broken or truncated stream and any other error. The staging
@@ -44,7 +42,6 @@ from tarfile import TarInfo
 
 from .errors import FlashpodsError
 from .tarstream import Read, TarStream
-from .writer import BackgroundWriter
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -234,20 +231,6 @@ def _is_mount_point(path: Path) -> bool:
 
 
 def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
-    """Read the whole stream into staging; every byte is on disk when this returns."""
-    writer = BackgroundWriter()
-    try:
-        staged = _stage_stream(read, dirs, staging_in_dest, writer)
-    except BaseException:
-        writer.abandon()
-        raise
-    writer.finish()
-    return staged
-
-
-def _stage_stream(
-    read: Read, dirs: _DirCache, staging_in_dest: str | None, writer: BackgroundWriter
-) -> _Staged:
     staged = _Staged(entries={}, skipped=[])
     stream = TarStream(read)
     for member in stream:
@@ -272,7 +255,7 @@ def _stage_stream(
             staged.skipped.append(SkippedMember(shown, "not written: the staging dir's name"))
         else:
             try:
-                _stage_member(stream, member, parts, dirs, staged.entries, writer)
+                _stage_member(stream, member, parts, dirs, staged.entries)
             except OSError as exc:
                 if exc.errno in FATAL_ERRNOS:
                     raise
@@ -289,29 +272,29 @@ def _stage_member(
     parts: tuple[str, ...],
     dirs: _DirCache,
     entries: dict[tuple[str, ...], int | None],
-    writer: BackgroundWriter,
 ) -> None:
-    """Stage one member (its bytes through `writer`) and note it in `entries` (a file's
-    size, or None for a directory) once all of it is queued."""
+    """Write one member into staging and note it in `entries` (a file's size, or None
+    for a directory) once it is complete."""
     if member.isdir():
         dirs.open(parts)
         entries.setdefault(parts, None)
         return
     mode = 0o755 if member.mode & 0o111 else 0o644
-    if parts in entries:
-        # A name given twice: the last member wins. Its open truncates the file, so the
-        # earlier member's queued writes must have landed first, not after.
-        writer.drain()
     fd = os.open(parts[-1], STAGED_FILE_FLAGS, mode, dir_fd=dirs.open(parts[:-1]))
-    # The earlier one's staged bytes are gone from here on, whatever happens next.
+    # A name given twice: the last member wins, and the earlier one's staged bytes are
+    # gone from here on (truncated), whatever happens next.
     entries.pop(parts, None)
-    size = 0
     try:
+        size = 0
         for chunk in stream.data():
             size += len(chunk)
-            writer.write(fd, chunk)
+            while chunk:  # os.write may write less than asked
+                chunk = chunk[os.write(fd, chunk) :]
+        os.fchmod(fd, mode)  # the umask would otherwise cut it
+        with contextlib.suppress(OverflowError):  # an absurd mtime: keep the current time
+            os.utime(fd, (member.mtime, member.mtime))
     finally:
-        writer.close_file(fd, mode, member.mtime)  # from here on the writer owns fd
+        os.close(fd)
     entries[parts] = size
 
 
