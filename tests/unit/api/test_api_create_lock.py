@@ -70,9 +70,7 @@ def _overlaps(log: Path) -> int:
     return worst - 1
 
 
-def test_creations_from_many_threads_never_overlap(tmp_path, monkeypatch):
-    log = _podman_on_path(tmp_path, monkeypatch)
-    runtime = Runtime("unix:///nonexistent", "t", create_lock=tmp_path / "create.lock")
+def _start_six_at_once(runtime: Runtime) -> None:
     threads = [
         threading.Thread(target=runtime.run, args=(_spec(f"job_{i:012d}"),)) for i in range(6)
     ]
@@ -80,6 +78,11 @@ def test_creations_from_many_threads_never_overlap(tmp_path, monkeypatch):
         t.start()
     for t in threads:
         t.join()
+
+
+def test_creations_from_many_threads_never_overlap(tmp_path, monkeypatch):
+    log = _podman_on_path(tmp_path, monkeypatch)
+    _start_six_at_once(Runtime("unix:///nonexistent", "t", create_lock=tmp_path / "create.lock"))
     assert len(log.read_text().splitlines()) == 12
     assert _overlaps(log) == 0
 
@@ -87,14 +90,7 @@ def test_creations_from_many_threads_never_overlap(tmp_path, monkeypatch):
 def test_without_a_lock_file_calls_do_overlap(tmp_path, monkeypatch):
     # The check above would pass vacuously if the stand-in could not overlap at all.
     log = _podman_on_path(tmp_path, monkeypatch)
-    runtime = Runtime("unix:///nonexistent", "t")
-    threads = [
-        threading.Thread(target=runtime.run, args=(_spec(f"job_{i:012d}"),)) for i in range(6)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _start_six_at_once(Runtime("unix:///nonexistent", "t"))
     assert _overlaps(log) > 0
 
 

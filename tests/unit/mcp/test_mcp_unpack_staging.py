@@ -1,8 +1,11 @@
-"""Unpacking into an MCP root itself: nothing is created outside the root, not even the
-staging directory (it goes inside dest then), and a failure leaves the root as it was."""
+"""Where the unpack stages and what it leaves behind: inside an MCP root when dest is the
+root itself (nothing is created outside it), dest as it was after a refusal or a full
+disk (no staging, no open descriptors behind), and a name given twice after a large
+member keeps only the last one."""
 
 import io
 import os
+import subprocess
 import tarfile
 
 import pytest
@@ -80,3 +83,46 @@ def test_enclosing_root_is_the_outermost_allowed_directory(tmp_path):
     assert enclosing_root(tmp_path / "allowed" / "x", roots, settings) == tmp_path / "allowed"
     assert enclosing_root(tmp_path / "elsewhere", roots, settings) is None
     assert enclosing_root(tmp_path / "a", None, settings) is None  # the CLI: no roots
+
+
+def _reader(data: bytes):
+    source = io.BytesIO(data)
+    return lambda n: source.read(n)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_name_given_twice_after_a_large_first_member_keeps_only_the_last(tmp_path):
+    # The second member truncates the staged file the first one filled.
+    data = _tar([("twice", os.urandom(16 * MIB)), ("twice", b"second")])
+    for attempt in range(5):
+        dest = tmp_path / f"dest{attempt}"
+        safe_extract_stream(_reader(data), dest)
+        assert (dest / "twice").read_bytes() == b"second"
+
+
+@pytest.mark.root  # mounts a small tmpfs
+def test_a_full_disk_fails_the_unpack_and_leaves_dest_untouched(tmp_path):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)])
+    assert done.returncode == 0, "cannot mount a tmpfs (this test runs as root)"
+    try:
+        dest = disk / "dest"
+        dest.mkdir()
+        (dest / "kept").write_bytes(b"as it was")
+        data = _tar([("a", os.urandom(MIB)), ("b", os.urandom(4 * MIB))])
+        before = _open_fds()
+        with pytest.raises(FlashpodsError) as info:
+            safe_extract_stream(_reader(data), dest)
+        message = str(info.value)
+        assert "No space left on device" in message
+        assert message.endswith(f"nothing was written to {dest}.")
+        assert sorted(p.name for p in dest.iterdir()) == ["kept"]
+        assert (dest / "kept").read_bytes() == b"as it was"
+        assert sorted(p.name for p in disk.iterdir()) == ["dest"]  # no staging left
+        assert _open_fds() == before  # every staged file's descriptor was closed
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
