@@ -39,6 +39,14 @@ def fake_root(base: Path, age_s: float = 3600) -> Path:
     return root
 
 
+def _wait_for(condition, timeout_s: float = 10) -> None:
+    """A child started by Popen is the parent's copy until it has chdir'd and exec'd."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "the child process never got there"
+        time.sleep(0.01)
+
+
 def test_dead_old_root_without_containers_is_removed(base):
     root = fake_root(base)
     assert stale.remove_stale_roots(base) == [root]
@@ -50,6 +58,7 @@ def test_root_with_a_live_process_is_kept(base):
     # The launcher runs every service with the root as working directory.
     sleeper = subprocess.Popen(["sleep", "60"], cwd=root / "run")
     try:
+        _wait_for(lambda: os.readlink(f"/proc/{sleeper.pid}/cwd") == str(root / "run"))
         assert stale.remove_stale_roots(base) == []
         assert root.exists()
     finally:
@@ -62,6 +71,9 @@ def test_root_named_on_a_command_line_is_kept(base):
     root = fake_root(base)
     holder = subprocess.Popen(["sh", "-c", "sleep 60", "holder", f"--config={root}/etc/x"])
     try:
+        # Until the child has exec'd, /proc shows the parent's command line, not the root.
+        cmdline = Path(f"/proc/{holder.pid}/cmdline")
+        _wait_for(lambda: str(root).encode() in cmdline.read_bytes())
         assert stale.stale_roots(base) == []
     finally:
         holder.kill()
