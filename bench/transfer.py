@@ -35,26 +35,37 @@ def _receive(read_into, sink_path: Path) -> int:
     return total
 
 
-def bare_loopback_copy(path: Path, sink_path: Path) -> float:
-    """Seconds to copy a file over a loopback TCP socket into another file
-    (sendfile on one side, recv_into + write on the other: what `nc` or `socat` does)."""
+def _loopback(send, receive) -> float:
+    """Seconds for `send(conn)` on one end of a fresh loopback TCP connection and
+    `receive(client)` on the other, from the first byte asked for to the last received."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
 
     def serve() -> None:
         conn, _ = server.accept()
-        with conn, open(path, "rb") as f:
-            conn.sendfile(f)
+        with conn:
+            send(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
     start = time.perf_counter()
     thread.start()
     with socket.create_connection(("127.0.0.1", port)) as client:
-        _receive(client.recv_into, sink_path)
+        receive(client)
     elapsed = time.perf_counter() - start
     thread.join()
     server.close()
     return elapsed
+
+
+def bare_loopback_copy(path: Path, sink_path: Path) -> float:
+    """Seconds to copy a file over a loopback TCP socket into another file
+    (sendfile on one side, recv_into + write on the other: what `nc` or `socat` does)."""
+
+    def send(conn: socket.socket) -> None:
+        with open(path, "rb") as f:
+            conn.sendfile(f)
+
+    return _loopback(send, lambda client: _receive(client.recv_into, sink_path))
 
 
 def bare_tree_copy(source_dir: Path, dest_dir: Path) -> float:
@@ -63,31 +74,18 @@ def bare_tree_copy(source_dir: Path, dest_dir: Path) -> float:
     also has to create every file, not only move the bytes. 1 MiB records (`-b 2048`,
     `-B` to reblock what the socket delivers), the MCP client's read size: tar's default
     10 KiB records halve its throughput and would flatter the ratio."""
-    server = socket.create_server(("127.0.0.1", 0))
-    port = server.getsockname()[1]
     dest_dir.mkdir()
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            create = ["tar", "-b", "2048", "-C", str(source_dir), "-cf", "-", "."]
-            subprocess.run(create, stdout=conn.fileno(), check=True)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    start = time.perf_counter()
-    thread.start()
-    with socket.create_connection(("127.0.0.1", port)) as client:
-        extract = ["tar", "-b", "2048", "-B", "-C", str(dest_dir), "-xf", "-"]
-        subprocess.run(extract, stdin=client.fileno(), check=True)
-    elapsed = time.perf_counter() - start
-    thread.join()
-    server.close()
-    return elapsed
+    create = ["tar", "-b", "2048", "-C", str(source_dir), "-cf", "-", "."]
+    extract = ["tar", "-b", "2048", "-B", "-C", str(dest_dir), "-xf", "-"]
+    return _loopback(
+        lambda conn: subprocess.run(create, stdout=conn.fileno(), check=True),
+        lambda client: subprocess.run(extract, stdin=client.fileno(), check=True),
+    )
 
 
 def _http_get(api: Api, path: str, sink_path: Path) -> dict[str, str]:
-    """GET one API resource into a file with http.client (what curl does: one copy out of
-    the socket per block); requests/urllib3 would add copies of their own."""
+    """GET one API resource into a file with http.client and the same receive loop as the
+    bare copies (what curl does), so the two sides differ only in the server."""
     url = urllib.parse.urlsplit(api.base)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=300)
     try:
