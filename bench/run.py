@@ -43,7 +43,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
         ("P4a", lambda: scale.concurrent_running(200)),
         ("P4b", lambda: scale.burst(500, 8)),
         ("P4c", lambda: scale.polling(50, 40)),
-        ("P5", lambda: transfer.log_and_artifacts(64, rounds=7)),
+        ("P5", lambda: transfer.log_and_artifacts(64, rounds=11)),
         ("P5d", lambda: transfer.follow_latency(30)),
         ("P6", lambda: token_exchange.exchange(smoke=False)),
     ]

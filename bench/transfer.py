@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -142,6 +143,7 @@ def log_and_artifacts(size_mib: int, rounds: int = 3) -> list[Result]:
             # Each side is timed `rounds` times, interleaved, and the medians compared:
             # one loopback copy on this shared machine swings by a factor of two.
             log_s, tar_s, mcp_s, bare_log_s, bare_tar_s, bare_tree_s = [], [], [], [], [], []
+            mcp_tree, bare_tree = Path(tmp) / "mcp-tree", Path(tmp) / "bare-tree"
             # What the API serves: the job's files as they lie on the host.
             artifacts_dir = host.paths.artifacts / job["id"]
             # The bare copies send the first round's downloads, written back to disk
@@ -157,13 +159,19 @@ def log_and_artifacts(size_mib: int, rounds: int = 3) -> list[Result]:
             tar_copy.rename(tar_source)
 
             def pair(ours, ours_times, bare, bare_times, i) -> None:
-                # ABBA order: whichever runs second meets the first one's dirty pages
-                # and freshly used inodes; alternating cancels that out of the medians.
+                # ABBA order, to cancel what the first run leaves the second (warm
+                # inodes and caches).
                 for fn, times in (
                     ((ours, ours_times), (bare, bare_times))
                     if i % 2 == 0
                     else ((bare, bare_times), (ours, ours_times))
                 ):
+                    # What earlier runs wrote goes to disk first: a run that meets the
+                    # kernel flushing another's 64 MiB took twice as long (tree copies:
+                    # ~30 ms alone, ~60 ms right after the other side's; ~170 ms once a
+                    # few rounds had piled up), which ABBA order cannot cancel out of a
+                    # median of an odd number of rounds.
+                    os.sync()
                     times.append(fn())
 
             def timed_log() -> float:
@@ -185,12 +193,14 @@ def log_and_artifacts(size_mib: int, rounds: int = 3) -> list[Result]:
                 pair(timed_log, log_s, bare_copy_of(log_source), bare_log_s, i)
                 pair(timed_tar, tar_s, bare_copy_of(tar_source), bare_tar_s, i)
                 pair(
-                    lambda i=i: _mcp_download(host, job["id"], Path(tmp) / f"dest{i}"),
+                    lambda: _mcp_download(host, job["id"], mcp_tree),
                     mcp_s,
-                    lambda i=i: bare_tree_copy(artifacts_dir, Path(tmp) / f"bare-tree{i}"),
+                    lambda: bare_tree_copy(artifacts_dir, bare_tree),
                     bare_tree_s,
                     i,
                 )
+                for tree in (mcp_tree, bare_tree):  # room for the next round's copies
+                    shutil.rmtree(tree)
             got = os.path.getsize(log_copy)
             tar_bytes = os.path.getsize(tar_copy)
             log_s, tar_s, mcp_s = median(log_s), median(tar_s), median(mcp_s)

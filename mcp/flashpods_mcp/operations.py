@@ -256,5 +256,5 @@ class Flashpods:
 
         # One pass: unpacked as it downloads, into a staging directory that is moved into
         # dest only once the whole archive has arrived and checked out (unpack.py).
-        with self.api.open_artifacts_tar(job_id, report) as read:
-            return safe_extract_stream(read, dest, within)
+        with self.api.open_artifacts_tar(job_id, report) as readinto:
+            return safe_extract_stream(readinto, dest, within)

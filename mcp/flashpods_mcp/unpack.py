@@ -41,7 +41,7 @@ from pathlib import Path
 from tarfile import TarInfo
 
 from .errors import FlashpodsError
-from .tarstream import Read, TarStream
+from .tarstream import ReadInto, TarStream
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 STAGED_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -132,11 +132,11 @@ class _Staged:
 def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
     """Unpack the tar file `tar_path` into `dest` (see safe_extract_stream)."""
     with open(tar_path, "rb", buffering=0) as source:
-        return safe_extract_stream(source.read, dest)
+        return safe_extract_stream(source.readinto, dest)
 
 
-def safe_extract_stream(read: Read, dest: Path, within: Path | None = None) -> UnpackResult:
-    """Unpack the tar that `read(n)` delivers (b"" at its end) into the existing-or-new
+def safe_extract_stream(readinto: ReadInto, dest: Path, within: Path | None = None) -> UnpackResult:
+    """Unpack the tar that `readinto(buffer)` delivers (0 at its end) into the existing-or-new
     directory `dest` (already confined), reading the stream exactly once. With `within`
     (the MCP root dest lies in), the staging directory is made inside it too."""
     _check_dest(dest)
@@ -152,7 +152,7 @@ def safe_extract_stream(read: Read, dest: Path, within: Path | None = None) -> U
         try:
             try:
                 in_dest = staging.parent == dest
-                staged = _stage(read, staging_dirs, staging.name if in_dest else None)
+                staged = _stage(readinto, staging_dirs, staging.name if in_dest else None)
             except FlashpodsError as exc:
                 raise FlashpodsError(f"{str(exc).rstrip('.')}; {_nothing_written(dest)}") from exc
             except OSError as exc:
@@ -230,9 +230,9 @@ def _is_mount_point(path: Path) -> bool:
 # -- phase 1: the stream, into the staging directory -----------------------------------
 
 
-def _stage(read: Read, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
+def _stage(readinto: ReadInto, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
     staged = _Staged(entries={}, skipped=[])
-    stream = TarStream(read)
+    stream = TarStream(readinto)
     for member in stream:
         try:
             parts = member_parts(member.name)

@@ -2,6 +2,7 @@
 
 import time
 
+import flashpods_mcp.client as client_module
 import pytest
 from flashpods_mcp.client import ApiClient
 from flashpods_mcp.config import load_settings
@@ -123,14 +124,33 @@ def test_upload_reservation_must_return_an_id(fake_api, tmp_path):
     assert fake_api.requests[-1]["json"] == {"basis": "up_aaaaaaaaaaaaaaaa"}
 
 
-def read_to_the_end(read, block=1024 * 1024):
+def read_to_the_end(readinto, block=1024 * 1024):
+    buffer = memoryview(bytearray(block))
     got = bytearray()
-    while data := read(block):
-        got += data
+    while n := readinto(buffer):
+        got += buffer[:n]
     return bytes(got)
 
 
-def test_artifact_download_is_read_from_the_open_response(fake_api, tmp_path):
+@pytest.fixture(params=["http.client", "urllib3"])
+def body_path(request, monkeypatch):
+    """Every download test runs on both ways ResponseBody reads: the http.client response
+    under urllib3 (the fast path), and urllib3's read(n), taken if a urllib3 release
+    stops exposing it."""
+    if request.param == "urllib3":
+        monkeypatch.setattr(client_module, "underlying_http_response", lambda raw: None)
+    return request.param
+
+
+def test_the_pinned_urllib3_exposes_the_http_client_response(fake_api, tmp_path):
+    # Not correctness (both paths are), speed: if an upgrade loses the fast path, this says so.
+    fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = (200, b"x" * 1000)
+    with client_for(fake_api.url, tmp_path).open_artifacts_tar(JOB) as readinto:
+        assert readinto.__self__._fast is not None
+        assert read_to_the_end(readinto) == b"x" * 1000
+
+
+def test_artifact_download_is_read_from_the_open_response(fake_api, tmp_path, body_path):
     payload = bytes(range(256)) * 8192  # 2 MiB: several reads
     fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = (200, payload)
     seen = []
@@ -156,7 +176,7 @@ def promise_more_than_sent(promised, sent):
 
 
 @pytest.mark.parametrize("sent", [0, 5000, 3 * 1024 * 1024])
-def test_artifact_download_that_breaks_off_says_how_far_it_got(fake_api, tmp_path, sent):
+def test_artifact_download_that_breaks_off_says_how_far_it_got(fake_api, tmp_path, body_path, sent):
     fake_api.routes[("GET", f"/jobs/{JOB}/artifacts.tar")] = promise_more_than_sent(
         sent + 1000, sent
     )
@@ -182,7 +202,7 @@ def test_artifact_download_of_an_unknown_job(fake_api, tmp_path):
         pass
 
 
-def test_artifact_download_that_stalls_times_out_as_a_break(fake_api, tmp_path):
+def test_artifact_download_that_stalls_times_out_as_a_break(fake_api, tmp_path, body_path):
     def stall(handler):
         handler.send_response(200)
         handler.send_header("Content-Length", "10000")

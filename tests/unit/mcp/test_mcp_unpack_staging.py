@@ -28,15 +28,16 @@ def _tar(pairs) -> bytes:
 
 
 def _watching_reader(data: bytes, seen: list, outside, root):
-    """read(n) that, half way through, records what exists outside and inside the root."""
+    """readinto(buffer) that, half way through, records what exists outside and inside
+    the root."""
     source = io.BytesIO(data)
 
-    def read(n):
+    def readinto(buffer):
         if source.tell() >= len(data) // 2 and not seen:
             seen.append((sorted(os.listdir(outside)), sorted(os.listdir(root))))
-        return source.read(min(n, MIB))
+        return source.readinto(buffer[:MIB])
 
-    return read
+    return readinto
 
 
 def test_dest_that_is_the_root_stages_inside_it(tmp_path):
@@ -59,7 +60,7 @@ def test_a_refused_archive_leaves_the_root_as_it_was(tmp_path):
     (root / "kept").write_bytes(b"mine")
     data = _tar([("a", os.urandom(MIB)), ("../escape", b"x")])
     with pytest.raises(FlashpodsError, match="nothing was written"):
-        safe_extract_stream(io.BytesIO(data).read, root, root)
+        safe_extract_stream(io.BytesIO(data).readinto, root, root)
     assert sorted(os.listdir(root)) == ["kept"]
     assert sorted(os.listdir(tmp_path)) == ["project"]
 
@@ -70,7 +71,7 @@ def test_an_absent_dest_inside_the_root_stays_absent_after_a_failure(tmp_path):
     dest = root / "out"
     data = _tar([("a", os.urandom(MIB))])[: MIB // 2]  # cut short
     with pytest.raises(FlashpodsError, match="nothing was written"):
-        safe_extract_stream(io.BytesIO(data).read, dest, root)
+        safe_extract_stream(io.BytesIO(data).readinto, dest, root)
     assert os.listdir(root) == []
 
 
@@ -87,7 +88,7 @@ def test_enclosing_root_is_the_outermost_allowed_directory(tmp_path):
 
 def _reader(data: bytes):
     source = io.BytesIO(data)
-    return lambda n: source.read(n)
+    return source.readinto
 
 
 def _open_fds() -> set[str]:

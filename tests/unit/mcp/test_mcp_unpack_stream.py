@@ -49,7 +49,7 @@ def build(members, fmt=tarfile.PAX_FORMAT):
 
 def reader(data, chunk=MIB):
     source = io.BytesIO(data)
-    return lambda n: source.read(min(n, chunk))
+    return lambda buffer: source.readinto(buffer[:chunk])
 
 
 def tree(root: Path):
@@ -274,7 +274,7 @@ KILL_SCRIPT = """
 import os, sys
 from pathlib import Path
 from flashpods_mcp.unpack import safe_extract_stream
-safe_extract_stream(lambda n: os.read(0, n), Path(sys.argv[1]))
+safe_extract_stream(lambda buffer: os.readv(0, [buffer]), Path(sys.argv[1]))
 """
 
 
