@@ -108,6 +108,19 @@ class Api:
     def kill(self, job_id: str) -> None:
         self.session.post(f"{self.base}/jobs/{job_id}/kill", timeout=120).raise_for_status()
 
+    def kill_and_clean(self, host: DevHost, job_id: str, timeout: float = 120) -> None:
+        """Kill the job and wait until it is final and its container removed, as a bare
+        `podman rm -f` is done before the bare side's next sample."""
+        self.kill(job_id)
+        self.wait_status(job_id, set(FINAL), timeout)
+        deadline = time.monotonic() + timeout
+        while host.podman(
+            "ps", "-aq", "--filter", f"label=flashpods.job={job_id}", in_netns=False
+        ).stdout.strip():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the container of {job_id} was not removed")
+            time.sleep(0.05)
+
 
 def bare_podman_run(host: DevHost, *args: str) -> str:
     """`podman run -d` as the sandbox user, labelled so the host's stop() removes it."""
