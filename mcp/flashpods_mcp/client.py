@@ -44,11 +44,21 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+def direct_session() -> requests.Session:
+    """A session that ignores the environment: the API is reached over WireGuard (or
+    loopback), never through an HTTP(S)_PROXY meant for the internet, which would see the
+    bearer token (and cannot reach the tunnel's address anyway); nor does a ~/.netrc
+    login for the host replace that token."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
 class ApiClient:
     def __init__(self, settings: Settings, session: requests.Session | None = None):
         self.settings = settings
         self.base = settings.api_url
-        self.session = session or requests.Session()
+        self.session = session or direct_session()
 
     # -- plumbing -----------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Every HTTP failure becomes a sentence the agent can act on (fake API on loopback)."""
 
+import socket
 import time
 
 import flashpods_mcp.client as client_module
@@ -25,6 +26,28 @@ def test_api_down_names_the_url(tmp_path, unused_port):
         client_for(url, tmp_path).list_jobs()
     assert "is the WireGuard tunnel up" in str(info.value)
     assert f"tried {url}" in str(info.value)
+
+
+def test_the_api_is_reached_directly_whatever_the_environment_says(fake_api, tmp_path, monkeypatch):
+    # A laptop's proxy settings are for the internet: the bearer token must not go to the
+    # proxy, and a ~/.netrc login for the same host must not replace it.
+    proxy = socket.create_server(("127.0.0.1", 0))
+    proxy.settimeout(0)
+    proxy_url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, proxy_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    fake_api.routes[("GET", "/jobs")] = (200, {"jobs": []})
+    with proxy:
+        client_for(fake_api.url, tmp_path, FLASHPODS_HTTP_TIMEOUT_S="5").list_jobs()
+        with pytest.raises(BlockingIOError):
+            proxy.accept()  # nobody knocked
+    assert fake_api.requests[-1]["auth"] == f"Bearer {TOKEN}"
 
 
 ERRORS = [
