@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
-from flashpods_devhost.accounts import Account, subordinate_ids
+from flashpods_devhost.accounts import Account, Accounts, subordinate_ids
+from flashpods_devhost.host import DevHost
+from flashpods_devhost.pytest_plugin import new_settings
 
 JOB = Account("flashpods", 1001, 1001, Path("/home/flashpods"))
 
@@ -36,3 +38,28 @@ def test_a_broken_line_of_the_user_is_named(tmp_path):
 def test_the_job_user_of_this_machine_has_an_explicit_range():
     ranges = subordinate_ids(Account.named("flashpods"))
     assert ranges, "scripts/lib/users.sh gives the job user a range in /etc/subuid"
+
+
+@pytest.mark.root  # reads this machine's /etc/subuid for the real job user
+def test_the_dev_host_refuses_a_service_user_inside_the_job_users_range():
+    # Such a service would be one the job user can become, and the firewall would hold
+    # it to the job rules: refused before any table is rendered or loaded.
+    job = Account.named("flashpods")
+    first, _last = subordinate_ids(job)[0]
+    inside = Account("flashpods-api", first + 5, first + 5, Path("/nonexistent"))
+    host = DevHost(
+        new_settings(
+            firewall=True,
+            firewall_values={"wg_if": "lo", "laptop_addr": "127.0.0.1", "resolvers": []},
+        )
+    )
+    host._accounts = Accounts(
+        podman=job,
+        api=inside,
+        token=Account.named("flashpods-token"),
+        sandbox_group="flashpods",
+        sandbox_gid=job.gid,
+        separated=True,
+    )
+    with pytest.raises(RuntimeError, match=rf"flashpods-api \(uid {first + 5}\) is inside"):
+        host._load_firewall()
