@@ -87,3 +87,14 @@ def jobs(topology: Topology, devhost: DevHost) -> Iterator[PodmanJobs]:
         yield runner
     finally:
         runner.remove_all()
+
+
+@pytest.fixture(scope="session")
+def subordinate_jobs(topology: Topology, devhost: DevHost) -> Iterator[PodmanJobs]:
+    """Containers of the job user running as `--user 1`: their processes, and so their
+    sockets, carry one of the job user's subordinate uids on the host."""
+    runner = PodmanJobs(topology, user="1")
+    try:
+        yield runner
+    finally:
+        runner.remove_all()

@@ -29,16 +29,21 @@ CONTRACT_FLAGS = (
 
 
 class PodmanJobs:
-    def __init__(self, t: Topology) -> None:
+    """`user`: the container's uid (`--user`); with `--userns=keep-id`, any uid other
+    than the job uid's own maps to one of the job user's subordinate uids on the host,
+    which is what an escaped process gets by asking Podman for `--user 1`."""
+
+    def __init__(self, t: Topology, user: str | None = None) -> None:
         self.t = t
         self.label = f"flashpods.instance=fp{t.tag}"
+        self.flags = (*CONTRACT_FLAGS, *(("--user", user) if user is not None else ()))
 
     def _name(self) -> str:
         return f"fp{self.t.tag}-{uuid.uuid4().hex[:8]}"
 
     def run(self, script: str, network: str = "slirp4netns", timeout: float = 120) -> str:
         """Run `sh -c script` in a fresh job container; its stdout and stderr."""
-        argv = ["run", "--rm", "--name", self._name(), "--label", self.label, *CONTRACT_FLAGS]
+        argv = ["run", "--rm", "--name", self._name(), "--label", self.label, *self.flags]
         result = self.t.podman(
             *argv, "--network", network, IMAGE, "sh", "-c", script, timeout=timeout, check=False
         )
@@ -47,7 +52,7 @@ class PodmanJobs:
     def start(self, script: str, network: str = "slirp4netns") -> str:
         """Start a long-running job container; its name."""
         name = self._name()
-        argv = ["run", "-d", "--name", name, "--label", self.label, *CONTRACT_FLAGS]
+        argv = ["run", "-d", "--name", name, "--label", self.label, *self.flags]
         self.t.podman(*argv, "--network", network, IMAGE, "sh", "-c", script)
         return name
 

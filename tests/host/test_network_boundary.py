@@ -9,9 +9,12 @@ run, so a deny never passes because the target was down.
 from __future__ import annotations
 
 import pytest
+from flashpods_devhost.accounts import Account, subordinate_ids
 from job_runner import container_probe
 from topology import (
     API_PORT,
+    EMBEDDED6_NONPUBLIC,
+    EMBEDDED6_PUBLIC,
     GATEWAY,
     HOST_ADDRESSES,
     HOST_PUBLIC,
@@ -20,6 +23,7 @@ from topology import (
     INTERNET,
     INTERNET6,
     INTERNET_PORT,
+    JOB_USER,
     LAPTOP_PORT,
     LAPTOP_ROUTED,
     LAPTOP_TUNNEL,
@@ -45,8 +49,15 @@ HOST_PORTS = (API_PORT, RSYNC_PORT, SSH_PORT, SPIRE_PORT, OTHER_JOB_PORT)
 # default and the only one the dev host can offer). The others are containers started
 # directly with the API's flags in modes the API must not offer, to show the owner rule
 # holds there too: allow_host_loopback opens slirp's 10.0.2.2 -> host loopback path, and
-# `host` gives the container the host's network namespace.
-MODES = ("api:slirp4netns", "podman:slirp4netns:allow_host_loopback=true", "podman:host")
+# `host` gives the container the host's network namespace. "subuid" is what an escaped
+# process gets from the job user's Podman: a `host` container running as `--user 1`,
+# whose sockets carry one of the job user's subordinate uids, not the job uid.
+MODES = (
+    "api:slirp4netns",
+    "podman:slirp4netns:allow_host_loopback=true",
+    "podman:host",
+    "subuid:host",
+)
 
 TARGETS = [
     *((addr, port) for addr in HOST_ADDRESSES for port in HOST_PORTS),
@@ -62,10 +73,10 @@ TARGETS = [
 
 
 @pytest.fixture(scope="module", params=MODES)
-def from_job(request, jobs, api_jobs, services):
+def from_job(request, jobs, api_jobs, subordinate_jobs, services):
     """What a job container reached, with another job listening on OTHER_JOB_PORT."""
     source, mode = request.param.split(":", 1)
-    runner = api_jobs if source == "api" else jobs
+    runner = {"api": api_jobs, "podman": jobs, "subuid": subordinate_jobs}[source]
     other = runner.start(
         f"while true; do echo other-job | nc -l -p {OTHER_JOB_PORT}; done", network=mode
     )
@@ -81,6 +92,19 @@ def from_job(request, jobs, api_jobs, services):
     if source == "api":
         runner.kill(other)
     return results
+
+
+def test_subuid_mode_really_runs_as_a_subordinate_uid(subordinate_jobs, services):
+    """The `subuid` mode above tests what it claims: its processes carry a subordinate
+    uid of the job user on the host, not the job uid the owner rule used to match."""
+    name = subordinate_jobs.start("sleep 60", network="host")
+    try:
+        top = services.podman("top", name, "huser", check=True).stdout.split()
+    finally:
+        services.podman("rm", "-f", "-t", "0", name, check=False)
+    uids = {int(u) for u in top[1:]}
+    ranges = subordinate_ids(Account.named(JOB_USER))
+    assert uids and all(any(a <= u <= b for a, b in ranges) for u in uids), (uids, ranges)
 
 
 def _reached(results: dict, targets) -> list[str]:
@@ -182,18 +206,38 @@ ESCAPED_DENIED = [
     (f"{LINK_LOCAL6}%eth0", INTERNET_PORT),
     # An IPv4-mapped destination leaves as IPv4 and meets the IPv4 rules.
     (f"::ffff:{METADATA}", INTERNET_PORT),
+    # NAT64 and 6to4 addresses of the metadata service and a private neighbour.
+    *((addr, INTERNET_PORT) for addr in EMBEDDED6_NONPUBLIC),
 ]
 
 
-def test_V5_V6_V18_V20_job_uid_outside_any_container(services):
-    """A process that escapes a container lands on the host as the job uid: same limits,
-    over IPv4 and IPv6."""
+def _escaped_identities() -> dict[str, str | int]:
+    """Who an escaped process can be on the host: the job uid, and through the job
+    user's Podman (`--user N`) or newuidmap any of its subordinate uids; both ends of
+    each range are tried."""
+    ranges = subordinate_ids(Account.named(JOB_USER))
+    assert ranges, f"{JOB_USER} has no subordinate uids: run scripts/lib/users.sh"
+    found: dict[str, str | int] = {"job uid": JOB_USER}
+    for first, last in ranges:
+        found[f"subordinate uid {first}"] = first
+        found[f"subordinate uid {last}"] = last
+    return found
+
+
+@pytest.mark.parametrize("who", list(_escaped_identities()))
+def test_V5_V6_V18_V20_job_uid_outside_any_container(services, who):
+    """A process that escapes a container lands on the host as the job uid, or as one of
+    its subordinate uids: same limits, over IPv4 and IPv6."""
     targets = [*ESCAPED_DENIED, (INTERNET, INTERNET_PORT), (INTERNET6, INTERNET_PORT),
+               *((a, INTERNET_PORT) for a in EMBEDDED6_PUBLIC),
                (RESOLVER, "dns"), (RESOLVER_LOOPBACK, "dns"), (RESOLVER6, "dns"),
                (INTERNET, "dns"), (METADATA, "dns"), (PRIVATE[0], "dns")]  # fmt: skip
-    got = services.probe("host", targets, user="flashpods")
+    got = services.probe("host", targets, user=_escaped_identities()[who])
     # Matching allow: root reaches the special-range and link-local listeners.
-    special = [(a, INTERNET_PORT) for a in (*SPECIAL4, *SPECIAL6, f"{LINK_LOCAL6}%eth0")]
+    special = [
+        (a, INTERNET_PORT)
+        for a in (*SPECIAL4, *SPECIAL6, *EMBEDDED6_NONPUBLIC, f"{LINK_LOCAL6}%eth0")
+    ]
     as_root = services.probe("host", special)
     assert all(r["reached"] for r in as_root.values()), as_root
     reached = [k for k, _ in [(f"{a} {p}", 0) for a, p in ESCAPED_DENIED] if got[k]["reached"]]
@@ -202,6 +246,10 @@ def test_V5_V6_V18_V20_job_uid_outside_any_container(services):
     assert slow == [], "refusals must be immediate (reject, not drop)"
     assert got[f"{INTERNET} {INTERNET_PORT}"]["banner"].startswith("internet")
     assert got[f"{INTERNET6} {INTERNET_PORT}"]["banner"].startswith("internet")
+    # An IPv6-only host keeps public IPv4 through NAT64 (and 6to4).
+    for addr in EMBEDDED6_PUBLIC:
+        key = f"{addr} {INTERNET_PORT}"
+        assert got[key]["banner"].startswith("internet"), got[key]
     assert got[f"{RESOLVER} dns"]["address"] == "203.0.113.10", got[f"{RESOLVER} dns"]
     assert got[f"{RESOLVER_LOOPBACK} dns"]["address"] == "203.0.113.10"
     assert got[f"{RESOLVER6} dns"]["address"] == "203.0.113.10", got[f"{RESOLVER6} dns"]

@@ -5,7 +5,9 @@
       192.0.2.10 (routed  │      bridge "lan"    │  host 198.51.100.1    169.254.169.254, private
       through the tunnel) │                      │  resolver 10.255.255.53 and 127.0.0.53
     stranger 198.51.100.3 ┘                      └─ IPv6: 2001:db8:100::/64 (link),
-                                                    2001:db8:203::10 (internet), fd99::1 (ULA)
+                                                    2001:db8:203::10 (internet), fd99::1 (ULA),
+                                                    NAT64 64:ff9b::/96 and 6to4 2002::/16
+                                                    addresses embedding IPv4 ones
 
 Everything lives in namespaces this module creates and deletes: no packet of a test
 leaves them. The documentation ranges 198.51.100.0/24, 203.0.113.0/24 and 2001:db8::/32
@@ -52,6 +54,17 @@ ULA6 = "fd99::1"
 SPECIAL4 = ("198.18.0.1", "192.0.0.1")
 SPECIAL6 = ("100::1", "64:ff9b:1::1")
 LINK_LOCAL6 = "fe80::254"
+# IPv6 addresses that embed an IPv4 one: the well-known NAT64 prefix 64:ff9b::/96 and
+# 6to4 2002::/16. The router answers on them as a provider's NAT64 gateway or a 6to4
+# relay would forward them to the embedded IPv4 address: the metadata service and a
+# private neighbour must be refused, a public address (the internet's) allowed.
+EMBEDDED6_NONPUBLIC = (
+    "64:ff9b::a9fe:a9fe",  # 169.254.169.254
+    "64:ff9b::c0a8:6301",  # 192.168.99.1
+    "2002:a9fe:a9fe::1",  # 169.254.169.254
+    "2002:c0a8:6301::1",  # 192.168.99.1
+)
+EMBEDDED6_PUBLIC = ("64:ff9b::cb00:710a", "2002:cb00:710a::1")  # 203.0.113.10
 RESOLVER = "10.255.255.53"
 RESOLVER_LOOPBACK = "127.0.0.53"
 RESOLVER6 = "fd53::53"  # a ULA resolver: reachable only through the resolver rule
@@ -134,14 +147,20 @@ class Topology:
     def standin(self, role: str, *args: str) -> subprocess.Popen:
         return self.spawn(role, [PYTHON, str(HERE / "standin.py"), *args])
 
-    def probe(self, role: str, targets: list[tuple[str, int]], user: str | None = None) -> dict:
+    def probe(
+        self, role: str, targets: list[tuple[str, int]], user: str | int | None = None
+    ) -> dict:
         """Connect to each (address, port) from a process in `role`; {"addr port": result}.
 
         With user=flashpods this is a process of the job uid outside any container: what
-        a container escape, or rootless `--network=host`, would be.
+        a container escape, or rootless `--network=host`, would be. A number is a bare
+        uid without a passwd entry (a subordinate uid), run with that gid too.
         """
         argv = [PYTHON, str(HERE / "probe.py"), json.dumps(targets)]
-        if user is not None:
+        if isinstance(user, int):
+            ids = ["--reuid", str(user), "--regid", str(user), "--clear-groups"]
+            argv = ["setpriv", *ids, "--", *argv]
+        elif user is not None:
             argv = ["runuser", "-u", user, "--", *argv]
         out = self.sh(role, *argv, timeout=120).stdout
         return json.loads(out)
@@ -203,7 +222,8 @@ class Topology:
         # The router holds the internet, the metadata service and private neighbours.
         for addr in (f"{INTERNET}/24", f"{METADATA}/32", *(f"{p}/32" for p in PRIVATE)):
             self.ip("inet", "addr", "add", addr, "dev", "lo")
-        for addr in (f"{INTERNET6}/64", f"{ULA6}/64", *(f"{a}/128" for a in SPECIAL6)):
+        embedded = (*SPECIAL6, *EMBEDDED6_NONPUBLIC, *EMBEDDED6_PUBLIC)
+        for addr in (f"{INTERNET6}/64", f"{ULA6}/64", *(f"{a}/128" for a in embedded)):
             self.ip("inet", "addr", "add", addr, "dev", "lo", "nodad")
         for addr in SPECIAL4:
             self.ip("inet", "addr", "add", f"{addr}/32", "dev", "lo")

@@ -45,6 +45,44 @@ class Account:
         return cls(entry.pw_name, entry.pw_uid, os.getgid(), Path(entry.pw_dir))
 
 
+SUBUID_FILE = Path("/etc/subuid")
+
+
+def subordinate_ids(account: Account, path: Path = SUBUID_FILE) -> list[tuple[int, int]]:
+    """The account's subordinate id ranges, (first, last) inclusive, as newuidmap sees them.
+
+    shadow's newuidmap matches a line by user name or by numeric uid, so both count: a
+    process of the account can map itself to any of them (rootless Podman's `--user 1`
+    does), and the firewall must hold every one of them to the job rules.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    ranges = []
+    for number, line in enumerate(lines, 1):
+        fields = line.strip().split(":")
+        if (
+            not fields[0]
+            or fields[0].startswith("#")
+            or fields[0]
+            not in (
+                account.name,
+                str(account.uid),
+            )
+        ):
+            continue
+        try:
+            first, count = int(fields[1]), int(fields[2])
+        except (IndexError, ValueError):
+            raise RuntimeError(
+                f"{path}:{number} is not 'name:first:count': {line!r}; fix or remove the line"
+            ) from None
+        if count > 0:
+            ranges.append((first, first + count - 1))
+    return sorted(ranges)
+
+
 @dataclass(frozen=True)
 class Accounts:
     """The three service accounts plus the group that may drive the sandbox."""

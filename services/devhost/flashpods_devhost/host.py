@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import configs, probes, render
-from .accounts import Account, Accounts
+from .accounts import Account, Accounts, subordinate_ids
 from .layout import Layout, Paths
 from .process import SYSTEM_PATH, Service, as_user, tail
 
@@ -54,8 +54,8 @@ class HostSettings:
     netns: str | None = None  # run every service inside this network namespace
     firewall: bool = False  # load the project's nftables table (root; in netns for tests)
     # Beyond design.md: rarely changed knobs.
-    # render.render_firewall keywords besides api_port/rsync_port/job_uid: wg_if,
-    # laptop_addr, resolvers (needed when firewall=True).
+    # render.render_firewall keywords besides api_port/rsync_port/job_uid/job_subuids:
+    # wg_if, laptop_addr, resolvers (needed when firewall=True).
     token_overrides: dict[str, Any] = field(default_factory=dict)
     firewall_values: dict[str, Any] = field(default_factory=dict)
     venv: Path = DEFAULT_VENV
@@ -397,10 +397,21 @@ class DevHost:
     # ---- firewall --------------------------------------------------------------------
 
     def _load_firewall(self) -> None:
+        # Read when the table is loaded, from the file newuidmap itself reads: every
+        # uid the job user can become is held to the job rules.
+        subuids = subordinate_ids(self.accounts.podman)
+        for service in (self.accounts.api, self.accounts.token):
+            if any(first <= service.uid <= last for first, last in subuids):
+                raise RuntimeError(
+                    f"{service.name} (uid {service.uid}) is inside the subordinate uids of "
+                    f"{self.accounts.podman.name} in /etc/subuid: the job user could become "
+                    "it; give the job user a range no account uses (scripts/lib/users.sh)"
+                )
         values = {
             "api_port": self.api_port,
             "rsync_port": self.rsync_port,
             "job_uid": self.accounts.podman.uid,
+            "job_subuids": subuids,
         } | self.settings.firewall_values
         missing = sorted({"wg_if", "laptop_addr", "resolvers"} - values.keys())
         if missing:

@@ -126,6 +126,50 @@ def _path(name: str, value: object) -> str:
     return text
 
 
+# uid_t is 32 bits and (uid_t)-1 means "no uid".
+_MAX_UID = 2**32 - 2
+
+
+def _subuids(job_uid: int, ranges: object) -> str:
+    """The job user's subordinate uid ranges as set elements ("100000-165535, ...").
+
+    At least one: rootless Podman on both substrates is given an explicit range, and a
+    job uid without one would leave the firewall's idea of "a job" out of step with
+    what newuidmap allows. Ranges may not hold uid 0 (the host's own health checks run
+    as root) nor overlap each other or the job uid (nft refuses overlapping intervals).
+    """
+    if isinstance(ranges, str | bytes) or not isinstance(ranges, list | tuple):
+        raise RenderError(f"job_subuids must be a list of (first, last) pairs, got {ranges!r}")
+    if not ranges:
+        raise RenderError(
+            "job_subuids is empty: give the job user an explicit subordinate uid range "
+            "(scripts/lib/users.sh on the dev host, subUidRanges on NixOS)"
+        )
+    checked: list[tuple[int, int]] = []
+    for pair in ranges:
+        if (
+            not isinstance(pair, list | tuple)
+            or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+            or not 1 <= pair[0] <= pair[1] <= _MAX_UID
+        ):
+            raise RenderError(
+                f"job_subuids must hold (first, last) uid pairs with 1 <= first <= last <= "
+                f"{_MAX_UID}, got {pair!r}"
+            )
+        checked.append((pair[0], pair[1]))
+    checked.sort()
+    for (a_first, a_last), (b_first, b_last) in zip(checked, checked[1:], strict=False):
+        if b_first <= a_last:
+            raise RenderError(
+                f"job_subuids ranges {a_first}-{a_last} and {b_first}-{b_last} overlap"
+            )
+    for first, last in checked:
+        if first <= job_uid <= last:
+            raise RenderError(f"job_subuids range {first}-{last} holds the job uid {job_uid}")
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in checked)
+
+
 def _elements(addresses: list[str]) -> str:
     return f"elements = {{ {', '.join(addresses)} }}" if addresses else ""
 
@@ -137,9 +181,14 @@ def firewall_values(
     api_port: int,
     rsync_port: int,
     job_uid: int,
+    job_subuids: list[tuple[int, int]],
     resolvers: Iterable[str],
 ) -> dict[str, str]:
-    """The placeholder values of firewall.nft.in, validated."""
+    """The placeholder values of firewall.nft.in, validated.
+
+    job_subuids: the job user's subordinate uid ranges, (first, last) inclusive, as in
+    /etc/subuid (accounts.subordinate_ids reads them).
+    """
     if not isinstance(wg_if, str) or not _IFNAME.match(wg_if):
         raise RenderError(f"wg_if must be an interface name (1-15 of A-Za-z0-9_.-), got {wg_if!r}")
     if isinstance(resolvers, str):
@@ -151,6 +200,7 @@ def firewall_values(
         "API_PORT": _port("api_port", api_port),
         "RSYNC_PORT": _port("rsync_port", rsync_port),
         "JOB_UID": _uid("job_uid", job_uid),
+        "JOB_SUBUIDS": _subuids(job_uid, job_subuids),
         "RESOLVERS_V4": _elements([str(a) for a in parsed if a.version == 4]),
         "RESOLVERS_V6": _elements([str(a) for a in parsed if a.version == 6]),
     }
@@ -159,7 +209,8 @@ def firewall_values(
 def render_firewall(**values: object) -> str:
     """The host's nftables table ``inet flashpods``, ready for ``nft -f``.
 
-    Keywords: wg_if, laptop_addr, api_port, rsync_port, job_uid, resolvers (list).
+    Keywords: wg_if, laptop_addr, api_port, rsync_port, job_uid, job_subuids (list of
+    (first, last) pairs), resolvers (list).
     """
     return fill(_read(FIREWALL_TEMPLATE), firewall_values(**values))  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ VALUES = dict(
     api_port=8080,
     rsync_port=873,
     job_uid=1001,
+    job_subuids=[(100000, 165535)],
     resolvers=["10.255.255.53", "127.0.0.53"],
 )
 
@@ -28,7 +29,12 @@ def test_every_placeholder_is_filled():
     text = render_firewall(**VALUES)
     assert re.search(r"@[A-Z0-9_]+@", text) is None
     assert 'iifname "wg0" ip saddr 10.0.0.2 tcp dport { 8080, 873 } accept' in text
-    assert "meta skuid 1001 ct state" in text
+    # The job uid and its subordinate uids are one set, used by both the marking rule
+    # and the job rule.
+    assert "elements = { 1001, 100000-165535 }" in text
+    assert "meta skuid != @job_uids fib daddr type local" in text
+    assert "meta skuid @job_uids ct state" in text
+    assert "skuid 1001" not in text and "skuid != 1001" not in text
     assert "elements = { 10.255.255.53, 127.0.0.53 }" in text
 
 
@@ -43,6 +49,14 @@ def test_every_placeholder_is_filled():
 )
 def test_nft_accepts_the_rendered_ruleset(resolvers):
     check_firewall(render_firewall(**{**VALUES, "resolvers": resolvers}))
+
+
+@pytest.mark.root  # nft -c in a new network namespace
+def test_nft_accepts_several_subordinate_ranges_and_a_single_uid():
+    subuids = [(300000, 300000), (100000, 165535), (2**32 - 2, 2**32 - 2)]
+    text = render_firewall(**{**VALUES, "job_subuids": subuids})
+    assert "elements = { 1001, 100000-165535, 300000, 4294967294 }" in text
+    check_firewall(text)
 
 
 @pytest.mark.root  # nft -c in a new network namespace
@@ -62,6 +76,14 @@ def test_nft_check_reports_a_broken_ruleset():
         ("rsync_port", "873", "rsync_port must be a port number"),
         ("job_uid", -1, "job_uid must be a numeric id"),
         ("job_uid", "flashpods", "job_uid must be a numeric id"),
+        ("job_subuids", [], "job_subuids is empty"),
+        ("job_subuids", "100000-165535", "job_subuids must be a list"),
+        ("job_subuids", [(165535, 100000)], "first <= last"),
+        ("job_subuids", [(0, 65535)], "1 <= first"),
+        ("job_subuids", [(100000, 2**32 - 1)], "last <= 4294967294"),
+        ("job_subuids", [(100000, "165535")], "uid pairs"),
+        ("job_subuids", [(100000, 165535), (165535, 200000)], "overlap"),
+        ("job_subuids", [(1000, 2000)], "holds the job uid 1001"),
         ("resolvers", "10.0.0.53", "resolvers must be a list"),
         ("resolvers", ["dns.example"], "resolvers must be an IP address"),
     ],
