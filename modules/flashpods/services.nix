@@ -172,53 +172,53 @@ in
     systemd.services.flashpods-api = lib.mkMerge [
       (apiUnitBase "flashpods-api")
       {
-      description = "Flashpods API (gunicorn)";
-      wantedBy = [ "multi-user.target" ];
-      # It binds the tunnel address, which exists once the interface is up
-      # (fpLib.tunnelUnits: the same with either WireGuard backend); until
-      # then gunicorn exits and Restart=always tries again.
-      inherit (fpLib.tunnelUnits cfg.wireguard.interface) after wants;
-      serviceConfig = {
-        # The package's own gunicorn launcher (the one the dev host runs):
-        # gthread workers around flashpods_api.app:create_app().
-        ExecStart = lib.escapeShellArgs [
-          (lib.getExe' cfg.package.api "flashpods-api")
-          "--bind"
-          "${hostIp}:${toString cfg.api.port}"
-          "--workers"
-          (toString cfg.api.workers)
-        ];
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-        ];
-        # Third layer: the API's sockets talk to the laptop (and loopback for
-        # local checks) and nothing else.
-        IPAddressDeny = "any";
-        IPAddressAllow = [
-          cfg.wireguard.laptopAddress
-          "localhost"
-        ];
-      };
+        description = "Flashpods API (gunicorn)";
+        wantedBy = [ "multi-user.target" ];
+        # It binds the tunnel address, which exists once the interface is up
+        # (fpLib.tunnelUnits: the same with either WireGuard backend); until
+        # then gunicorn exits and Restart=always tries again.
+        inherit (fpLib.tunnelUnits cfg.wireguard.interface) after wants;
+        serviceConfig = {
+          # The package's own gunicorn launcher (the one the dev host runs):
+          # gthread workers around flashpods_api.app:create_app().
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe' cfg.package.api "flashpods-api")
+            "--bind"
+            "${hostIp}:${toString cfg.api.port}"
+            "--workers"
+            (toString cfg.api.workers)
+          ];
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+          ];
+          # Third layer: the API's sockets talk to the laptop (and loopback for
+          # local checks) and nothing else.
+          IPAddressDeny = "any";
+          IPAddressAllow = [
+            cfg.wireguard.laptopAddress
+            "localhost"
+          ];
+        };
       }
     ];
 
     systemd.services.flashpods-reaper = lib.mkMerge [
       (apiUnitBase "flashpods-reaper")
       {
-      description = "Flashpods reaper (job timeouts, final logs, retention)";
-      wantedBy = [ "multi-user.target" ];
-      serviceConfig = {
-        ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
-        # Unix sockets (Podman, SPIRE admin) only; netlink for the Go CLIs'
-        # start-up, no IP at all.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_NETLINK"
-        ];
-        IPAddressDeny = "any";
-      };
+        description = "Flashpods reaper (job timeouts, final logs, retention)";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
+          # Unix sockets (Podman, SPIRE admin) only; netlink for the Go CLIs'
+          # start-up, no IP at all.
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_NETLINK"
+          ];
+          IPAddressDeny = "any";
+        };
       }
     ];
 

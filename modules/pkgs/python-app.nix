@@ -24,12 +24,14 @@ let
     # PyPI names whose nixpkgs attribute differs.
   }.${name} or name;
 
-  # The upper bounds of a requirement ("<2", "<=1.9"): "mcp>=1.27,<2" -> [ { op = "<"; version = "2"; } ].
+  # The upper bounds of a requirement ("<2", "<=1.9"):
+  # "mcp>=1.27,<2" -> [ { op = "<"; version = "2"; } ].
   upperBounds =
     requirement:
     let
       clauses = lib.splitString "," (builtins.head (lib.splitString ";" requirement));
-      parse = clause: builtins.match "[^<>=!~]*(<=|<)[[:space:]]*([0-9][0-9a-zA-Z.]*)[[:space:]]*" clause;
+      upperBound = "[^<>=!~]*(<=|<)[[:space:]]*([0-9][0-9a-zA-Z.]*)[[:space:]]*";
+      parse = clause: builtins.match upperBound clause;
       parsed = lib.filter (m: m != null) (map parse clauses);
     in
     map (m: {

@@ -11,9 +11,10 @@ let
   lib = import nixpkgsLib;
   stubs = import ../../unit/nix/stubs.nix { inherit lib; };
 
+  inherit (stubs.pkgs.stdenv.hostPlatform) system;
   self = {
     nixosModules.default = ../../../modules/flashpods;
-    packages.${stubs.pkgs.stdenv.hostPlatform.system}.worker-image = stubs.fakeDrv "flashpods-worker-image" { };
+    packages.${system}.worker-image = stubs.fakeDrv "flashpods-worker-image" { };
   };
 
   # The packages need a real nixpkgs; the test scripts never read them.

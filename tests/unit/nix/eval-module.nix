@@ -66,6 +66,12 @@ let
       specialArgs = { inherit (stubs) modulesPath; };
     }).config;
 
+  # The JSON configuration a unit is given (the stubs' `generate` puts it where
+  # the store path would be).
+  configJSON =
+    config: unit: variable:
+    builtins.fromJSON config.systemd.services.${unit}.environment.${variable};
+
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
   # Forces every value of the configuration through its option's type, and
@@ -132,12 +138,14 @@ let
     version:
     let
       c = withSpire version;
-      spireUnits = lib.filterAttrs (name: _: lib.hasPrefix "flashpods-spire" name) c.systemd.services;
+      isSpireUnit = name: _: lib.hasPrefix "flashpods-spire" name;
+      spireUnits = lib.filterAttrs isSpireUnit c.systemd.services;
       # ExecStart is `<spire-agent> run -config <file> -expandEnv`, or a
       # wrapper script that ends in that line; the stubbed `generate` puts the
       # JSON itself where the store path would be.
       configOf =
-        exec: builtins.fromJSON (builtins.head (builtins.match ".* run -config (.*) -expandEnv.*" exec));
+        exec:
+        builtins.fromJSON (builtins.head (builtins.match ".* run -config (.*) -expandEnv.*" exec));
     in
     {
       failedAssertions = failedAssertions c;
@@ -145,8 +153,8 @@ let
       agentExec = spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
       agentConfig = configOf spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
       serverConfig = configOf spireUnits.flashpods-spire-server.serviceConfig.ExecStart;
-      apiConfig = builtins.fromJSON c.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG;
-      tokenConfig = builtins.fromJSON c.systemd.services.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
+      apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
+      tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
       units = lib.mapAttrs (_: unit: {
         inherit (unit) after requires wantedBy;
         inherit (unit) serviceConfig;
@@ -201,7 +209,7 @@ in
     failedAssertions = failedAssertions example;
     inherit (example) warnings;
     everythingChecked = everythingChecked example;
-    apiConfig = builtins.fromJSON example.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG;
+    apiConfig = configJSON example "flashpods-api" "FLASHPODS_API_CONFIG";
   };
 
   spire = {

@@ -76,6 +76,17 @@ let
       "always"
     ];
   unitNames = option (types.listOf unitNameType) [ ];
+  environmentValue = types.nullOr (
+    types.oneOf [
+      types.str
+      types.path
+      types.package
+    ]
+  );
+  pathEntry = types.oneOf [
+    types.package
+    types.str
+  ];
 
   # Same file: commonUnitOptions, stage2CommonUnitOptions, serviceOptions
   # (only the options the module sets).
@@ -89,21 +100,8 @@ let
       before = unitNames;
       unitConfig = option (types.attrsOf unitOption) { };
       restartTriggers = option (types.listOf types.unspecified) [ ];
-      environment = option (types.attrsOf (
-        types.nullOr (
-          types.oneOf [
-            types.str
-            types.path
-            types.package
-          ]
-        )
-      )) { };
-      path = option (types.listOf (
-        types.oneOf [
-          types.package
-          types.str
-        ]
-      )) [ ];
+      environment = option (types.attrsOf environmentValue) { };
+      path = option (types.listOf pathEntry) [ ];
       serviceConfig = option (types.addCheck (types.attrsOf unitOption) checkService) { };
       script = option types.lines "";
     };
@@ -131,6 +129,8 @@ let
     }
   );
 
+  tmpfilesSettings = types.attrsOf (types.attrsOf (types.attrsOf tmpfilesEntry));
+
   # nixos/modules/config/users-groups.nix
   # (005ab72f9cf5a75cdcd9ff672fb4a3b03391619f): userOpts, only what is set.
   userType = types.submodule {
@@ -143,7 +143,7 @@ let
       extraGroups = option (types.listOf types.str) [ ];
       home = option (types.passwdEntry types.path) "/var/empty";
       createHome = option types.bool false;
-      shell = option (types.nullOr (types.either types.shellPackage (types.passwdEntry types.path))) pkgs.shadow;
+      shell = option shellType pkgs.shadow;
       autoSubUidGidRange = option types.bool false;
       linger = option (types.nullOr types.bool) null;
       # nixos/modules/services/networking/ssh/sshd.nix (userOptions), used by
@@ -151,6 +151,7 @@ let
       openssh.authorizedKeys.keys = option (types.listOf types.singleLineStr) [ ];
     };
   };
+  shellType = types.nullOr (types.either types.shellPackage (types.passwdEntry types.path));
   # Same file: groupOpts; the module only declares groups (`{ }`).
   groupType = types.submodule {
     options.gid = option (types.nullOr types.int) null;
@@ -217,6 +218,9 @@ let
       ok value || (value._type or "" == "override" && ok value.content);
     merge = loc: defs: lib.mergeOneOption loc (lib.filterOverrides defs);
   };
+
+  # nixos/modules/tasks/network-interfaces.nix: networking.hostName.
+  hostNameType = types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$";
 
   # nixos/modules/system/etc/etc.nix: environment.etc.<name>, what is set.
   etcType = types.submodule {
@@ -297,7 +301,7 @@ in
 
       networking = {
         # nixos/modules/tasks/network-interfaces.nix.
-        hostName = option (types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$") "nixos";
+        hostName = option hostNameType "nixos";
         nameservers = option (types.listOf types.str) [ ];
         useDHCP = option types.bool true;
 
@@ -385,7 +389,7 @@ in
       systemd = {
         services = option (types.attrsOf serviceType) { };
         timers = option (types.attrsOf timerType) { };
-        tmpfiles.settings = option (types.attrsOf (types.attrsOf (types.attrsOf tmpfilesEntry))) { };
+        tmpfiles.settings = option tmpfilesSettings { };
       };
 
       environment = {
