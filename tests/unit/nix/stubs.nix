@@ -200,14 +200,21 @@ let
     }
   );
 
-  # nixos/modules/services/networking/firewall.nix: commonOptions, per
-  # interface and global (allowed*Ports are `listOf port`).
+  # nixos/modules/services/networking/firewall.nix
+  # (0192bb844360b5b42ebaf7f575f84d79910a5927): commonOptions, per interface
+  # and global: `listOf port`, sorted and deduplicated by `apply`.
+  portList = mkOption {
+    type = types.listOf types.port;
+    default = [ ];
+    apply = ports: lib.unique (builtins.sort builtins.lessThan ports);
+  };
   firewallInterface = types.submodule {
-    options.allowedTCPPorts = option (types.listOf types.port) [ ];
+    options.allowedTCPPorts = portList;
   };
 
-  # nixos/modules/config/sysctl.nix: sysctlOption, and the option's own
-  # freeform attribute set (nixpkgs declares it freeform).
+  # nixos/modules/config/sysctl.nix (05924f714f31ff83bd10ed1710638688999c3725,
+  # an index copy with unrelated merge markers): sysctlOption, and the
+  # option's own freeform attribute set (nixpkgs declares it freeform).
   sysctlValue = lib.mkOptionType {
     name = "sysctl option value";
     check =
@@ -222,7 +229,8 @@ let
   # nixos/modules/tasks/network-interfaces.nix: networking.hostName.
   hostNameType = types.strMatching "^$|^[[:alnum:]]([[:alnum:]_-]{0,61}[[:alnum:]])?$";
 
-  # nixos/modules/system/etc/etc.nix: environment.etc.<name>, what is set.
+  # nixos/modules/system/etc/etc.nix (05924f714f31ff83bd10ed1710638688999c3725):
+  # environment.etc.<name>, what is set.
   etcType = types.submodule {
     options = {
       text = option (types.nullOr types.lines) null;
@@ -316,7 +324,7 @@ in
 
         firewall = {
           enable = option types.bool true;
-          allowedUDPPorts = option (types.listOf types.port) [ ];
+          allowedUDPPorts = portList;
           interfaces = option (types.attrsOf firewallInterface) { };
         };
 
@@ -328,7 +336,9 @@ in
         };
       };
 
-      # nixos/modules/services/networking/ssh/sshd.nix.
+      # nixos/modules/services/networking/ssh/sshd.nix: enable, ports and
+      # openFirewall as known (not re-read); settings.PasswordAuthentication
+      # (nullOr bool, true) seen in an index excerpt of the file.
       services.openssh = {
         enable = option types.bool false;
         ports = option (types.listOf types.port) [ 22 ];
@@ -346,7 +356,7 @@ in
                 ]
               )
             );
-            options.PasswordAuthentication = option types.bool true;
+            options.PasswordAuthentication = option (types.nullOr types.bool) true;
           };
           default = { };
         };
@@ -355,7 +365,7 @@ in
       boot = {
         # nixos/modules/config/sysctl.nix.
         kernel.sysctl = mkOption {
-          type = types.submodule { freeformType = types.attrsOf (types.nullOr sysctlValue); };
+          type = types.submodule { freeformType = types.attrsOf sysctlValue; };
           default = { };
         };
         # nixos/modules/system/boot/loader/grub/grub.nix (example.nix).
