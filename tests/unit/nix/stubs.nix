@@ -303,7 +303,7 @@ in
     config._module.args.pkgs = pkgs;
 
     options = {
-      # nixos/modules/misc/assertions.nix.
+      # nixos/modules/misc/assertions.nix (08062fccc11d1bf6e5e6a7bdc1e86eba3fb0c0bf).
       assertions = option (types.listOf types.unspecified) [ ];
       warnings = option (types.listOf types.str) [ ];
 
