@@ -29,9 +29,11 @@ def find_nixpkgs_lib() -> Path | None:
 
 
 NIX_LIB = find_nixpkgs_lib()
+_LOOKED_AT = os.environ.get("FLASHPODS_NIXPKGS_LIB") or SHARED_LIB
 SKIP_REASON = (
     "needs nix-instantiate (Debian's nix-bin) and a copy of nixpkgs' lib, which cannot "
-    "be fetched here: set FLASHPODS_NIXPKGS_LIB to a checkout of nix-community/nixpkgs.lib, "
-    f"or keep one at {SHARED_LIB} (CI does); the parse and builtins-only checks "
-    "(test_nix_parse.py) run without it"
+    f"be fetched here, and there is none at {_LOOKED_AT}: "
+    "set FLASHPODS_NIXPKGS_LIB to a checkout of nix-community/nixpkgs.lib, or keep one at "
+    f"{SHARED_LIB} (CI does); the parse and builtins-only checks (test_nix_parse.py) run "
+    "without it"
 )
