@@ -35,9 +35,14 @@
           ++ extra ps
         );
 
-      nixFiles = lib.filter (path: lib.hasSuffix ".nix" (toString path)) (
-        lib.filesystem.listFilesRecursive ./.
-      );
+      # The .nix files as a store path. Interpolating it gives the build the
+      # files themselves (the string carries their context); a list of
+      # toString'd paths would name files outside the sandbox.
+      nixSources = lib.cleanSourceWith {
+        name = "flashpods-nix-sources";
+        src = lib.cleanSource ./.;
+        filter = path: type: type == "directory" || lib.hasSuffix ".nix" path;
+      };
     in
     {
       nixosModules.flashpods = ./modules/flashpods;
@@ -104,8 +109,9 @@
                 touch $out
               '';
 
+          # Unverified: no nixfmt runs where this flake was written (README).
           formatting = pkgs.runCommand "flashpods-nixfmt" { nativeBuildInputs = [ pkgs.nixfmt ]; } ''
-            nixfmt --check ${lib.escapeShellArgs nixFiles}
+            find ${nixSources} -name '*.nix' -type f -print0 | xargs -0 nixfmt --check
             touch $out
           '';
 

@@ -258,10 +258,13 @@ in
     spire = {
       enable = lib.mkOption {
         type = lib.types.bool;
-        default = true;
+        default = false;
         description = ''
-          Attest job containers with SPIRE (production). When false the token
-          service falls back to kernel `peer` attestation, the dev-host mode.
+          Attest job containers with SPIRE instead of the token service's
+          kernel `peer` attestation (the default, which works on every
+          supported nixpkgs). Needs SPIRE 1.15.0 or newer in `package`: older
+          docker workload attestors cannot see rootless Podman jobs, and
+          nixos-25.11 ships 1.13.x (asserted).
         '';
       };
       package = lib.mkPackageOption pkgs "spire" { };

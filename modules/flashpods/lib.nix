@@ -50,4 +50,59 @@ rec {
 
   # SPIFFE IDs of design.md ("Token exchange wire format").
   hostAgentId = trustDomain: "spiffe://${trustDomain}/agent/host";
+
+  # Where the module's own SPIRE units (spire.nix) keep their sockets and
+  # state. Constants, not options of nixpkgs' services.spire (which
+  # nixos-25.11 does not have), so services.nix can name them too.
+  spire = rec {
+    serverRuntime = "/run/flashpods-spire/server";
+    serverSocket = "${serverRuntime}/api.sock";
+    agentRuntime = "/run/flashpods-spire/agent";
+    agentSocket = "${agentRuntime}/public/api.sock";
+    serverState = "/var/lib/flashpods-spire/server";
+    agentState = "/var/lib/flashpods-spire/agent";
+    bootstrapState = "/var/lib/flashpods-spire-bootstrap";
+    bundleFile = "/var/lib/flashpods-spire-bundle/bundle.spiffe";
+  };
+
+  # Units of the tunnel interface to order after. The scripted backend has
+  # wireguard-<if>.service; with networking.wireguard.useNetworkd there is
+  # none (networkd makes the interface), so nothing may *require* it. The
+  # device unit exists with both backends; ordering after the service is a
+  # no-op where it does not exist. Units that bind the tunnel address also
+  # restart until the address is there (the interface comes up before it).
+  tunnelUnits = interface: {
+    after = [
+      "sys-subsystem-net-devices-${interface}.device"
+      "wireguard-${interface}.service"
+    ];
+    wants = [ "sys-subsystem-net-devices-${interface}.device" ];
+  };
+
+  # What every long-running Flashpods unit gets; each adds what it needs.
+  hardening = {
+    NoNewPrivileges = true;
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateDevices = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    RemoveIPC = true;
+    CapabilityBoundingSet = "";
+    SystemCallArchitectures = "native";
+    SystemCallFilter = [
+      "@system-service"
+      "~@privileged"
+    ];
+    UMask = "0007";
+  };
 }

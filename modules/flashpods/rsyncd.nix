@@ -12,6 +12,7 @@
 let
   cfg = config.services.flashpods;
   fpLib = import ./lib.nix { inherit lib; };
+  tunnel = fpLib.tunnelUnits cfg.wireguard.interface;
 
   configFile = pkgs.writeText "flashpods-rsyncd.conf" (
     fpLib.renderTemplate "rsyncd.conf.in" (builtins.readFile ./rsyncd.conf.in) {
@@ -42,12 +43,12 @@ in
     systemd.services.flashpods-rsyncd = {
       description = "Flashpods rsync daemon (uploads from the laptop)";
       wantedBy = [ "multi-user.target" ];
-      # It binds the tunnel address, which exists once the interface is up.
-      after = [
-        "wireguard-${cfg.wireguard.interface}.service"
-        "systemd-tmpfiles-setup.service"
-      ];
-      requires = [ "wireguard-${cfg.wireguard.interface}.service" ];
+      # It binds the tunnel address, which exists once the interface is up
+      # (fpLib.tunnelUnits: the same with either WireGuard backend); until
+      # then rsync exits and Restart=on-failure tries again, without limit.
+      after = tunnel.after ++ [ "systemd-tmpfiles-setup.service" ];
+      inherit (tunnel) wants;
+      unitConfig.StartLimitIntervalSec = 0;
       restartTriggers = [ configFile ];
       serviceConfig = {
         ExecStart = "${lib.getExe pkgs.rsync} --daemon --no-detach --config=${configFile}";

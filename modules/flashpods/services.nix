@@ -28,33 +28,6 @@ let
 
   tokenConfig = jsonFormat.generate "flashpods-token.json" cfg.token.settings;
 
-  # What every Flashpods unit gets; each adds what it needs on top.
-  hardening = {
-    NoNewPrivileges = true;
-    ProtectSystem = "strict";
-    ProtectHome = true;
-    PrivateDevices = true;
-    ProtectKernelTunables = true;
-    ProtectKernelModules = true;
-    ProtectKernelLogs = true;
-    ProtectControlGroups = true;
-    ProtectClock = true;
-    ProtectHostname = true;
-    ProtectProc = "invisible";
-    RestrictNamespaces = true;
-    RestrictRealtime = true;
-    RestrictSUIDSGID = true;
-    LockPersonality = true;
-    RemoveIPC = true;
-    CapabilityBoundingSet = "";
-    SystemCallArchitectures = "native";
-    SystemCallFilter = [
-      "@system-service"
-      "~@privileged"
-    ];
-    UMask = "0007";
-  };
-
   storageDirs = with cfg.storage; [
     uploads
     workspaces
@@ -70,7 +43,7 @@ let
       "flashpods-images.service"
       "systemd-tmpfiles-setup.service"
     ]
-    ++ lib.optional cfg.spire.enable "spire-server.service";
+    ++ lib.optional cfg.spire.enable "flashpods-spire-server.service";
     wants = [ "flashpods-podman.service" ];
     path = [ podmanPackage ] ++ lib.optional cfg.spire.enable cfg.spire.package;
     environment = {
@@ -81,7 +54,7 @@ let
       TMPDIR = "/var/lib/flashpods-api";
     };
     restartTriggers = [ (apiConfigFor unit) ];
-    serviceConfig = hardening // {
+    serviceConfig = fpLib.hardening // {
       User = "flashpods-api";
       Group = "flashpods-api";
       LoadCredential = [ "api-token:${cfg.api.tokenFile}" ];
@@ -153,13 +126,14 @@ in
       helper_path = lib.getExe cfg.package.init;
       token_socket = cfg.token.socket;
       attestation = if cfg.spire.enable then "spire" else "peer";
+      # Read by the API only in spire mode; spire.nix sets server_cli.
       spire = {
         server_cli = "spire-server";
-        server_socket = config.services.spire.server.settings.server.socket_path;
+        server_socket = fpLib.spire.serverSocket;
         trust_domain = cfg.spire.trustDomain;
         parent_id = fpLib.hostAgentId cfg.spire.trustDomain;
         jwt_svid_ttl_s = seconds cfg.spire.jwtSvidTtl;
-        agent_socket = config.services.spire.agent.settings.agent.socket_path;
+        agent_socket = fpLib.spire.agentSocket;
       };
       retention = {
         artifacts_s = seconds cfg.retention.artifacts;
@@ -198,52 +172,53 @@ in
     systemd.services.flashpods-api = lib.mkMerge [
       (apiUnitBase "flashpods-api")
       {
-      description = "Flashpods API (gunicorn)";
-      wantedBy = [ "multi-user.target" ];
-      # It binds the tunnel address, which exists once the interface is up.
-      after = [ "wireguard-${cfg.wireguard.interface}.service" ];
-      requires = [ "wireguard-${cfg.wireguard.interface}.service" ];
-      serviceConfig = {
-        # The package's own gunicorn launcher (the one the dev host runs):
-        # gthread workers around flashpods_api.app:create_app().
-        ExecStart = lib.escapeShellArgs [
-          (lib.getExe' cfg.package.api "flashpods-api")
-          "--bind"
-          "${hostIp}:${toString cfg.api.port}"
-          "--workers"
-          (toString cfg.api.workers)
-        ];
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_INET"
-          "AF_INET6"
-        ];
-        # Third layer: the API's sockets talk to the laptop (and loopback for
-        # local checks) and nothing else.
-        IPAddressDeny = "any";
-        IPAddressAllow = [
-          cfg.wireguard.laptopAddress
-          "localhost"
-        ];
-      };
+        description = "Flashpods API (gunicorn)";
+        wantedBy = [ "multi-user.target" ];
+        # It binds the tunnel address, which exists once the interface is up
+        # (fpLib.tunnelUnits: the same with either WireGuard backend); until
+        # then gunicorn exits and Restart=always tries again.
+        inherit (fpLib.tunnelUnits cfg.wireguard.interface) after wants;
+        serviceConfig = {
+          # The package's own gunicorn launcher (the one the dev host runs):
+          # gthread workers around flashpods_api.app:create_app().
+          ExecStart = lib.escapeShellArgs [
+            (lib.getExe' cfg.package.api "flashpods-api")
+            "--bind"
+            "${hostIp}:${toString cfg.api.port}"
+            "--workers"
+            (toString cfg.api.workers)
+          ];
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_INET"
+            "AF_INET6"
+          ];
+          # Third layer: the API's sockets talk to the laptop (and loopback for
+          # local checks) and nothing else.
+          IPAddressDeny = "any";
+          IPAddressAllow = [
+            cfg.wireguard.laptopAddress
+            "localhost"
+          ];
+        };
       }
     ];
 
     systemd.services.flashpods-reaper = lib.mkMerge [
       (apiUnitBase "flashpods-reaper")
       {
-      description = "Flashpods reaper (job timeouts, final logs, retention)";
-      wantedBy = [ "multi-user.target" ];
-      serviceConfig = {
-        ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
-        # Unix sockets (Podman, SPIRE admin) only; netlink for the Go CLIs'
-        # start-up, no IP at all.
-        RestrictAddressFamilies = [
-          "AF_UNIX"
-          "AF_NETLINK"
-        ];
-        IPAddressDeny = "any";
-      };
+        description = "Flashpods reaper (job timeouts, final logs, retention)";
+        wantedBy = [ "multi-user.target" ];
+        serviceConfig = {
+          ExecStart = lib.getExe' cfg.package.api "flashpods-reaper";
+          # Unix sockets (Podman, SPIRE admin) only; netlink for the Go CLIs'
+          # start-up, no IP at all.
+          RestrictAddressFamilies = [
+            "AF_UNIX"
+            "AF_NETLINK"
+          ];
+          IPAddressDeny = "any";
+        };
       }
     ];
 
@@ -258,7 +233,7 @@ in
       wants = lib.optional cfg.spire.enable "flashpods-spire-bundle.service";
       environment.FLASHPODS_TOKEN_CONFIG = toString tokenConfig;
       restartTriggers = [ tokenConfig ];
-      serviceConfig = hardening // {
+      serviceConfig = fpLib.hardening // {
         ExecStart = lib.getExe' cfg.package.token "flashpods-token";
         User = "flashpods-token";
         Group = "flashpods-token";

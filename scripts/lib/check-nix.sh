@@ -5,11 +5,14 @@
 #   2. eval    flake.lock, flake.nix and the pyproject.toml files the Nix packages
 #              read, with Nix builtins only (tests/unit/nix/eval-offline.nix);
 #   3. module  the NixOS module's own options, defaults, generated configs and
-#              assertions with lib.evalModules (tests/unit/nix/eval-module.nix), and the
-#              ruleset it renders with `nft -c` in a fresh network namespace. Needs a
-#              copy of nixpkgs' lib: FLASHPODS_NIXPKGS_LIB=<checkout of
-#              nix-community/nixpkgs.lib> (the directory holding lib/default.nix);
-#              skipped with a message when there is none;
+#              assertions with lib.evalModules against typed stubs of the nixpkgs
+#              options it uses (tests/unit/nix/eval-module.nix), modules/hosts/
+#              example.nix with no failed assertion, the flake's outputs, the VM
+#              tests' scripts rendered from their hosts' configurations, and the
+#              ruleset the module renders with `nft -c` in a fresh network
+#              namespace. Needs a copy of nixpkgs' lib: FLASHPODS_NIXPKGS_LIB, or
+#              else ../shared/nixpkgs-lib beside the repository (CI keeps one
+#              there); skipped with a message when there is neither;
 #   4. format  `nixfmt --check` when nixfmt is installed (Debian 12 has no package;
 #              `nix fmt` / `nix flake check` run it on a machine with Nix).
 # Usage: check-nix.sh [parse|eval|module|format]...   (default: all four)
@@ -48,17 +51,15 @@ check_eval() {
 	echo "ok"
 }
 
-# The directory of nixpkgs' lib, or empty. A checkout left by an earlier session at
-# /var/tmp/nixpkgs.lib is used when the variable is unset.
+# The directory of nixpkgs' lib (the one holding lib/default.nix), or empty:
+# FLASHPODS_NIXPKGS_LIB, else ../shared/nixpkgs-lib beside the repository. The
+# pytest side (tests/unit/nix/nixlib.py) looks in the same places.
 nixpkgs_lib() {
-	local dir=${FLASHPODS_NIXPKGS_LIB:-}
-	if [[ -z $dir && -f /var/tmp/nixpkgs.lib/lib/default.nix ]]; then
-		dir=/var/tmp/nixpkgs.lib
-	fi
-	if [[ -n $dir && -f $dir/default.nix && ! -f $dir/lib/default.nix ]]; then
+	local dir=${FLASHPODS_NIXPKGS_LIB:-$FLASHPODS_REPO/../shared/nixpkgs-lib}
+	if [[ -f $dir/default.nix && ! -f $dir/lib/default.nix ]]; then
 		dir=$(dirname "$dir") # pointed at lib/ itself
 	fi
-	[[ -n $dir && -f $dir/lib/default.nix ]] && echo "$dir"
+	[[ -f $dir/lib/default.nix ]] && realpath "$dir"
 	return 0
 }
 
@@ -67,9 +68,9 @@ check_module() {
 	local lib_dir
 	lib_dir=$(nixpkgs_lib)
 	if [[ -z $lib_dir ]]; then
-		local where=${FLASHPODS_NIXPKGS_LIB:-/var/tmp/nixpkgs.lib}
+		local where=${FLASHPODS_NIXPKGS_LIB:-$FLASHPODS_REPO/../shared/nixpkgs-lib}
 		echo "SKIPPED (only this step: lib.evalModules of the module, packages and flake):" \
-			"needs a copy of nixpkgs lib, which CI cannot fetch; none at $where." \
+			"needs a copy of nixpkgs lib, which cannot be fetched here; none at $where." \
 			"Set FLASHPODS_NIXPKGS_LIB to a checkout of nix-community/nixpkgs.lib (the" \
 			"directory that holds lib/default.nix) to run it."
 		return 0
@@ -77,7 +78,7 @@ check_module() {
 	local out
 	out=$(mktemp)
 	# shellcheck disable=SC2064  # expand now: the file name is fixed
-	trap "rm -f '$out' '$out.nft'" RETURN
+	trap "rm -f '$out' '$out.nft' '$out.scripts'" RETURN
 	nix-instantiate --eval --strict --json tests/unit/nix/eval-module.nix \
 		--arg nixpkgsLib "$lib_dir/lib" >"$out"
 	jq -e '.valid.failedAssertions == []' "$out" >/dev/null ||
@@ -90,11 +91,29 @@ check_module() {
 			log "missing settings are not all reported: $(jq -c .broken.missingEverything "$out")"
 			return 1
 		}
+	jq -e '.valid.everythingChecked and .example.everythingChecked' "$out" >/dev/null ||
+		{
+			log "the module's configuration does not evaluate in full on the typed stubs"
+			return 1
+		}
+	jq -e '.example.failedAssertions == []' "$out" >/dev/null ||
+		{
+			log "modules/hosts/example.nix fails assertions: $(jq -c .example.failedAssertions "$out")"
+			return 1
+		}
 	nix-instantiate --eval --strict tests/unit/nix/eval-packages.nix \
 		--arg nixpkgsLib "$lib_dir/lib" >/dev/null
-	nix-instantiate --eval --strict tests/unit/nix/eval-flake.nix \
+	nix-instantiate --readonly-mode --eval --strict tests/unit/nix/eval-flake.nix \
 		--arg nixpkgsLib "$lib_dir/lib" >/dev/null
-	echo "evaluated the module, the Python packages and the flake's outputs with $lib_dir"
+	nix-instantiate --eval --strict --json tests/nixos/lib/render-scripts.nix \
+		--arg nixpkgsLib "$lib_dir/lib" >"$out.scripts"
+	jq -e '[.[].failedAssertions[]] == []' "$out.scripts" >/dev/null ||
+		{
+			log "a VM test's host fails assertions: $(jq -c 'map_values(.failedAssertions)' "$out.scripts")"
+			return 1
+		}
+	echo "evaluated the module, the example host, the Python packages, the flake's" \
+		"outputs and the VM tests' hosts with $lib_dir"
 
 	step "module: nft -c of the ruleset the module renders (fresh network namespace)"
 	if ! is_root || ! command -v nft >/dev/null || ! command -v unshare >/dev/null; then
@@ -109,8 +128,9 @@ check_module() {
 check_format() {
 	step "format: nixfmt --check"
 	if ! command -v nixfmt >/dev/null; then
-		echo "SKIPPED: nixfmt is not installed (Debian 12 has no nixfmt package);" \
-			"\`nix fmt\` and \`nix flake check\` (checks.formatting) run it on a machine with Nix."
+		echo "SKIPPED: nixfmt is not installed (Debian 12, PyPI and npm have none): the" \
+			"layout of the .nix files is kept by hand and UNVERIFIED here; \`nix fmt\` and" \
+			"\`nix flake check\` (checks.formatting) run it on a machine with Nix."
 		return 0
 	fi
 	local files

@@ -1,6 +1,6 @@
 # V15-V17: secrets never land on disk or in Podman, retention removes what
 # has expired, and the host survives kill -9 of the API and the reaper while
-# jobs run.
+# jobs run; V9/V10 with the module's default (peer) attestation.
 { self }:
 let
   topology = import ./lib/nodes.nix {
@@ -23,8 +23,7 @@ in
       cfg = nodes.host.services.flashpods;
     in
     ''
-      API_TOKEN = "${secrets.apiToken}"
-      ${builtins.readFile ./lib/helpers.py}
+      ${topology.preamble nodes}
 
       start_all()
       wait_for_host()
@@ -56,6 +55,19 @@ in
           assert job["status"] == "succeeded" and "has-token" in output, (job, output)
           assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}", API_TOKEN])
 
+      with subtest("V9 V10 with ${cfg.api.settings.attestation} attestation: each role gets exactly its secrets"):
+          granted = "for name in GITHUB_TOKEN ANTHROPIC_API_KEY; do printenv $name >/dev/null && echo GRANTED $name; done; true"
+
+          def names(output):
+              return sorted(line.split()[1] for line in output.splitlines() if line.startswith("GRANTED "))
+
+          job, output = run_job(granted)
+          assert job["status"] == "succeeded" and names(output) == ["GITHUB_TOKEN"], (job, output)
+          job, output = run_job(granted, kind="sub_agent")
+          assert job["status"] == "succeeded", (job, output)
+          assert names(output) == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"], output
+          assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}"])
+
       with subtest("V16: uploads leave after start, artifacts and logs after their TTL"):
           code, upload = api("POST", "/uploads", {})
           laptop.succeed(f"rsync -r /tmp/src/ {upload['rsync_url']}/{upload['upload_id']}/")
@@ -63,7 +75,9 @@ in
           host.fail(f"test -e ${cfg.storage.uploads}/{upload['upload_id']}")
           host.succeed(f"test -e ${cfg.storage.artifacts}/{job['id']}/a.txt")
           host.wait_until_fails(f"test -e ${cfg.storage.artifacts}/{job['id']}", timeout=120)
-          host.wait_until_fails(f"test -e ${cfg.storage.logs}/{job['id']}.output", timeout=120)
+          # The final log is <logs>/<id>.log (services/api/flashpods_api/logs.py).
+          host.wait_until_succeeds(f"test -e ${cfg.storage.logs}/{job['id']}.log", timeout=60)
+          host.wait_until_fails(f"test -e ${cfg.storage.logs}/{job['id']}.log", timeout=120)
           host.wait_until_fails(f"test -e ${cfg.storage.uploads}/.bases/{upload['upload_id']}", timeout=120)
           code, _ = api("GET", f"/jobs/{job['id']}/artifacts/a.txt")
           assert code in (404, 410), code

@@ -14,8 +14,7 @@ in
       cfg = nodes.host.services.flashpods;
     in
     ''
-      API_TOKEN = "${topology.secrets.apiToken}"
-      ${builtins.readFile ./lib/helpers.py}
+      ${topology.preamble nodes}
 
       start_all()
       wait_for_host()

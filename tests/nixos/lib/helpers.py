@@ -1,12 +1,12 @@
-# Shared by every Flashpods VM test (prepended to each testScript). The test
-# driver provides the machines (host, laptop, stranger, internet) and
-# `subtest`; everything here talks to the API from the laptop, like the MCP
-# server does, and to Podman on the host as the flashpods user.
+# Shared by every Flashpods VM test (prepended to each testScript by
+# lib/nodes.nix's `preamble`, which first sets API_TOKEN, API, PODMAN_URL and
+# HOST_DATA_DIRS from the host's configuration). The test driver provides
+# the machines (host, laptop, stranger, internet) and `subtest`; everything
+# here talks to the API from the laptop, like the MCP server does, and to
+# Podman on the host as the flashpods user.
 import json
 import shlex
 
-API = "http://10.0.0.1:8080"
-PODMAN_URL = "unix:///run/flashpods/podman/podman.sock"
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 
 
@@ -19,7 +19,7 @@ def api(method, path, body=None, token=None, node=None):
         parts += ["-H", f"Authorization: Bearer {token}"]
     if body is not None:
         parts += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-    parts.append(API + path)
+    parts.append(API + path)  # noqa: F821 (set by the preamble)
     out = node.succeed(" ".join(shlex.quote(p) for p in parts))
     text, _, code = out.rpartition("\n")
     try:
@@ -122,10 +122,11 @@ def wait_for_host():
 def assert_no_secret_leaked(values):
     """V15: no secret value in the DB, logs, workspaces, artifacts, uploads or Podman."""
     for value in values:
-        for where in ("/var/lib/flashpods", "/var/output/flashpods", "/tmp/flashpods"):
-            host.succeed(f"grep -rF -- {shlex.quote(value)} {where}; test $? -eq 1")  # noqa: F821
+        for where in HOST_DATA_DIRS:  # noqa: F821 (set by the preamble)
+            host.succeed(f"grep -rF -- {shlex.quote(value)} {shlex.quote(where)}; test $? -eq 1")  # noqa: F821
         host.succeed(  # noqa: F821
-            f"podman --url {PODMAN_URL} ps -aq | xargs -r podman --url {PODMAN_URL} inspect"
+            f"podman --url {PODMAN_URL} ps -aq"  # noqa: F821 (set by the preamble)
+            f" | xargs -r podman --url {PODMAN_URL} inspect"  # noqa: F821
             f" | grep -F -- {shlex.quote(value)}; test $? -eq 1"
         )
         host.succeed(f"journalctl -o cat | grep -F -- {shlex.quote(value)}; test $? -eq 1")  # noqa: F821

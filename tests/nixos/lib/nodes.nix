@@ -9,7 +9,15 @@
 # there too; those stay (a private range the jobs must not reach).
 #
 # The keys and tokens below are for these throwaway VMs only.
-{ self, hostModule ? { } }:
+#
+# nodes.host imports the VM's own hardware and network first, then
+# `hostModules`: tests/nixos/lib/render-scripts.nix evaluates those (all but
+# the first import) with the module against the typed stubs of
+# tests/unit/nix, and renders each testScript from that configuration.
+{
+  self,
+  hostModule ? { },
+}:
 let
   keys = {
     hostPrivate = "YDWnoWuVRPPQfU5YbcTgpC7S9jJBNO0fnkvdJKhziEw=";
@@ -26,6 +34,82 @@ let
     mode = "0400";
   };
 
+  # The host VM's size and network (not evaluated by render-scripts.nix).
+  hostMachine = {
+    imports = [ (publicLink "203.0.113.1" [ ]) ];
+    virtualisation.memorySize = 3072;
+    virtualisation.diskSize = 8192;
+    virtualisation.cores = 2;
+    # The metadata stand-in is on the link, as on a cloud host.
+    networking.interfaces.eth1.ipv4.routes = [
+      {
+        address = "169.254.169.254";
+        prefixLength = 32;
+      }
+    ];
+  };
+
+  # The host's Flashpods configuration.
+  hostSettings =
+    { pkgs, lib, ... }:
+    {
+      # Jobs resolve names through the stand-in internet's DNS.
+      networking.nameservers = [ "203.0.113.10" ];
+      services.openssh.enable = true;
+
+      environment.etc = {
+        "flashpods-test/wg-host.key" = secretFile keys.hostPrivate;
+        "flashpods-test/api-token" = secretFile secrets.apiToken;
+        "flashpods-test/github" = secretFile secrets.github;
+        "flashpods-test/anthropic" = secretFile secrets.anthropic;
+      };
+      environment.systemPackages = [
+        pkgs.curl
+        pkgs.jq
+        pkgs.python3
+      ];
+
+      services.flashpods = {
+        enable = true;
+        wireguard = {
+          privateKeyFile = "/etc/flashpods-test/wg-host.key";
+          laptopPublicKey = keys.laptopPublic;
+        };
+        api.tokenFile = "/etc/flashpods-test/api-token";
+        # The VMs carry only the small worker image; a sub_agent job runs it
+        # with a shell as its "agent" (kind and identity are what is tested).
+        api.images = {
+          subAgent = "localhost/flashpods-worker:latest";
+          load = [ self.packages.${pkgs.stdenv.hostPlatform.system}.worker-image ];
+        };
+        api.settings.agent.command = [
+          "/bin/sh"
+          "-c"
+          "eval \"$FLASHPODS_PROMPT\""
+        ];
+        token = {
+          policy = {
+            worker = [ "GITHUB_TOKEN" ];
+            agent = [
+              "ANTHROPIC_API_KEY"
+              "GITHUB_TOKEN"
+            ];
+          };
+          secrets = {
+            GITHUB_TOKEN = "/etc/flashpods-test/github";
+            ANTHROPIC_API_KEY = "/etc/flashpods-test/anthropic";
+          };
+        };
+        spire.jwtSvidTtl = lib.mkDefault "5m";
+      };
+    };
+
+  hostModules = [
+    self.nixosModules.default
+    hostSettings
+    hostModule
+  ];
+
   publicLink = address: extra: {
     virtualisation.vlans = [ 1 ];
     networking.interfaces.eth1.ipv4.addresses = [
@@ -40,76 +124,36 @@ in
 {
   inherit keys secrets;
 
+  # What a testScript needs from the host's configuration, with helpers.py.
+  preamble =
+    nodes:
+    let
+      cfg = nodes.host.services.flashpods;
+      hostIp = builtins.head (builtins.split "/" cfg.wireguard.hostAddress);
+    in
+    ''
+      API_TOKEN = ${builtins.toJSON secrets.apiToken}
+      API = ${builtins.toJSON "http://${hostIp}:${toString cfg.api.port}"}
+      PODMAN_URL = ${builtins.toJSON "unix://${cfg.podman.socket}"}
+      # Where the services keep files; the leak check greps every one.
+      HOST_DATA_DIRS = ${
+        builtins.toJSON [
+          cfg.storage.db
+          cfg.storage.uploads
+          cfg.storage.workspaces
+          cfg.storage.artifacts
+          cfg.storage.logs
+          cfg.storage.control
+          (builtins.dirOf cfg.token.settings.audit_log)
+        ]
+      }
+      ${builtins.readFile ./helpers.py}
+    '';
+
   nodes = {
-    host =
-      { pkgs, lib, ... }:
-      {
-        imports = [
-          self.nixosModules.default
-          (publicLink "203.0.113.1" [ ])
-          hostModule
-        ];
-        virtualisation.memorySize = 3072;
-        virtualisation.diskSize = 8192;
-        virtualisation.cores = 2;
-
-        # Jobs resolve names through the stand-in internet's DNS.
-        networking.nameservers = [ "203.0.113.10" ];
-        # The metadata stand-in is on the link, as on a cloud host.
-        networking.interfaces.eth1.ipv4.routes = [
-          {
-            address = "169.254.169.254";
-            prefixLength = 32;
-          }
-        ];
-        services.openssh.enable = true;
-
-        environment.etc = {
-          "flashpods-test/wg-host.key" = secretFile keys.hostPrivate;
-          "flashpods-test/api-token" = secretFile secrets.apiToken;
-          "flashpods-test/github" = secretFile secrets.github;
-          "flashpods-test/anthropic" = secretFile secrets.anthropic;
-        };
-        environment.systemPackages = [
-          pkgs.curl
-          pkgs.jq
-          pkgs.python3
-        ];
-
-        services.flashpods = {
-          enable = true;
-          wireguard = {
-            privateKeyFile = "/etc/flashpods-test/wg-host.key";
-            laptopPublicKey = keys.laptopPublic;
-          };
-          api.tokenFile = "/etc/flashpods-test/api-token";
-          # The VMs carry only the small worker image; a sub_agent job runs it
-          # with a shell as its "agent" (kind and identity are what is tested).
-          api.images = {
-            subAgent = "localhost/flashpods-worker:latest";
-            load = [ self.packages.${pkgs.stdenv.hostPlatform.system}.worker-image ];
-          };
-          api.settings.agent.command = [
-            "/bin/sh"
-            "-c"
-            "eval \"$FLASHPODS_PROMPT\""
-          ];
-          token = {
-            policy = {
-              worker = [ "GITHUB_TOKEN" ];
-              agent = [
-                "ANTHROPIC_API_KEY"
-                "GITHUB_TOKEN"
-              ];
-            };
-            secrets = {
-              GITHUB_TOKEN = "/etc/flashpods-test/github";
-              ANTHROPIC_API_KEY = "/etc/flashpods-test/anthropic";
-            };
-          };
-          spire.jwtSvidTtl = lib.mkDefault "5m";
-        };
-      };
+    host = {
+      imports = [ hostMachine ] ++ hostModules;
+    };
 
     laptop =
       { pkgs, ... }:

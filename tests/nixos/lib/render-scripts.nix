@@ -1,40 +1,79 @@
-# The testScript of every VM test as text, rendered with the option values a
-# host built from lib/nodes.nix would have. Lets the offline checks lint the
-# Python the NixOS test driver would run (tests/unit/nix/test_nixos_scripts.py).
-#   nix-instantiate --eval --strict --json tests/nixos/lib/render-scripts.nix
+# The testScript of every VM test as text, rendered from the configuration
+# that evaluating the test's own host modules (lib/nodes.nix's hostModules:
+# the Flashpods module, the test host's settings, the test's overrides)
+# produces with nixpkgs' lib against the typed stubs of tests/unit/nix. Lets
+# the offline checks lint the Python the NixOS test driver would run
+# (tests/unit/nix/test_nixos_scripts.py) with the option values it would see.
+#   nix-instantiate --eval --strict --json tests/nixos/lib/render-scripts.nix \
+#     --arg nixpkgsLib /path/to/nixpkgs.lib/lib
+{ nixpkgsLib }:
 let
-  self = { };
-  hostConfig = {
-    services.flashpods = {
-      api.port = 8080;
-      rsync.port = 873;
-      spire = {
-        serverPort = 8081;
-        trustDomain = "flashpods.internal";
-      };
-      token.socket = "/run/flashpods/token.sock";
-      storage = {
-        uploads = "/tmp/flashpods/uploads";
-        artifacts = "/var/lib/flashpods/artifacts";
-        workspaces = "/var/lib/flashpods/workspaces";
-        db = "/var/lib/flashpods/db";
-        logs = "/var/log/flashpods";
-      };
-    };
-    services.spire = {
-      agent.settings.agent.socket_path = "/run/spire/agent/public/api.sock";
-      server.settings.server.socket_path = "/run/spire/server/api.sock";
-    };
+  lib = import nixpkgsLib;
+  stubs = import ../../unit/nix/stubs.nix { inherit lib; };
+
+  inherit (stubs.pkgs.stdenv.hostPlatform) system;
+  self = {
+    nixosModules.default = ../../../modules/flashpods;
+    packages.${system}.worker-image = stubs.fakeDrv "flashpods-worker-image" { };
   };
+
+  # The packages need a real nixpkgs; the test scripts never read them.
+  packageStandIns.services.flashpods.package = {
+    api = stubs.fakeDrv "flashpods-api" { meta.mainProgram = "flashpods-api"; };
+    token = stubs.fakeDrv "flashpods-token" { meta.mainProgram = "flashpods-token"; };
+    init = stubs.fakeDrv "flashpods-init" { meta.mainProgram = "flashpods-init"; };
+  };
+
   render =
-    file:
-    (import file { inherit self; }).testScript {
-      nodes.host = hostConfig;
+    file: extra:
+    let
+      vmTest = import file { inherit self; };
+      # nodes.host = { imports = [ hostMachine ] ++ hostModules; }
+      hostModules = builtins.tail vmTest.nodes.host.imports;
+      host =
+        (lib.evalModules {
+          modules = [
+            stubs.module
+            packageStandIns
+          ]
+          ++ hostModules
+          ++ extra;
+        }).config;
+      failed = lib.filter (a: !a.assertion) host.assertions;
+    in
+    {
+      script = vmTest.testScript { nodes.host = host; };
+      failedAssertions = map (a: a.message) failed;
+      # Where the host's services keep files and sockets: every host path a
+      # script checks must be under one of these.
+      hostPaths =
+        let
+          cfg = host.services.flashpods;
+        in
+        [
+          cfg.storage.uploads
+          cfg.storage.workspaces
+          cfg.storage.artifacts
+          cfg.storage.logs
+          cfg.storage.db
+          cfg.storage.control
+          cfg.token.socket
+          (builtins.dirOf cfg.token.settings.audit_log)
+          cfg.podman.socket
+          cfg.api.settings.spire.agent_socket
+          cfg.api.settings.spire.server_socket
+        ]
+        ++ lib.concatMap builtins.attrNames (builtins.attrValues host.systemd.tmpfiles.settings)
+        ++ map (name: "/etc/${name}") (builtins.attrNames host.environment.etc);
+      units = builtins.attrNames host.systemd.services;
     };
 in
 {
-  tunnel-and-api = render ../tunnel-and-api.nix;
-  container-egress = render ../container-egress.nix;
-  spire-attestation = render ../spire-attestation.nix;
-  lifecycle = render ../lifecycle.nix;
+  tunnel-and-api = render ../tunnel-and-api.nix [ ];
+  container-egress = render ../container-egress.nix [ ];
+  # Built only where pkgs.spire is 1.15.0 or newer (tests/nixos/default.nix).
+  spire-attestation = render ../spire-attestation.nix [
+    { services.flashpods.spire.package = stubs.spireOf "1.15.0"; }
+  ];
+  lifecycle = render ../lifecycle.nix [ ];
 }

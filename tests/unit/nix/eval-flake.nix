@@ -1,15 +1,25 @@
 # Evaluates flake.nix's outputs function with a stand-in nixpkgs input (real
 # lib, fake package set) and lists what the flake provides, without building or
 # fetching anything: catches a misnamed or missing output offline.
-#   nix-instantiate --eval --strict --json tests/unit/nix/eval-flake.nix \
-#     --arg nixpkgsLib /path/to/nixpkgs.lib/lib
-{ nixpkgsLib }:
+# --readonly-mode: source paths interpolated into a check get their store
+# path computed, not copied.
+#   nix-instantiate --readonly-mode --eval --strict --json \
+#     tests/unit/nix/eval-flake.nix --arg nixpkgsLib /path/to/nixpkgs.lib/lib
+{
+  nixpkgsLib,
+  # pkgs.spire's version; nixos-25.11 has 1.13.x.
+  spireVersion ? "1.13.3",
+}:
 let
   lib = import nixpkgsLib;
   flake = import ../../../flake.nix;
   fakePkgs = system: {
-    inherit system;
+    inherit system lib;
     stdenv.hostPlatform.system = system;
+    nixfmt = "nixfmt";
+    spire.version = spireVersion;
+    # What a check would run: its command, to see what reaches the sandbox.
+    runCommand = name: env: command: { inherit name env command; };
   };
   nixpkgs = {
     lib = lib // {
@@ -34,4 +44,14 @@ in
   nixosModules = builtins.attrNames self.nixosModules;
   moduleIsTheDirectory = toString self.nixosModules.default == toString ../../../modules/flashpods;
   example = self.nixosConfigurations.example;
+  # checks.formatting: the sources reach the build only as a string context.
+  formatting =
+    let
+      inherit (self.checks.x86_64-linux.formatting) command;
+    in
+    {
+      inherit command;
+      hasContext = builtins.hasContext command;
+      context = builtins.attrNames (builtins.getContext command);
+    };
 }

@@ -1,5 +1,5 @@
-# Evaluates modules/flashpods with nixpkgs' lib and the stubs next to this
-# file, and returns plain data (JSON) that test_nix_module.py checks: the
+# Evaluates modules/flashpods with nixpkgs' lib and the typed stubs next to
+# this file, and returns plain data (JSON) that test_nix_module.py checks: the
 # generated service configurations, the rendered templates, the units, and
 # the messages of failing assertions for broken configurations.
 #   nix-instantiate --eval --strict --json tests/unit/nix/eval-module.nix \
@@ -15,8 +15,18 @@ let
     init = stubs.fakeDrv "flashpods-init" { meta.mainProgram = "flashpods-init"; };
   };
 
+  # Stand-ins for the derivations the stubs cannot build: the packages
+  # (modules/pkgs needs a real nixpkgs) and the images loaded at boot.
+  buildScaffold = {
+    services.flashpods = {
+      package = fakePackages;
+      api.images.load = [ ];
+    };
+  };
+
   # A complete, valid host configuration.
   valid = {
+    imports = [ buildScaffold ];
     services.openssh.enable = true;
     networking.nameservers = [
       "203.0.113.53"
@@ -24,8 +34,6 @@ let
     ];
     services.flashpods = {
       enable = true;
-      package = fakePackages;
-      api.images.load = [ ];
       wireguard = {
         laptopPublicKey = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
         privateKeyFile = "/var/lib/flashpods-secrets/wg-host.key";
@@ -55,9 +63,20 @@ let
         ../../../modules/flashpods
       ]
       ++ modules;
+      specialArgs = { inherit (stubs) modulesPath; };
     }).config;
 
+  # The JSON configuration a unit is given (the stubs' `generate` puts it where
+  # the store path would be).
+  configJSON =
+    config: unit: variable:
+    builtins.fromJSON config.systemd.services.${unit}.environment.${variable};
+
   failedAssertions = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  # Forces every value of the configuration through its option's type, and
+  # every definition through the check that its option exists.
+  everythingChecked = config: builtins.deepSeq (removeAttrs config [ "_module" ]) true;
 
   # True when evaluating `select config` fails (a type check or a `throw`).
   evaluationFails =
@@ -76,6 +95,7 @@ let
     inherit (unit)
       after
       requires
+      wants
       wantedBy
       environment
       ;
@@ -94,15 +114,66 @@ let
       "IPAddressAllow"
       "ReadWritePaths"
       "RuntimeDirectory"
+      "RuntimeDirectoryMode"
+      "StateDirectory"
       "UMask"
       "DynamicUser"
       "SystemCallFilter"
+      "ProtectProc"
+      "Restart"
     ] unit.serviceConfig;
   }) units;
+
+  # SPIRE on, with a given package version. The version check is an
+  # assertion, so the configuration is generated for an old one too.
+  withSpire =
+    version:
+    evaluate (withFlashpods {
+      spire = {
+        enable = true;
+        package = stubs.spireOf version;
+      };
+    });
+  spireFacts =
+    version:
+    let
+      c = withSpire version;
+      isSpireUnit = name: _: lib.hasPrefix "flashpods-spire" name;
+      spireUnits = lib.filterAttrs isSpireUnit c.systemd.services;
+      # ExecStart is `<spire-agent> run -config <file> -expandEnv`, or a
+      # wrapper script that ends in that line; the stubbed `generate` puts the
+      # JSON itself where the store path would be.
+      configOf =
+        exec:
+        builtins.fromJSON (builtins.head (builtins.match ".* run -config (.*) -expandEnv.*" exec));
+    in
+    {
+      failedAssertions = failedAssertions c;
+      everythingChecked = everythingChecked c;
+      agentExec = spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
+      agentConfig = configOf spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
+      serverConfig = configOf spireUnits.flashpods-spire-server.serviceConfig.ExecStart;
+      apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
+      tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
+      units = lib.mapAttrs (_: unit: {
+        inherit (unit) after requires wantedBy;
+        inherit (unit) serviceConfig;
+      }) spireUnits;
+      apiUnitAfter = c.systemd.services.flashpods-api.after;
+      tmpfiles = c.systemd.tmpfiles.settings."11-flashpods-spire";
+      users = lib.mapAttrs (_: u: { inherit (u) extraGroups group isSystemUser; }) c.users.users;
+    };
+
+  # modules/hosts/example.nix as it is, on the typed stubs.
+  example = evaluate [
+    ../../../modules/hosts/example.nix
+    buildScaffold
+  ];
 in
 {
   valid = {
     failedAssertions = failedAssertions good;
+    everythingChecked = everythingChecked good;
     apiConfig = builtins.fromJSON units.flashpods-api.environment.FLASHPODS_API_CONFIG;
     reaperConfig = builtins.fromJSON units.flashpods-reaper.environment.FLASHPODS_API_CONFIG;
     tokenConfig = builtins.fromJSON units.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
@@ -112,36 +183,46 @@ in
     firewallTableFamily = good.networking.nftables.tables.flashpods.family;
     flushRuleset = good.networking.nftables.flushRuleset;
     rsyncdConfig = lib.last (lib.splitString "--config=" units.flashpods-rsyncd.serviceConfig.ExecStart);
+    rsyncdUnitConfig = units.flashpods-rsyncd.unitConfig;
     tmpfiles = good.systemd.tmpfiles.settings."10-flashpods";
-    spireTmpfiles = good.systemd.tmpfiles.settings."11-flashpods-spire";
+    tmpfilesFiles = builtins.attrNames good.systemd.tmpfiles.settings;
     openFirewallUdp = good.networking.firewall.allowedUDPPorts;
     wgTcpPorts = good.networking.firewall.interfaces.wg0.allowedTCPPorts;
     sshOpenPublicly = good.services.openssh.openFirewall;
     wireguard = good.networking.wireguard.interfaces.wg0;
-    users = lib.mapAttrs (_: u: pick [ "uid" "isNormalUser" "isSystemUser" "linger" "autoSubUidGidRange" "extraGroups" "group" ] u) good.users.users;
-    spireServer = good.services.spire.server.settings;
-    spireAgent = good.services.spire.agent.settings;
+    users = lib.mapAttrs (
+      _: u:
+      pick [
+        "uid"
+        "isNormalUser"
+        "isSystemUser"
+        "linger"
+        "autoSubUidGidRange"
+        "extraGroups"
+        "group"
+      ] u
+    ) good.users.users;
   };
 
-  peerMode = {
-    tokenConfig = builtins.fromJSON (evaluate (withFlashpods { spire.enable = false; }))
-      .systemd.services.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
-    tokenUnit = pick [ "AmbientCapabilities" "CapabilityBoundingSet" ] (evaluate (withFlashpods { spire.enable = false; }))
-      .systemd.services.flashpods-token.serviceConfig;
-    spireEnabled = (evaluate (withFlashpods { spire.enable = false; })).services.spire.server.enable or false;
+  # The example host of the flake (nixosConfigurations.example).
+  example = {
+    failedAssertions = failedAssertions example;
+    inherit (example) warnings;
+    everythingChecked = everythingChecked example;
+    apiConfig = configJSON example "flashpods-api" "FLASHPODS_API_CONFIG";
   };
 
-  spire115 =
-    let
-      c = evaluate (withFlashpods {
-        spire.package = stubs.fakeDrv "spire-1.15.0" { version = "1.15.0"; };
-      });
-    in
-    {
-      docker = c.services.spire.agent.settings.plugins.WorkloadAttestor.docker.plugin_data;
-      tmpfiles = c.systemd.tmpfiles.settings."11-flashpods-spire";
-      failedAssertions = failedAssertions c;
-    };
+  spire = {
+    "1.13.2" = spireFacts "1.13.2";
+    "1.13.3" = spireFacts "1.13.3";
+    "1.15.0" = spireFacts "1.15.0";
+  };
+
+  # WireGuard through systemd-networkd: no wireguard-<if>.service exists.
+  networkd = lib.mapAttrs (_: unit: { inherit (unit) after requires wants; }) (evaluate [
+    valid
+    { networking.wireguard.useNetworkd = true; }
+  ]).systemd.services;
 
   overrides = {
     # api.settings overrides a generated key; retention durations convert.
@@ -174,13 +255,8 @@ in
   broken = {
     # Nothing set but enable: every required setting is named.
     missingEverything = failedAssertions (evaluate [
-      {
-        services.flashpods = {
-          enable = true;
-          package = fakePackages;
-          api.images.load = [ ];
-        };
-      }
+      buildScaffold
+      { services.flashpods.enable = true; }
     ]);
     policyWithoutSecret = failedAssertions (evaluate (withFlashpods {
       token.policy.worker = [ "NPM_TOKEN" ];
@@ -194,9 +270,8 @@ in
     addressWithoutPrefix = failedAssertions (evaluate (withFlashpods {
       wireguard.hostAddress = "10.0.0.1";
     }));
-    oldSpire = failedAssertions (evaluate (withFlashpods {
-      spire.package = stubs.fakeDrv "spire-1.8.0" { version = "1.8.0"; };
-    }));
+    # nixos-25.11's SPIRE (1.13.x) cannot attest rootless Podman jobs.
+    spireOn25_11 = failedAssertions (withSpire "1.13.3");
     samePorts = failedAssertions (evaluate (withFlashpods {
       rsync.port = 8080;
     }));
@@ -213,10 +288,11 @@ in
 
   warnings = {
     valid = good.warnings;
-    noResolvers = (evaluate [
-      valid
-      { networking.nameservers = lib.mkForce [ ]; }
-    ]).warnings;
+    noResolvers =
+      (evaluate [
+        valid
+        { networking.nameservers = lib.mkForce [ ]; }
+      ]).warnings;
   };
 
   disabled = {

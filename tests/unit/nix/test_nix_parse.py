@@ -117,3 +117,27 @@ def test_check_nix_script_runs_its_offline_steps():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nix checks passed: parse eval" in result.stdout
+
+
+def test_nixos_docs_state_the_spire_facts_of_the_pin():
+    # docs/nixos.md must not describe keys SPIRE does not have, and must say plainly
+    # that 25.11's SPIRE cannot attest rootless jobs, hence peer by default.
+    doc = (REPO / "docs/nixos.md").read_text()
+    flat = " ".join(doc.split())
+    assert "use_rootless_podman" not in doc
+    assert (
+        "With nixos-25.11's SPIRE (1.13.x), the docker workload attestor cannot see rootless "
+        "Podman jobs." in flat
+    )
+    assert "the module's default attestation is the token service's `peer` mode" in flat
+    assert (
+        "`spire.enable = true` with a `spire.package` older than 1.15.0 fails an assertion" in flat
+    )
+
+
+def test_docs_mark_the_nixfmt_check_unverified():
+    for doc in ("README.md", "docs/nixos.md"):
+        flat = " ".join((REPO / doc).read_text().split())
+        assert "`checks.formatting`) is **unverified**" in flat or (
+            "`formatting` (`nixfmt --check`" in flat and "**unverified**" in flat
+        ), doc
