@@ -14,6 +14,26 @@ let
   flashpodsPkgs = import ../pkgs { inherit pkgs lib; };
   jsonFormat = pkgs.formats.json { };
 
+  # What the flashpods user's subordinate range may not hold: any user's uid
+  # (the firewall would treat that user's sockets as a job's) or another user's
+  # subordinate range (two users' containers would share host uids).
+  subIdFirst = cfg.podman.subIdStart;
+  subIdLast = cfg.podman.subIdStart + cfg.podman.subIdCount - 1;
+  inSubIds = id: id >= subIdFirst && id <= subIdLast;
+  subIdClashes =
+    lib.concatLists (
+      lib.mapAttrsToList (
+        name: user:
+        lib.optional (user.uid != null && inSubIds user.uid) "the uid of user ${name}"
+        ++ lib.optional (
+          name != "flashpods"
+          && lib.any (
+            range: range.startUid <= subIdLast && range.startUid + range.count - 1 >= subIdFirst
+          ) user.subUidRanges
+        ) "the subordinate uids of user ${name}"
+      ) config.users.users
+    );
+
   pathOption =
     default: description:
     lib.mkOption {
@@ -331,10 +351,36 @@ in
         want the number at evaluation time.
       '';
     };
+
+    podman.subIdStart = lib.mkOption {
+      type = lib.types.ints.positive;
+      # 0x70000000: above systemd-nspawn's range and far from the 100000 + k * 65536
+      # blocks NixOS's automatic allocator hands out (it does not avoid explicit ranges).
+      default = 1879048192;
+      description = ''
+        First subordinate uid and gid of the `flashpods` user (its
+        `/etc/subuid` and `/etc/subgid` range). The range is explicit, not
+        `autoSubUidGidRange`, because the firewall must name it at evaluation
+        time: a container started with `--user 1` (or `--network host`) owns
+        sockets with a uid from this range, and the job rules hold it like the
+        job uid itself. Changing it on an existing host needs `podman system
+        reset` as `flashpods` (its storage was made under the old range).
+      '';
+    };
+
+    podman.subIdCount = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = 65536;
+      description = "Number of subordinate uids and gids of the `flashpods` user (from `podman.subIdStart`).";
+    };
   };
 
   config = lib.mkIf cfg.enable {
     assertions = [
+      {
+        assertion = subIdClashes == [ ];
+        message = "services.flashpods.podman.subIdStart/subIdCount (${toString cfg.podman.subIdStart}, ${toString cfg.podman.subIdCount}) overlap ${lib.concatStringsSep ", " subIdClashes}: choose a range that holds no uid of any user and no other user's subordinate range (the firewall treats every uid in it as a job).";
+      }
       {
         assertion = cfg.wireguard.laptopPublicKey != null;
         message = "services.flashpods.wireguard.laptopPublicKey must be set to the laptop's WireGuard public key (`wg pubkey < laptop.key`; see docs/nixos.md).";

@@ -18,6 +18,10 @@ let
     RSYNC_PORT = cfg.rsync.port;
     # Numeric, so `nft --check` in the build sandbox (no /etc/passwd) passes too.
     JOB_UID = cfg.podman.uid;
+    # The user's subordinate range (podman.nix), held to the job rules too.
+    JOB_SUBUIDS = "${toString cfg.podman.subIdStart}-${
+      toString (cfg.podman.subIdStart + cfg.podman.subIdCount - 1)
+    }";
     RESOLVERS_V4 = setElements (lib.filter (a: !isV6 a) cfg.firewall.jobResolvers);
     RESOLVERS_V6 = setElements (lib.filter isV6 cfg.firewall.jobResolvers);
   };

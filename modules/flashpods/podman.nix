@@ -55,7 +55,22 @@ in
       home = "/var/lib/flashpods-podman";
       createHome = true;
       shell = "${pkgs.shadow}/bin/nologin";
-      autoSubUidGidRange = true;
+      # An explicit range, not autoSubUidGidRange: the firewall must hold these
+      # uids to the job rules and so must know them at evaluation time (a
+      # container's `--user 1` is a uid from this range on the host).
+      autoSubUidGidRange = false;
+      subUidRanges = [
+        {
+          startUid = cfg.podman.subIdStart;
+          count = cfg.podman.subIdCount;
+        }
+      ];
+      subGidRanges = [
+        {
+          startGid = cfg.podman.subIdStart;
+          count = cfg.podman.subIdCount;
+        }
+      ];
       # Its user manager (and so /run/user/<uid> and cgroup delegation for
       # its containers) must run without anyone logged in.
       linger = true;

@@ -198,6 +198,8 @@ in
         "isSystemUser"
         "linger"
         "autoSubUidGidRange"
+        "subUidRanges"
+        "subGidRanges"
         "extraGroups"
         "group"
       ] u
@@ -281,6 +283,26 @@ in
     badWarmKind = failedAssertions (evaluate (withFlashpods {
       api.warmPool.agent = 1;
     }));
+    # The job user's subordinate range may hold no account's uid and no other
+    # user's range: the firewall treats every uid in it as a job.
+    subIdsHoldAUid = failedAssertions (evaluate (withFlashpods {
+      podman.subIdStart = 990;
+      podman.subIdCount = 100;
+    }));
+    subIdsOverlapAnotherUser = failedAssertions (evaluate [
+      valid
+      {
+        users.users.alice = {
+          isNormalUser = true;
+          subUidRanges = [
+            {
+              startUid = 1879048192 + 10;
+              count = 65536;
+            }
+          ];
+        };
+      }
+    ]);
     badDurationFails = evaluationFails (withFlashpods { retention.logs = "one day"; }) (
       c: c.systemd.services.flashpods-api.environment.FLASHPODS_API_CONFIG
     );

@@ -145,10 +145,25 @@ let
       createHome = option types.bool false;
       shell = option shellType pkgs.shadow;
       autoSubUidGidRange = option types.bool false;
+      subUidRanges = option (types.listOf subordinateUidRange) [ ];
+      subGidRanges = option (types.listOf subordinateGidRange) [ ];
       linger = option (types.nullOr types.bool) null;
       # nixos/modules/services/networking/ssh/sshd.nix (userOptions), used by
       # modules/hosts/example.nix for root.
       openssh.authorizedKeys.keys = option (types.listOf types.singleLineStr) [ ];
+    };
+  };
+  # Same file: subordinateUidRange / subordinateGidRange.
+  subordinateUidRange = types.submodule {
+    options = {
+      startUid = mkOption { type = types.int; };
+      count = option types.int 1;
+    };
+  };
+  subordinateGidRange = types.submodule {
+    options = {
+      startGid = mkOption { type = types.int; };
+      count = option types.int 1;
     };
   };
   shellType = types.nullOr (types.either types.shellPackage (types.passwdEntry types.path));

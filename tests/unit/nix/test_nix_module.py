@@ -178,7 +178,9 @@ def test_ssh_can_be_opened_publicly_on_request(evaluated):
 
 def test_firewall_matches_the_container_uid_and_keeps_other_tables(valid):
     uid = valid["users"]["flashpods"]["uid"]
-    assert f"meta skuid {uid} ct state" in valid["firewall"]
+    first, count = 1879048192, 65536
+    assert "meta skuid @job_uids ct state" in valid["firewall"]
+    assert f"elements = {{ {uid}, {first}-{first + count - 1} }}" in valid["firewall"]
     assert 'iifname "wg0" ip saddr 10.0.0.2 tcp dport { 8080, 873 } accept' in valid["firewall"]
     assert "elements = { 203.0.113.53 }" in valid["firewall"]
     assert "elements = { 2001:db8::53 }" in valid["firewall"]
@@ -262,7 +264,10 @@ def test_storage_layout_has_the_modes_of_design_md(valid):
 def test_container_user_lingers_with_subids_and_services_have_their_own_users(valid):
     users = valid["users"]
     assert users["flashpods"]["linger"] is True
-    assert users["flashpods"]["autoSubUidGidRange"] is True
+    # An explicit range (the firewall names it), never the automatic one.
+    assert users["flashpods"]["autoSubUidGidRange"] is False
+    assert users["flashpods"]["subUidRanges"] == [{"startUid": 1879048192, "count": 65536}]
+    assert users["flashpods"]["subGidRanges"] == [{"startGid": 1879048192, "count": 65536}]
     assert users["flashpods-api"]["extraGroups"] == ["flashpods"]
     assert users["flashpods-token"]["extraGroups"] == ["flashpods"]
 
@@ -443,6 +448,8 @@ BROKEN_CASES = {
     "samePorts": ["services.flashpods.rsync.port"],
     "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
     "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
+    "subIdsHoldAUid": ["services.flashpods.podman.subIdStart", "the uid of user flashpods"],
+    "subIdsOverlapAnotherUser": ["podman.subIdStart", "the subordinate uids of user alice"],
 }
 
 
