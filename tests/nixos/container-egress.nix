@@ -107,6 +107,18 @@ in
                   f" localhost/flashpods-worker:latest sh /probe/probe.sh"))
               assert_probes(output, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
 
+      # An escaped process can ask the flashpods user's Podman for `--user 1
+      # --network host`: its sockets then belong to a subordinate uid, which the
+      # firewall must hold to the job rules (job_uids), not treat as the host's.
+      with subtest("V5 V6 V18: a subordinate uid on the host network is held like a job"):
+          first = ${toString nodes.host.services.flashpods.podman.subIdStart}
+          subuids = host.succeed("grep '^flashpods:' /etc/subuid").strip()
+          assert subuids == f"flashpods:{first}:${toString nodes.host.services.flashpods.podman.subIdCount}", subuids
+          output = host.succeed(as_flashpods(
+              "podman run --rm --user 1 --network=host -v /tmp/probe:/probe:ro"
+              " localhost/flashpods-worker:latest sh -c 'id -u; sh /probe/probe.sh'"))
+          assert_probes(output, reached=allowed, blocked=forbidden_api + forbidden_rsync + forbidden_other)
+
       # (Not the API token: V14 hands it to a job on purpose, as a stolen token.)
       assert_no_secret_leaked(["${topology.secrets.github}", "${topology.secrets.anthropic}"])
     '';
