@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 
+import pytest
 from conftest import base_config
+from flashpods_token import peer_key
 from flashpods_token.audit import AuditLog
+from flashpods_token.config import ConfigError, parse_config
 
 
 def _config(tmp_path, secret_files, podman, bundle_file, **limits):
@@ -234,3 +238,35 @@ def test_reopen_after_a_rename_loses_no_line(tmp_path):
     audit.close()
     assert [e["job"] for e in _lines(tmp_path / "audit.log.1")] == ["job_a", "job_b"]
     assert [e["job"] for e in _lines(path)] == ["job_c"]
+
+
+def test_without_the_namespace_the_callers_cgroup_is_its_key():
+    # Spire mode has no CAP_SYS_PTRACE for the namespace: the cgroup stands in.
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        pidfd = os.pidfd_open(child.pid)
+        try:
+            key = peer_key._cgroup(pidfd)
+        finally:
+            os.close(pidfd)
+        with open(f"/proc/{child.pid}/cgroup") as fh:
+            assert key == "cgroup:" + fh.read().strip()
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"max_connections": 4, "max_connections_per_job": 8}, "must not exceed"),
+        ({"read_timeout_s": 0}, "limits.read_timeout_s must be a positive number"),
+        ({"audit_window_s": -1}, "limits.audit_window_s must be a positive number"),
+        ({"max_connections_per_job": True}, "limits.max_connections_per_job must be a positive"),
+    ],
+)
+def test_limits_that_make_no_sense_are_refused(tmp_path, secret_files, podman, limits, message):
+    cfg = base_config(tmp_path, secret_files, podman, limits=limits)
+    cfg["spire"] = {"bundle_file": "/b"}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(cfg)
