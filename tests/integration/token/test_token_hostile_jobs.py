@@ -135,7 +135,7 @@ def test_slowloris_job_cannot_lock_other_jobs_out(devhost_factory, tools):
     assert "got=yes" in api.log(victim)
     # The per-job cap, decided at accept: the attacker never held more than its share
     # (each round it connects 80 times; all but its share are answered 503 at once).
-    assert 0 < during["held"] <= Limits().max_connections_per_job, during
+    assert 0 < during["max_held"] <= Limits().max_connections_per_job, during
     # The hard deadline: no trickling connection lived much past 2 x read timeout (the
     # attack ran for at least 12 s, so without a deadline max_life would be >= 12).
     assert during["max_life"] < 10, during

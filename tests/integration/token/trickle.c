@@ -33,6 +33,7 @@ int main(int argc, char **argv) {
     strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
     static const char line[] = "POST /v1/exchange HTTP/1.1\r\n";
     long connects = 0, closed = 0, rounds = 0;
+    int max_held = 0;
     double max_life = 0;
     while (access(argv[4], F_OK) != 0) {
         int open_now = 0;
@@ -72,15 +73,16 @@ int main(int argc, char **argv) {
             if (now() - born[i] > oldest) oldest = now() - born[i];
             if (now() - born[i] >= 2.5) held++;
         }
+        if (held > max_held) max_held = held;
         rounds++;
         char tmp[4096];
         snprintf(tmp, sizeof tmp, "%s.tmp", argv[3]);
         FILE *f = fopen(tmp, "w");
         if (f) {
             fprintf(f,
-                    "rounds=%ld open=%d held=%d connects=%ld closed=%ld max_life=%.1f "
-                    "oldest=%.1f\n",
-                    rounds, open_now, held, connects, closed,
+                    "rounds=%ld open=%d held=%d max_held=%d connects=%ld closed=%ld "
+                    "max_life=%.1f oldest=%.1f\n",
+                    rounds, open_now, held, max_held, connects, closed,
                     max_life > oldest ? max_life : oldest, oldest);
             fclose(f);
             rename(tmp, argv[3]);
