@@ -114,6 +114,13 @@ static int send_request(int fd, const char *bearer, struct err *e)
             if (errno == EINTR)
                 continue;
             int saved = errno;
+            if (saved == EPIPE || saved == ECONNRESET) {
+                /* A busy service answers 503 and hangs up without reading the
+                 * request: its answer may be waiting. */
+                buf_wipe(&req);
+                err_set(e, "sending the token request failed: %s", strerror(saved));
+                return 1;
+            }
             buf_wipe(&req);
             err_set(e, "sending the token request failed: %s%s", strerror(saved),
                     saved == EAGAIN ? " (timed out)" : "");
@@ -143,6 +150,11 @@ static int read_response(int fd, long timeout_s, struct buf *resp, struct err *e
         if (n < 0) {
             if (errno == EINTR)
                 continue;
+            /* A service that answers without reading the request (busy) and hangs
+             * up makes the kernel report a reset after its answer: that answer is
+             * complete or not by its own Content-Length (parse_response checks). */
+            if (errno == ECONNRESET && resp->len > 0)
+                break;
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 err_set(e, "the token service did not answer within %ld s; check the token "
                            "service's log",
@@ -246,7 +258,16 @@ static void json_error_text(const char *body, size_t len, char *out, size_t n)
     sanitize(out, n, s, (size_t)(p - s));
 }
 
-static int parse_response(struct buf *resp, struct buf *body, struct err *e)
+/* Whether an answer says "busy, retry": 503 with code "busy" (too many connections, in
+ * all or from this job) or 429 (rate limited). Both clear up within seconds. */
+static int is_busy(int status, const char *body, size_t len)
+{
+    return status == 429 ||
+           (status == 503 && (memmem(body, len, "\"code\": \"busy\"", 14) ||
+                              memmem(body, len, "\"code\":\"busy\"", 13)));
+}
+
+static int parse_response(struct buf *resp, struct buf *body, int *busy, struct err *e)
 {
     if (!resp->data) {
         err_set(e, "the token service closed the connection without answering; check the "
@@ -318,6 +339,7 @@ static int parse_response(struct buf *resp, struct buf *body, struct err *e)
     }
 
     if (status != 200) {
+        *busy = is_busy(status, b, blen);
         char why[200];
         json_error_text(b, blen, why, sizeof why);
         const char *hint;
@@ -340,19 +362,52 @@ static int parse_response(struct buf *resp, struct buf *body, struct err *e)
     return 0;
 }
 
-int exchange_fetch(const char *path, const char *bearer, long timeout_s, struct buf *body,
-                   struct err *e)
+static int exchange_once(const char *path, const char *bearer, long timeout_s,
+                         struct buf *body, int *busy, struct err *e)
 {
     int fd;
+    *busy = 0;
     if (connect_retry(path, timeout_s, &fd, e) != 0)
         return -1;
     struct buf resp = {0};
-    int rc = send_request(fd, bearer, e);
-    if (rc == 0)
+    struct err send_err = {{0}};
+    /* 0 sent, 1 the service hung up (its answer may still be there), -1 failed. */
+    int sent = send_request(fd, bearer, &send_err);
+    int rc = -1;
+    if (sent < 0) {
+        *e = send_err;
+    } else {
         rc = read_response(fd, timeout_s, &resp, e);
+        if (sent == 1 && (rc != 0 || !resp.data)) {
+            *e = send_err; /* nothing answered: the failed send is the news */
+            rc = -1;
+        } else if (rc == 0) {
+            rc = parse_response(&resp, body, busy, e);
+        }
+    }
     close(fd);
-    if (rc == 0)
-        rc = parse_response(&resp, body, e);
     buf_wipe(&resp);
     return rc;
+}
+
+int exchange_fetch(const char *path, const char *bearer, long timeout_s, long busy_wait_s,
+                   struct buf *body, struct err *e)
+{
+    long long deadline = now_ms() + busy_wait_s * 1000;
+    long long pause = 200;
+    for (;;) {
+        int busy;
+        int rc = exchange_once(path, bearer, timeout_s, body, &busy, e);
+        if (rc == 0 || !busy)
+            return rc;
+        if (now_ms() + pause > deadline) {
+            size_t n = strlen(e->msg);
+            snprintf(e->msg + n, sizeof e->msg - n, " (still busy after %ld s of retries)",
+                     busy_wait_s);
+            return rc;
+        }
+        sleep_ms(pause);
+        if (pause < 2000)
+            pause *= 2;
+    }
 }

@@ -63,6 +63,7 @@ static const char usage[] =
     "Environment: FLASHPODS_TOKEN_SOCKET, FLASHPODS_ATTESTATION (peer|spire),\n"
     "SPIFFE_ENDPOINT_SOCKET, FLASHPODS_SVID_WAIT_S (30), FLASHPODS_SPIRE_AGENT,\n"
     "FLASHPODS_SECRETS (required|optional), FLASHPODS_TOKEN_TIMEOUT_S (10),\n"
+    "FLASHPODS_TOKEN_BUSY_WAIT_S (30),\n"
     "FLASHPODS_INPUT_DIR, FLASHPODS_WORKSPACE_DIR, HOME.\n"
     "Exit status: the command's own; 125 when flashpods-init failed (one line on\n"
     "stderr says why); 126 command not executable; 127 command not found.\n";
@@ -179,8 +180,12 @@ static int exchange(int *count, int *skipped, struct err *e)
         return 0;
     }
 
-    long timeout_s, wait_s;
+    long timeout_s, wait_s, busy_wait_s;
     if (env_seconds("FLASHPODS_TOKEN_TIMEOUT_S", 10, 3600, &timeout_s, e) < 0)
+        return -1;
+    /* A busy service (many jobs starting, or one job hogging connections until the
+     * service's per-connection deadline cuts them) clears within seconds. */
+    if (env_seconds("FLASHPODS_TOKEN_BUSY_WAIT_S", 30, 3600, &busy_wait_s, e) < 0)
         return -1;
     if (timeout_s == 0) {
         err_set(e, "FLASHPODS_TOKEN_TIMEOUT_S must be at least 1 second; fix or unset it");
@@ -212,7 +217,7 @@ static int exchange(int *count, int *skipped, struct err *e)
     }
 
     struct buf body = {0};
-    int rc = exchange_fetch(sock, jwt.data, timeout_s, &body, e);
+    int rc = exchange_fetch(sock, jwt.data, timeout_s, busy_wait_s, &body, e);
     buf_wipe(&jwt);
     if (rc == 0)
         rc = secrets_apply(body.data ? body.data : "", body.len, count, e);

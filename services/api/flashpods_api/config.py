@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "agent": {"command": ["/flashpods/agent/entrypoint"], "env": {}},
     "network_mode": "slirp4netns",
     "helper_path": "/opt/flashpods/lib/flashpods-init",
-    "token_socket": "/run/flashpods/token.sock",
+    "token_socket": "/run/flashpods/token/token.sock",
     "attestation": "peer",
     "spire": {
         "server_cli": "spire-server",

@@ -24,6 +24,10 @@ from typing import Any
 # Containers see these paths; docs/design.md "The job container contract".
 HELPER_IN_CONTAINER = "/flashpods/bin/flashpods-init"
 TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
+# The token socket's directory is mounted, not the socket: a bind mount of the socket
+# file keeps the old inode when the token service restarts and renames a new one in.
+TOKEN_DIR_IN_CONTAINER = os.path.dirname(TOKEN_SOCKET_IN_CONTAINER)
+TOKEN_SOCKET_NAME = os.path.basename(TOKEN_SOCKET_IN_CONTAINER)
 AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
 INPUT_IN_CONTAINER = "/flashpods/input"
 CONTROL_IN_CONTAINER = "/flashpods/control"
@@ -106,7 +110,7 @@ def run_args(spec: RunSpec) -> list[str]:
     if spec.control_dir:
         args += bind(spec.control_dir, CONTROL_IN_CONTAINER, ro=True)
     args += bind(spec.helper_path, HELPER_IN_CONTAINER, ro=True)
-    args += bind(spec.token_socket, TOKEN_SOCKET_IN_CONTAINER)
+    args += bind(token_socket_dir(spec.token_socket), TOKEN_DIR_IN_CONTAINER, ro=True)
     if spec.agent_socket:
         args += bind(spec.agent_socket, AGENT_SOCKET_IN_CONTAINER)
     for name, value in spec.env.items():
@@ -114,6 +118,35 @@ def run_args(spec: RunSpec) -> list[str]:
     args.append(spec.image)
     args += spec.argv
     return args
+
+
+def token_socket_dir(token_socket: str) -> str:
+    """The directory containers mount to reach the token socket (at TOKEN_DIR_IN_CONTAINER)."""
+    if os.path.basename(token_socket) != TOKEN_SOCKET_NAME:
+        raise PodmanError(
+            f"token_socket {token_socket} must be named {TOKEN_SOCKET_NAME}, in a directory "
+            "of its own: containers mount that directory and look for that name"
+        )
+    return os.path.dirname(token_socket)
+
+
+def check_token_socket_dir(token_socket: str) -> None:
+    """Refuse to mount a token directory that holds anything but the token socket (the
+    token service's own temporary `.token.sock.*` while it restarts aside): jobs would
+    see it, and next to a Podman socket that is an escape."""
+    directory = token_socket_dir(token_socket)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, PermissionError):
+        return  # nothing to see here, or nothing we may see: podman run will say more
+    prefix = f".{TOKEN_SOCKET_NAME}."
+    others = sorted(n for n in names if n != TOKEN_SOCKET_NAME and not n.startswith(prefix))
+    if others:
+        raise PodmanError(
+            f"the token socket's directory {directory} is mounted into every job container "
+            f"but also holds {', '.join(others[:5])}; give token_socket a directory of its "
+            f"own (e.g. {directory}/token/{TOKEN_SOCKET_NAME})"
+        )
 
 
 class Runtime:
@@ -159,6 +192,7 @@ class Runtime:
 
     def run(self, spec: RunSpec) -> tuple[str, str | None]:
         """Start a job container; returns (container id, a note when limits were not applied)."""
+        check_token_socket_dir(spec.token_socket)
         with self._creating():
             out, err = self._call("run", *run_args(spec))
         return out.strip(), self.limits_note(spec.resources, err)

@@ -44,7 +44,12 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
     """The exchange service for this config, and a function that releases what it holds."""
     podman = PodmanClient(config.podman_url, config.instance)
     policy = Policy(config.roles, config.secrets)
-    audit = AuditLog(config.audit_log)
+    audit = AuditLog(
+        config.audit_log,
+        failures_per_window=config.limits.audit_failures_per_window,
+        window_s=config.limits.audit_window_s,
+    )
+    audit.start_flusher()
     limiter = RateLimiter(config.rate_limit.per_s, config.rate_limit.burst)
     if config.mode == "peer":
         check_capability(config.podman_url[len("unix://") :])

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     server, cleanup = build_server(config)
+    # Log rotation: rename the audit log, then SIGHUP; no line is lost in between.
+    signal.signal(signal.SIGHUP, lambda signum, frame: server.service.reopen_audit())
     if stopping.is_set():
         server.server_close()
         cleanup()

@@ -26,10 +26,29 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
+    # Each read waits at most read_timeout_s, and the whole request must arrive within
+    # twice that (a hard deadline: a byte now and then does not extend it).
     read_timeout_s: float = 5.0
     max_header_bytes: int = 8192
     max_body_bytes: int = 4096
-    max_connections: int = 64
+    # Open connections in all, and per job (per PID namespace: jobs share one uid).
+    max_connections: int = 256
+    max_connections_per_job: int = 8
+    # Failed exchanges written verbatim to the audit log per caller and window; the
+    # rest of a window's failures become one line with their counts. Grants: all.
+    audit_failures_per_window: int = 20
+    audit_window_s: float = 60.0
+
+    def check(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"token config limits.{name} must be a positive number")
+        if self.max_connections_per_job > self.max_connections:
+            raise ConfigError(
+                "token config: limits.max_connections_per_job must not exceed "
+                "limits.max_connections"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,6 +171,8 @@ def parse_config(data: object) -> TokenConfig:
             "(from `spire-server bundle show -format spiffe`) or spire.agent_socket "
             "(the SPIRE agent's Workload API socket)"
         )
+    limits = _sub("token config limits", data.get("limits"), Limits)
+    limits.check()
     return TokenConfig(
         socket=data["socket"],
         socket_group=data.get("socket_group"),
@@ -163,7 +184,7 @@ def parse_config(data: object) -> TokenConfig:
         secrets=dict(secrets),
         audit_log=data.get("audit_log"),
         spire=spire,
-        limits=_sub("token config limits", data.get("limits"), Limits),
+        limits=limits,
         rate_limit=_sub("token config rate_limit", data.get("rate_limit"), RateLimit),
     )
 

@@ -69,6 +69,14 @@ def parse_wanted(body: bytes) -> list[str] | None:
     return tokens
 
 
+def _names_asked_for(body: bytes) -> list[str]:
+    """For the audit line of a refused caller: what it asked for, if that parses."""
+    try:
+        return parse_wanted(body) or []
+    except ValueError:
+        return []
+
+
 class TokenService:
     def __init__(
         self,
@@ -84,21 +92,34 @@ class TokenService:
         self._limiter = limiter
         self._attest = attest
 
-    def exchange(self, *, connection, authorization: str | None, body: bytes, text: bool) -> Reply:
-        try:
-            wanted = parse_wanted(body)
-        except ValueError as exc:
-            self._audit.record(outcome="bad_request", check="body", mode=self.mode)
-            return error(400, "bad_request", str(exc))
+    def reopen_audit(self) -> None:
+        self._audit.reopen()
 
+    def exchange(
+        self,
+        *,
+        connection,
+        authorization: str | None,
+        body: bytes,
+        text: bool,
+        peer: str | None = None,
+    ) -> Reply:
+        # Attest first: every failure after this is charged to (and rate-limited for)
+        # the job that caused it, in the audit log too.
         try:
             caller = self._attest(connection=connection, authorization=authorization)
         except Refusal as exc:
             if exc.check == "rate_limit":
-                self._audit.record(outcome="rate_limited", check=exc.check, mode=self.mode)
+                self._audit.record(
+                    outcome="rate_limited", check=exc.check, mode=self.mode, peer=peer
+                )
                 return error(429, "rate_limited", str(exc), check=exc.check)
             self._audit.record(
-                outcome="unauthenticated", refused=wanted or [], check=exc.check, mode=self.mode
+                outcome="unauthenticated",
+                refused=_names_asked_for(body),
+                check=exc.check,
+                mode=self.mode,
+                peer=peer,
             )
             return error(401, "unauthenticated", f"{exc.check}: {exc}", check=exc.check)
 
@@ -115,6 +136,18 @@ class TokenService:
             reply = error(429, "rate_limited", "too many exchanges for this identity; retry later")
             reply.headers["Retry-After"] = str(max(1, round(wait)))
             return reply
+
+        try:
+            wanted = parse_wanted(body)
+        except ValueError as exc:
+            self._audit.record(
+                outcome="bad_request",
+                spiffe_id=ident.spiffe_id,
+                job=ident.job_id,
+                check="body",
+                mode=self.mode,
+            )
+            return error(400, "bad_request", str(exc))
 
         decision = self._policy.decide(ident.role, wanted)
         if decision.refused:

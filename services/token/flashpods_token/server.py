@@ -2,25 +2,30 @@
 
 Why the standard library (socketserver + http.server) and not Flask/werkzeug: the
 service must read SO_PEERPIDFD from the accepted socket before trusting anything,
-cap header and body bytes, bound each connection's total read time, and refuse
-connections beyond a limit. Those hooks are direct here, the surface is one route,
-and it adds no dependency to the process that holds every secret.
+cap header and body bytes, hold each connection to a hard deadline, and refuse
+connections beyond a global and a per-job limit before a thread is spent on them.
+Those hooks are direct here, the surface is one route, and it adds no dependency to
+the process that holds every secret.
 """
 
 from __future__ import annotations
 
 import contextlib
 import grp
+import io
+import json
 import os
+import secrets
 import socket
 import socketserver
-import tempfile
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
 from .config import Limits
 from .exchange import Reply, TokenService, error
+from .peer_key import PeerKeys
 
 EXCHANGE_PATH = "/v1/exchange"
 
@@ -30,23 +35,49 @@ class _TooLarge(Exception):
 
 
 class _TooSlow(Exception):
-    pass
+    """The request did not arrive by the connection's deadline (not a TimeoutError: the
+    stdlib handler swallows those without answering)."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's bytes, never past its deadline.
+
+    Every receive waits at most until the deadline, so a client that trickles a byte now
+    and then cannot stretch the connection: the deadline is hard, not checked after a
+    read returns."""
+
+    def __init__(self, sock: socket.socket, deadline: float, per_read_s: float):
+        self._sock = sock
+        self._deadline = deadline
+        self._per_read_s = per_read_s
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise _TooSlow()
+        self._sock.settimeout(min(self._per_read_s, remaining))
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            if time.monotonic() >= self._deadline:
+                raise _TooSlow() from None
+            raise
 
 
 class _CappedReader:
-    """Wraps the connection's reader: at most `budget` bytes and until `deadline`."""
+    """Wraps the connection's reader: at most `budget` bytes."""
 
-    def __init__(self, raw, budget: int, deadline: float):
+    def __init__(self, raw, budget: int):
         self._raw = raw
         self.budget = budget
-        self._deadline = deadline
 
     def _check(self, data: bytes) -> bytes:
         self.budget -= len(data)
         if self.budget < 0:
             raise _TooLarge()
-        if time.monotonic() > self._deadline:
-            raise _TooSlow()
         return data
 
     def readline(self, limit: int = -1) -> bytes:
@@ -62,6 +93,24 @@ class _CappedReader:
         self._raw.close()
 
 
+def _refusal(status: int, code: str, message: str) -> bytes:
+    body = json.dumps({"error": message, "code": code}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Retry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# Sent by the accepting thread, without reading the request: flashpods-init retries these.
+BUSY = _refusal(503, "busy", "the token service is busy; retry shortly")
+JOB_BUSY = _refusal(
+    503, "busy", "this job has too many open connections to the token service; retry shortly"
+)
+
+
 class ExchangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Answer even malformed/HTTP-0.9 requests with a status line and JSON.
@@ -70,13 +119,21 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return "flashpods-token"
 
+    def __init__(self, request, client_address, server, peer_key: str | None = None):
+        self.peer_key = peer_key
+        super().__init__(request, client_address, server)
+
     def setup(self) -> None:
-        self.timeout = self.server.limits.read_timeout_s
-        super().setup()
         limits: Limits = self.server.limits
-        self._deadline = time.monotonic() + 2 * limits.read_timeout_s
-        self._raw_rfile = self.rfile
-        self.rfile = _CappedReader(self._raw_rfile, limits.max_header_bytes, self._deadline)
+        self.connection = self.request
+        deadline = time.monotonic() + 2 * limits.read_timeout_s
+        raw = _DeadlineReader(self.connection, deadline, limits.read_timeout_s)
+        self.rfile = _CappedReader(io.BufferedReader(raw), limits.max_header_bytes)
+        self.wfile = self.connection.makefile("wb")
+        # What an answer needs when the request line itself never arrived (408, 431).
+        self.requestline = ""
+        self.request_version = self.default_request_version
+        self.command = None
 
     def handle(self) -> None:
         # One request per connection: attestation belongs to the connection, and
@@ -91,6 +148,9 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         except (ConnectionError, OSError):
             pass
 
+    def log_request(self, code="-", size="-") -> None:
+        pass
+
     def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
         pass  # every exchange goes to the audit log instead; nothing else is logged
 
@@ -101,6 +161,8 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     def _reply(self, reply: Reply) -> None:
         data, ctype = reply.payload()
         try:
+            # A caller that does not read its answer holds the connection this long at most.
+            self.connection.settimeout(self.server.limits.read_timeout_s)
             self.send_response(reply.status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
@@ -149,6 +211,7 @@ class ExchangeHandler(BaseHTTPRequestHandler):
             authorization=self.headers.get("Authorization"),
             body=body,
             text="text/plain" in accept,
+            peer=self.peer_key,
         )
         self._reply(reply)
 
@@ -158,22 +221,32 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_HEAD = do_PUT
 
 
-class TokenServer(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+class TokenServer(socketserver.UnixStreamServer):
+    """One thread per admitted connection; admission is decided in the accepting thread,
+    from kernel facts only, so a flood of connections never reaches a handler."""
+
     allow_reuse_address = False
+    request_queue_size = 128
 
     def __init__(self, path: str, service: TokenService, limits: Limits, group: str | None):
         self.service = service
         self.limits = limits
         self._group = group
         self._active = 0
+        self._per_job: dict[str | None, int] = {}
         self._active_lock = threading.Lock()
         self._ino: int | None = None
+        self._peer_keys = PeerKeys()
         super().__init__(path, ExchangeHandler, bind_and_activate=True)
 
     def server_bind(self) -> None:
-        """Bind in a private directory, set owner/group/mode, then rename into place,
-        so the socket is never reachable with looser permissions than 0660."""
+        """Bind under a temporary name (mode 0600 from the start), set group and mode,
+        then rename over the path, so the socket is never reachable with looser
+        permissions than 0660 and never missing while a predecessor's is replaced.
+
+        Containers mount the socket's directory, not the socket (a file bind mount
+        would keep the old inode after a restart), so nothing but sockets of this
+        service is ever created there: the temporary name is a dot-name beside it."""
         path = self.server_address
         parent = os.path.dirname(os.path.abspath(path))
         if os.path.exists(path):
@@ -194,10 +267,15 @@ class TokenServer(socketserver.ThreadingUnixStreamServer):
                 raise SystemExit(
                     f"flashpods-token: socket_group {self._group!r} does not exist"
                 ) from None
-        private = tempfile.mkdtemp(prefix=".token-sock-", dir=parent)
+        tmp_path = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
+        # bind() creates the node with the process umask: 0600 until it is ready. No
+        # other thread creates files yet (the server is not serving).
+        old_umask = os.umask(0o177)
         try:
-            tmp_path = os.path.join(private, "s")
             self.socket.bind(tmp_path)
+        finally:
+            os.umask(old_umask)
+        try:
             if gid != -1:
                 try:
                     os.chown(tmp_path, -1, gid)
@@ -210,9 +288,10 @@ class TokenServer(socketserver.ThreadingUnixStreamServer):
             # Listen before the socket becomes visible: whoever sees the path can connect.
             self.socket.listen(self.request_queue_size)
             os.rename(tmp_path, path)
-        finally:
+        except BaseException:
             with contextlib.suppress(OSError):
-                os.rmdir(private)
+                os.unlink(tmp_path)
+            raise
         self._ino = os.stat(path).st_ino
         self.server_address = path
 
@@ -220,23 +299,50 @@ class TokenServer(socketserver.ThreadingUnixStreamServer):
         pass  # already listening: server_bind listens before it renames into place
 
     def process_request(self, request, client_address) -> None:
+        key = self._peer_keys.of(request)
+        refusal = None
         with self._active_lock:
             if self._active >= self.limits.max_connections:
-                over = True
+                refusal = BUSY
+            elif key is not None and self._per_job.get(key, 0) >= (
+                self.limits.max_connections_per_job
+            ):
+                refusal = JOB_BUSY
             else:
-                over = False
                 self._active += 1
-        if over:
+                self._per_job[key] = self._per_job.get(key, 0) + 1
+        if refusal is not None:
+            # A fresh connection's send buffer is empty: this never blocks the acceptor.
+            with contextlib.suppress(OSError):
+                request.send(refusal, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:
+        thread = threading.Thread(
+            target=self._serve_one, args=(request, client_address, key), daemon=True
+        )
         try:
-            super().process_request_thread(request, client_address)
+            thread.start()
+        except RuntimeError:  # no thread to be had: refuse like a full server
+            self._release(key)
+            self.shutdown_request(request)
+
+    def _serve_one(self, request, client_address, key: str | None) -> None:
+        try:
+            ExchangeHandler(request, client_address, self, peer_key=key)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
-            with self._active_lock:
-                self._active -= 1
+            self.shutdown_request(request)
+            self._release(key)
+
+    def _release(self, key: str | None) -> None:
+        with self._active_lock:
+            self._active -= 1
+            left = self._per_job.get(key, 1) - 1
+            if left:
+                self._per_job[key] = left
+            else:
+                self._per_job.pop(key, None)
 
     def server_close(self) -> None:
         super().server_close()

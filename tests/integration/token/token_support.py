@@ -15,6 +15,8 @@ import requests
 FINAL = {"succeeded", "failed", "timed_out", "killed", "lost"}
 WORKER_IMAGE = "localhost/flashpods-worker:latest"
 PROBE_SRC = Path(__file__).with_name("probe.c")
+TRICKLE_SRC = Path(__file__).with_name("trickle.c")
+BUILD_HELPER = Path(__file__).resolve().parents[3] / "scripts" / "lib" / "build-helper.sh"
 
 
 def unique_secrets() -> dict[str, str]:
@@ -22,13 +24,27 @@ def unique_secrets() -> dict[str, str]:
     return {"ANTHROPIC_API_KEY": f"sk-tokint-{tag}-anthropic", "GITHUB_TOKEN": f"ghp-tokint-{tag}"}
 
 
-def build_probe(out_dir: Path) -> Path:
-    out = out_dir / "probe"
+def build_static(src: Path, out_dir: Path) -> Path:
+    """A static binary of one C file, to run inside any job image."""
+    out = out_dir / src.stem
     subprocess.run(
-        ["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(PROBE_SRC)],
+        ["gcc", "-static", "-O2", "-Wall", "-o", str(out), str(src)],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     out.chmod(0o755)
+    return out
+
+
+def build_probe(out_dir: Path) -> Path:
+    return build_static(PROBE_SRC, out_dir)
+
+
+def build_helper(out_dir: Path) -> Path:
+    """flashpods-init of this checkout (the shared /opt/flashpods/lib one may be older).
+
+    out_dir must be traversable by the flashpods user: containers mount the binary."""
+    out = out_dir / "flashpods-init"
+    subprocess.run([str(BUILD_HELPER), str(out)], check=True, capture_output=True, timeout=300)
     return out
 
 

@@ -53,7 +53,7 @@ def _spec(job_id: str) -> RunSpec:
         artifacts="/a",
         log_path="/l",
         helper_path="/h",
-        token_socket="/t",
+        token_socket="/t/token.sock",
         network_mode="slirp4netns",
     )
 

@@ -198,7 +198,7 @@ def test_run_args_apply_requested_limits_and_the_spire_socket():
     spec = RunSpec(
         job_id="job_aaaaaaaaaaaa", kind="sub_agent", instance="i", image="img", argv=["x"],
         env={"A": "1"}, workspace="/w", artifacts="/a", log_path="/l/job.ctr.log",
-        helper_path="/h", token_socket="/t.sock", network_mode="bridge",
+        helper_path="/h", token_socket="/t/token.sock", network_mode="bridge",
         agent_socket="/run/spire/agent.sock", resources={"memory": 512, "cpus": 1.5, "pids": 99},
     )  # fmt: skip
     args = run_args(spec)

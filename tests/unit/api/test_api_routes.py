@@ -328,7 +328,8 @@ def test_container_flags_follow_the_contract(host):
     assert "--rm" not in args and "--pid=host" not in joined and "--network=host" not in joined
     assert "destination=/flashpods/input,ro=true" in joined
     assert "destination=/flashpods/bin/flashpods-init,ro=true" in joined
-    assert "destination=/run/flashpods/token.sock" in joined
+    token_dir = Path(host.raw["token_socket"]).parent
+    assert f"source={token_dir},destination=/run/flashpods,ro=true" in joined
     assert "podman.sock" not in joined and host.raw["db_path"] not in joined
     assert args[-5:] == ["/flashpods/bin/flashpods-init", "--", "sh", "-c", "echo hi"]
 

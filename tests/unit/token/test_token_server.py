@@ -115,7 +115,8 @@ def test_caller_chosen_names_cannot_forge_audit_lines(spire_server, ca, worker, 
     assert len(lines) == before + 1  # exactly one line, and it parses
     entry = json.loads(lines[-1])
     assert entry["outcome"] == "bad_request" and entry["granted"] == []
-    assert entry["spiffe_id"] is None
+    # Attested before the body is read: the failure is charged to the caller's job.
+    assert entry["spiffe_id"] == ca.spiffe_id(JOB)
     assert "\n" not in lines[-1] and 'outcome":"granted' not in lines[-1]
 
 
