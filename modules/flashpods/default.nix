@@ -228,8 +228,14 @@ in
     token = {
       socket = lib.mkOption {
         type = lib.types.str;
-        default = "/run/flashpods/token.sock";
-        description = "Unix socket of the token service; there is no TCP listener.";
+        default = "/run/flashpods/token/token.sock";
+        description = ''
+          Unix socket of the token service; there is no TCP listener. Its
+          directory is bind-mounted (read-only) into every job container, so
+          that a restart of the service (a new socket renamed into place) reaches
+          running and warm containers: it must be named `token.sock` and sit in
+          a directory of its own, never the Podman socket's or a parent of it.
+        '';
       };
       policy = lib.mkOption {
         type = lib.types.submodule {
@@ -377,6 +383,12 @@ in
 
   config = lib.mkIf cfg.enable {
     assertions = [
+      {
+        assertion =
+          baseNameOf cfg.token.socket == "token.sock"
+          && !lib.hasPrefix "${dirOf cfg.token.socket}/" "${dirOf cfg.podman.socket}/";
+        message = "services.flashpods.token.socket (${cfg.token.socket}) must be named token.sock and sit in a directory of its own: jobs mount its directory, which must never hold or lead to the Podman socket (${cfg.podman.socket}). Use e.g. /run/flashpods/token/token.sock.";
+      }
       {
         assertion = subIdClashes == [ ];
         message = "services.flashpods.podman.subIdStart/subIdCount (${toString cfg.podman.subIdStart}, ${toString cfg.podman.subIdCount}) overlap ${lib.concatStringsSep ", " subIdClashes}: choose a range that holds no uid of any user and no other user's subordinate range (the firewall treats every uid in it as a job).";

@@ -238,7 +238,9 @@ in
         User = "flashpods-token";
         Group = "flashpods-token";
         LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.token.secrets;
-        # /run/flashpods is the socket's directory (storage.nix).
+        # The socket's own directory (storage.nix): containers mount it, so it
+        # holds nothing but the socket (default.nix asserts it is not the
+        # Podman socket's directory or one of its parents).
         ReadWritePaths = [ (builtins.dirOf cfg.token.socket) ];
         LogsDirectory = "flashpods-token";
         LogsDirectoryMode = "0750";
@@ -256,9 +258,13 @@ in
         Restart = "always";
         RestartSec = 2;
       }
-      // lib.optionalAttrs (!cfg.spire.enable) {
-        # Peer attestation reads the pid namespace of another uid's process
-        # through a pidfd (firewall-findings.md); that needs CAP_SYS_PTRACE.
+      // {
+        # In both modes the service reads the pid namespace of another uid's
+        # process through a pidfd, which needs CAP_SYS_PTRACE: peer attestation
+        # identifies the job by it, and the per-job connection cap (decided at
+        # accept, before any request is read) counts connections by it. Without
+        # it the cap falls back to the caller's /proc/<pid>/cgroup, which
+        # ProtectProc=invisible would hide too.
         CapabilityBoundingSet = [ "CAP_SYS_PTRACE" ];
         AmbientCapabilities = [ "CAP_SYS_PTRACE" ];
         ProtectProc = "default";

@@ -42,7 +42,10 @@ in
       # The token socket's directory: writable by the token service only (so
       # no one else can replace its socket), traversable by group flashpods
       # (containers, the API, the SPIRE agent) to reach the sockets inside.
+      # Jobs mount this directory: it holds the socket and nothing else.
       ${builtins.dirOf cfg.token.socket} = dir "flashpods-token" "flashpods" "0750";
+      # Its parent (also the Podman socket's) stays root's.
+      "/run/flashpods" = dir "root" "root" "0755";
     };
   };
 }

@@ -160,6 +160,7 @@ let
         inherit (unit) serviceConfig;
       }) spireUnits;
       apiUnitAfter = c.systemd.services.flashpods-api.after;
+      tokenServiceConfig = c.systemd.services.flashpods-token.serviceConfig;
       tmpfiles = c.systemd.tmpfiles.settings."11-flashpods-spire";
       users = lib.mapAttrs (_: u: { inherit (u) extraGroups group isSystemUser; }) c.users.users;
     };
@@ -282,6 +283,10 @@ in
     }));
     badWarmKind = failedAssertions (evaluate (withFlashpods {
       api.warmPool.agent = 1;
+    }));
+    # Jobs mount the token socket's directory: never the one of the Podman socket.
+    tokenSocketBesidePodman = failedAssertions (evaluate (withFlashpods {
+      token.socket = "/run/flashpods/token.sock";
     }));
     # The job user's subordinate range may hold no account's uid and no other
     # user's range: the firewall treats every uid in it as a job.

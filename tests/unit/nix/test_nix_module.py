@@ -245,11 +245,13 @@ def test_storage_layout_has_the_modes_of_design_md(valid):
         "/var/log/flashpods",
     ):
         assert dirs[shared] == {"user": "flashpods-api", "group": "flashpods", "mode": "2770"}
-    assert dirs["/run/flashpods"] == {
+    # The token socket's own directory (jobs mount it), and its parent, root's.
+    assert dirs["/run/flashpods/token"] == {
         "user": "flashpods-token",
         "group": "flashpods",
         "mode": "0750",
     }
+    assert dirs["/run/flashpods"] == {"user": "root", "group": "root", "mode": "0755"}
     # Warm containers' control dir: the API writes, jobs read; its parent is root's.
     assert dirs["/var/lib/flashpods/control"] == {
         "user": "flashpods-api",
@@ -310,6 +312,10 @@ def test_spire_runs_as_the_modules_own_hardened_units(evaluated):
     assert agent["CapabilityBoundingSet"] == ["CAP_SYS_PTRACE"]
     assert agent["AmbientCapabilities"] == ["CAP_SYS_PTRACE"]
     assert agent["ProtectProc"] == "default"
+    # The token service counts connections per job (pid namespace) in spire mode too.
+    token = spire["tokenServiceConfig"]
+    assert token["CapabilityBoundingSet"] == ["CAP_SYS_PTRACE"]
+    assert token["ProtectProc"] == "default"
     assert server["User"] == "flashpods-spire-server"
     assert agent["User"] == "flashpods-spire-agent"
     assert server["StateDirectory"] == "flashpods-spire/server"
@@ -448,6 +454,10 @@ BROKEN_CASES = {
     "samePorts": ["services.flashpods.rsync.port"],
     "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
     "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
+    "tokenSocketBesidePodman": [
+        "services.flashpods.token.socket",
+        "/run/flashpods/token/token.sock",
+    ],
     "subIdsHoldAUid": ["services.flashpods.podman.subIdStart", "the uid of user flashpods"],
     "subIdsOverlapAnotherUser": ["podman.subIdStart", "the subordinate uids of user alice"],
 }
