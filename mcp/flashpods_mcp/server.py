@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio.to_thread
-from mcp.server.fastmcp import Context, FastMCP
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -33,15 +32,15 @@ from .models import (
     UploadInfo,
 )
 from .operations import Flashpods
+from .sdk import Context, new_server
 from .transfer import ARTIFACTS_DIR_NAME
 
 # FastMCP's own settings model trips a pydantic-settings warning about its `lifespan`
 # field on construction (SDK 1.27.1 noise, nothing of ours): keep it out of stderr.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    mcp = FastMCP(
+    mcp = new_server(
         "flashpods",
-        log_level="WARNING",
         instructions=(
             "Runs jobs on a Flashpods host: spawn_worker runs a shell command on a copy of a "
             "local directory inside a container, spawn_sub_agent runs a coding agent there. "
