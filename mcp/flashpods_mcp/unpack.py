@@ -128,12 +128,15 @@ class _DirCache:
     def open(self, parts: tuple[str, ...]) -> int:
         if parts in self.fds:
             return self.fds[parts]
-        if len(self.fds) > MAX_OPEN_DIRS:
-            self._close_all_but_root()
         # A loop, not recursion: the depth is the archive's to choose.
         known = len(parts)
         while parts[:known] not in self.fds:
             known -= 1
+        # Room for every level still to open, so one cache never holds more than
+        # MAX_OPEN_DIRS (or one path's depth) descriptors, whatever the archive.
+        if len(self.fds) + len(parts) - known > MAX_OPEN_DIRS:
+            self._close_all_but_root()
+            known = 0
         fd = self.fds[parts[:known]]
         for depth in range(known + 1, len(parts) + 1):
             fd = self._open_child(fd, parts[:depth])

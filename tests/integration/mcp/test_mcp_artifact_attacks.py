@@ -123,9 +123,16 @@ def test_mcp_refuses_git_metadata_and_says_so(hostile_job, laptop, laptop_env, o
 
     async def main():
         async with open_mcp(laptop_env, roots=[project]) as s:
-            return await s.call_tool("get_job_artifacts", {"job_id": hostile_job, "dest": "."})
+            aimed = await s.call_tool(
+                "get_job_artifacts", {"job_id": hostile_job, "dest": ".git/hooks"}
+            )
+            return aimed, await s.call_tool(
+                "get_job_artifacts", {"job_id": hostile_job, "dest": "."}
+            )
 
-    called = anyio.run(main)
+    aimed, called = anyio.run(main)
+    # an agent told to unpack into the project's .git is refused before any download
+    assert aimed.isError and "git metadata" in aimed.content[0].text
     assert not called.isError, called.content[0].text
     result = called.structuredContent
     assert_nothing_refused_landed(project)

@@ -8,6 +8,7 @@ makes the same trees in a real job and fetches them from a real dev host.
 
 import io
 import os
+import resource
 import stat
 import tarfile
 
@@ -169,3 +170,18 @@ def test_a_flood_of_skipped_members_is_counted_not_listed(tmp_path):
     result = safe_extract(tar_of(tmp_path / "b.tar", files=distinct), tmp_path / "b")
     cap = UnpackLimits().max_reported
     assert len(result.skipped) == cap and result.skipped_more == 3000 - cap
+
+
+def test_many_deep_paths_stay_within_a_small_descriptor_limit(tmp_path):
+    """Both directory caches (staging and dest) are open at once: each must stay near
+    MAX_OPEN_DIRS even when every path is 256 levels deep (before: 513 each, EMFILE
+    under the usual 1,024)."""
+    names = ["/".join([f"t{i}", *["d"] * 254, "f"]) for i in range(12)]
+    tar = tar_of(tmp_path / "a.tar", files=[(n, b"x") for n in names])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (700, hard))
+    try:
+        result = safe_extract(tar, tmp_path / "dest")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sorted(f.path for f in result.written) == sorted(names) and not result.skipped
