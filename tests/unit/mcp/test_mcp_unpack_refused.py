@@ -13,7 +13,9 @@ import stat
 import tarfile
 
 import pytest
+from flashpods_mcp.config import load_settings
 from flashpods_mcp.errors import FlashpodsError
+from flashpods_mcp.operations import Flashpods
 from flashpods_mcp.refused_names import fold
 from flashpods_mcp.unpack import UnpackLimits, safe_extract
 
@@ -185,3 +187,23 @@ def test_many_deep_paths_stay_within_a_small_descriptor_limit(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert sorted(f.path for f in result.written) == sorted(names) and not result.skipped
+
+
+def test_a_compromised_host_over_http_gets_no_hook_and_no_traceback(fake_api, tmp_path):
+    """What the real host never serves (it lists 10,000 entries of 4 KiB paths at most) a
+    compromised one can: 5,000 levels and a hook, through the real HTTP client path."""
+    deep = "/".join(["d"] * 5000)
+    tar = tar_of(
+        tmp_path / "a.tar",
+        files=[(deep + "/bottom", b"x"), (".git/hooks/pre-commit", HOOK), ("ok.txt", b"ok")],
+        mode=0o755,
+    )
+    fake_api.routes[("GET", "/jobs/job_0123456789ab/artifacts.tar")] = (200, tar.read_bytes())
+    settings = load_settings(
+        {"HOME": str(tmp_path), "FLASHPODS_API_URL": fake_api.url, "FLASHPODS_API_TOKEN": "t"}
+    )
+    dest = project(tmp_path)
+    result = Flashpods(settings).fetch_artifacts("job_0123456789ab", dest)
+    assert [(f.path, f.exec_bit_dropped) for f in result.written] == [("ok.txt", True)]
+    assert all_files(dest) == [".git/config", "ok.txt"]
+    assert [s.reason.split(":")[0] for s in result.skipped] == ["not written", "refused"]
