@@ -276,7 +276,7 @@ def remove_tree(path: Path) -> None:
         return
     stack = [(top, _clear_files(top), "")]
     while stack:
-        fd, subdirs, _name = stack[-1]
+        fd, subdirs, name = stack[-1]
         if subdirs:
             child_name = subdirs.pop()
             try:
@@ -289,7 +289,7 @@ def remove_tree(path: Path) -> None:
         stack.pop()
         with contextlib.suppress(OSError):
             if stack:
-                os.rmdir(_name, dir_fd=stack[-1][0])
+                os.rmdir(name, dir_fd=stack[-1][0])
             else:
                 os.rmdir(path)
 
