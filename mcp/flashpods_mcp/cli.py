@@ -120,6 +120,14 @@ def cmd_artifacts(fp: Flashpods, args: argparse.Namespace) -> int:
         out.print(f"{f.size:>12,}  {dest / f.path}", highlight=False)
     for s in result.skipped:
         err.print(f"skipped {s.path}: {s.reason}", highlight=False)
+    if result.skipped_more:
+        err.print(f"skipped {result.skipped_more:,} more (same causes as above, or too many)")
+    dropped = sum(f.exec_bit_dropped for f in result.written)
+    if dropped:
+        err.print(
+            f"{dropped} files had an exec bit in the job, which is never kept: "
+            "chmod +x what you mean to run"
+        )
     err.print(f"{len(result.written)} files, {result.total_bytes:,} bytes in {dest}")
     return 0
 

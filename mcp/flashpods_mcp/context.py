@@ -13,10 +13,10 @@ from pathlib import Path
 
 import anyio
 import anyio.from_thread
-from mcp.server.fastmcp import Context
 from mcp.types import ClientCapabilities, RootsCapability
 
 from .confine import roots_from_uris
+from .sdk import Context
 
 log = logging.getLogger(__name__)
 ROOTS_TIMEOUT_S = 5.0

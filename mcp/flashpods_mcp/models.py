@@ -63,6 +63,10 @@ class OutputResult(BaseModel):
 class ArtifactFile(BaseModel):
     path: str
     size: int
+    exec_bit_dropped: bool = Field(
+        default=False,
+        description="The job's file was executable; it is written without exec bits",
+    )
 
 
 class SkippedArtifact(BaseModel):
@@ -76,6 +80,10 @@ class ArtifactsResult(BaseModel):
     files: list[ArtifactFile]
     total_bytes: int
     skipped: list[SkippedArtifact] = []
+    skipped_more: int = Field(
+        default=0,
+        description="Skipped members not listed (same cause as a listed one, or over the cap)",
+    )
 
 
 class JobList(BaseModel):

@@ -18,7 +18,7 @@ from .bases import BasisMemory
 from .client import ApiClient, check_job_id
 from .config import Settings
 from .errors import FlashpodsError
-from .unpack import UnpackResult, safe_extract_stream
+from .unpack import UnpackLimits, UnpackResult, safe_extract_stream
 
 ProgressFn = Callable[[int, int | None, str], None]
 LOG_CHUNK = 256 * 1024
@@ -245,6 +245,7 @@ class Flashpods:
         dest: Path,
         progress: ProgressFn | None = None,
         within: Path | None = None,
+        limits: UnpackLimits | None = None,
     ) -> UnpackResult:
         """Download and unpack into `dest`; with `within` (the MCP root dest lies in),
         nothing is created outside that directory, not even the staging directory."""
@@ -257,4 +258,4 @@ class Flashpods:
         # One pass: unpacked as it downloads, into a staging directory that is moved into
         # dest only once the whole archive has arrived and checked out (unpack.py).
         with self.api.open_artifacts_tar(job_id, report) as readinto:
-            return safe_extract_stream(readinto, dest, within)
+            return safe_extract_stream(readinto, dest, within, limits)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import anyio.to_thread
-from mcp.server.fastmcp import Context, FastMCP
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
@@ -33,15 +32,15 @@ from .models import (
     UploadInfo,
 )
 from .operations import Flashpods
+from .sdk import Context, new_server
 from .transfer import ARTIFACTS_DIR_NAME
 
 # FastMCP's own settings model trips a pydantic-settings warning about its `lifespan`
 # field on construction (SDK 1.27.1 noise, nothing of ours): keep it out of stderr.
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    mcp = FastMCP(
+    mcp = new_server(
         "flashpods",
-        log_level="WARNING",
         instructions=(
             "Runs jobs on a Flashpods host: spawn_worker runs a shell command on a copy of a "
             "local directory inside a container, spawn_sub_agent runs a coding agent there. "
@@ -294,7 +293,9 @@ async def get_job_artifacts(
 ) -> Annotated[CallToolResult, ArtifactsResult]:
     """Download what a job wrote to /artifacts and unpack it into a local directory.
 
-    Links, devices and unsafe paths in the archive are never unpacked.
+    Links, devices, unsafe paths, git metadata and files tools run by themselves (.git,
+    .vscode/, .envrc, ...) are never unpacked, and no file keeps an exec bit; the result
+    lists what was skipped and why.
     """
     flashpods = ops()
     roots = await client_roots(ctx)
@@ -307,9 +308,13 @@ async def get_job_artifacts(
     model = ArtifactsResult(
         job_id=job_id,
         dest=str(target),
-        files=[ArtifactFile(path=f.path, size=f.size) for f in unpacked.written],
+        files=[
+            ArtifactFile(path=f.path, size=f.size, exec_bit_dropped=f.exec_bit_dropped)
+            for f in unpacked.written
+        ],
         total_bytes=unpacked.total_bytes,
         skipped=[SkippedArtifact(path=s.path, reason=s.reason) for s in unpacked.skipped],
+        skipped_more=unpacked.skipped_more,
     )
     listed = ", ".join(f"{f.path} ({f.size:,} B)" for f in unpacked.written[:20])
     more = f" and {len(unpacked.written) - 20} more" if len(unpacked.written) > 20 else ""
@@ -317,6 +322,11 @@ async def get_job_artifacts(
     text += f": {listed}{more}." if listed else "."
     if unpacked.skipped:
         text += " Skipped: " + "; ".join(f"{s.path}: {s.reason}" for s in unpacked.skipped[:10])
+        hidden = len(unpacked.skipped) - 10 + unpacked.skipped_more
+        text += f"; and {hidden} more (see skipped)." if hidden > 0 else "."
+    dropped = sum(f.exec_bit_dropped for f in unpacked.written)
+    if dropped:
+        text += f" {dropped} files lost the exec bit the job gave them (never kept)."
     return result(model, text)
 
 

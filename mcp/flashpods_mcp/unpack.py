@@ -15,6 +15,15 @@ Only after the whole stream has been read are the files moved into dest:
 - symlinks and hardlinks are never created (skipped and reported): the simplest rule
   that cannot be tricked into a later member writing through a link;
 - devices and FIFOs are skipped and reported;
+- names that tools run or obey by themselves (`.git` in any spelling the laptop's file
+  system may fold to it, `.gitmodules`, `.vscode/`, `.envrc`, ...: refused_names.py) are
+  skipped and reported, and so is anything that would land in an existing bare git
+  repository; a dest inside git metadata is refused before anything is downloaded;
+- no file is made executable: a job's output is data until the user says otherwise
+  (each file whose archive mode had an exec bit says so in the result);
+- members deeper than UnpackLimits.max_depth are skipped and reported, and an archive of
+  more than max_members members is refused whole, so a hostile tree costs bounded
+  memory, descriptors and time; nothing here recurses, whatever the depth;
 - staged files are moved into dest with rename(2) through directory file descriptors
   opened with O_NOFOLLOW, component by component, so a symlink that already sits in
   dest (or a race that plants one) cannot redirect them. A regular file in the way is
@@ -32,15 +41,15 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 import stat
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from tarfile import TarInfo
 
 from .errors import FlashpodsError
+from .refused_names import refused_component, refused_path
 from .tarstream import ReadInto, TarStream
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -49,14 +58,28 @@ STAGING_SUFFIX = ".flashpods-partial-"
 # Directory fds kept open per tree: an archive with thousands of directories must not
 # run the process out of descriptors.
 MAX_OPEN_DIRS = 256
+# The shortest dest a job could not aim anywhere near git: a file named HEAD beside one of
+# these makes a directory a git repository (git's own test, setup.c is_git_directory).
+GIT_DIR_MARKERS = ("objects", "refs", "commondir")
 # A staging failure these errors cause is the disk's, not one member's: give up.
 FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What one archive may cost the laptop. The host serves at most 10,000 entries with
+    paths of 4 KiB; a compromised host is held to these."""
+
+    max_depth: int = 256  # path components; node_modules trees stay far below
+    max_members: int = 100_000  # over this the whole archive is refused
+    max_reported: int = 200  # skipped members listed one by one; the rest are counted
 
 
 @dataclass(frozen=True)
 class WrittenFile:
     path: str
     size: int
+    exec_bit_dropped: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,7 @@ class SkippedMember:
 class UnpackResult:
     written: list[WrittenFile]
     skipped: list[SkippedMember]
+    skipped_more: int = 0  # skipped but not listed (same cause as a listed one, or over the cap)
 
     @property
     def total_bytes(self) -> int:
@@ -87,25 +111,50 @@ def member_parts(name: str) -> tuple[str, ...]:
     return parts
 
 
-class _DirCache:
-    """Directory fds under a root, opened (and created) without following any link."""
+class RefusedPlace(Exception):
+    """An existing directory in dest that nothing from a job may be written into."""
 
-    def __init__(self, root_fd: int):
+
+class _DirCache:
+    """Directory fds under a root, opened (and created) without following any link.
+    With `guard`, a directory that already exists and is a git repository is refused
+    (RefusedPlace) instead of opened."""
+
+    def __init__(self, root_fd: int, guard: bool = False):
         self.root_fd = root_fd
+        self.guard = guard
         self.fds: dict[tuple[str, ...], int] = {(): root_fd}
 
     def open(self, parts: tuple[str, ...]) -> int:
-        if parts not in self.fds and len(self.fds) > MAX_OPEN_DIRS:
-            self._close_all_but_root()
-        return self._open(parts)
-
-    def _open(self, parts: tuple[str, ...]) -> int:
         if parts in self.fds:
             return self.fds[parts]
-        parent = self._open(parts[:-1])
-        with contextlib.suppress(FileExistsError):
+        # A loop, not recursion: the depth is the archive's to choose.
+        known = len(parts)
+        while parts[:known] not in self.fds:
+            known -= 1
+        # Room for every level still to open, so one cache never holds more than
+        # MAX_OPEN_DIRS (or one path's depth) descriptors, whatever the archive.
+        if len(self.fds) + len(parts) - known > MAX_OPEN_DIRS:
+            self._close_all_but_root()
+            known = 0
+        fd = self.fds[parts[:known]]
+        for depth in range(known + 1, len(parts) + 1):
+            fd = self._open_child(fd, parts[:depth])
+        return fd
+
+    def _open_child(self, parent: int, parts: tuple[str, ...]) -> int:
+        try:
             os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            existed = False
+        except FileExistsError:
+            existed = True
         fd = os.open(parts[-1], DIR_FLAGS, dir_fd=parent)
+        if existed and self.guard and is_git_dir(fd):
+            os.close(fd)
+            raise RefusedPlace(
+                f"refused: {'/'.join(parts)} in dest is a bare git repository (HEAD and "
+                "objects/ or refs/): git obeys its config and hooks"
+            )
         self.fds[parts] = fd
         return fd
 
@@ -121,24 +170,70 @@ class _DirCache:
         self.fds = {}
 
 
+def is_git_dir(dir_fd: int) -> bool:
+    """True when git would take this directory for a repository (HEAD beside objects/,
+    refs/ or commondir), so a file written into it could be its config or a hook."""
+
+    def has(name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+    return has("HEAD") and any(has(marker) for marker in GIT_DIR_MARKERS)
+
+
+@dataclass(frozen=True)
+class _StagedFile:
+    size: int
+    exec_bit_dropped: bool
+
+
 @dataclass
 class _Staged:
-    """What the stream phase left in the staging directory, in archive order."""
+    """What the stream phase left in the staging directory, in archive order, and what it
+    skipped: listed up to `limits.max_reported`, one entry per cause, the rest counted."""
 
-    entries: dict[tuple[str, ...], int | None]  # parts -> size of a file, None: a directory
-    skipped: list[SkippedMember]
+    limits: UnpackLimits
+    entries: dict[tuple[str, ...], _StagedFile | None] = field(default_factory=dict)
+    skipped: list[SkippedMember] = field(default_factory=list)
+    skipped_more: int = 0
+    causes: set[tuple[str, ...]] = field(default_factory=set)
+
+    def skip(self, shown: str, why: str, cause: tuple[str, ...] | None = None) -> None:
+        """Note a skipped member; one under a `cause` (a path prefix) already listed is
+        only counted, so 5,000 members under one refused .git make one line."""
+        if cause is not None and cause in self.causes:
+            self.skipped_more += 1
+            return
+        if cause is not None:
+            self.causes.add(cause)
+        if len(self.skipped) >= self.limits.max_reported:
+            self.skipped_more += 1
+            return
+        if len(shown) > 300:  # a 1 MiB name would flood the agent's context
+            shown = f"{shown[:150]}...{shown[-100:]}"
+        self.skipped.append(SkippedMember(shown, why))
 
 
-def safe_extract(tar_path: Path, dest: Path) -> UnpackResult:
+def safe_extract(tar_path: Path, dest: Path, limits: UnpackLimits | None = None) -> UnpackResult:
     """Unpack the tar file `tar_path` into `dest` (see safe_extract_stream)."""
+    _check_dest(dest)  # before opening the tar: a refused dest reads nothing
     with open(tar_path, "rb", buffering=0) as source:
-        return safe_extract_stream(source.readinto, dest)
+        return safe_extract_stream(source.readinto, dest, limits=limits)
 
 
-def safe_extract_stream(readinto: ReadInto, dest: Path, within: Path | None = None) -> UnpackResult:
+def safe_extract_stream(
+    readinto: ReadInto,
+    dest: Path,
+    within: Path | None = None,
+    limits: UnpackLimits | None = None,
+) -> UnpackResult:
     """Unpack the tar that `readinto(buffer)` delivers (0 at its end) into the existing-or-new
     directory `dest` (already confined), reading the stream exactly once. With `within`
     (the MCP root dest lies in), the staging directory is made inside it too."""
+    limits = limits or UnpackLimits()
     _check_dest(dest)
     made_dest = not dest.exists()
     try:
@@ -152,7 +247,7 @@ def safe_extract_stream(readinto: ReadInto, dest: Path, within: Path | None = No
         try:
             try:
                 in_dest = staging.parent == dest
-                staged = _stage(readinto, staging_dirs, staging.name if in_dest else None)
+                staged = _stage(readinto, staging_dirs, staging.name if in_dest else None, limits)
             except FlashpodsError as exc:
                 raise FlashpodsError(f"{str(exc).rstrip('.')}; {_nothing_written(dest)}") from exc
             except OSError as exc:
@@ -164,11 +259,52 @@ def safe_extract_stream(readinto: ReadInto, dest: Path, within: Path | None = No
         finally:
             staging_dirs.close()
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         _remove_if_made(dest, made_dest)
         raise
-    shutil.rmtree(staging, ignore_errors=True)
-    return UnpackResult(written=written, skipped=staged.skipped)
+    remove_tree(staging)
+    return UnpackResult(written=written, skipped=staged.skipped, skipped_more=staged.skipped_more)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete the staging tree, best effort, without recursion and through directory fds
+    (its depth is bounded by UnpackLimits, but long names can make its paths longer
+    than PATH_MAX). Each frame: an open directory, its subdirectories still to visit."""
+    try:
+        top = os.open(path, DIR_FLAGS)
+    except OSError:
+        return
+    stack = [(top, _clear_files(top), "")]
+    while stack:
+        fd, subdirs, name = stack[-1]
+        if subdirs:
+            child_name = subdirs.pop()
+            try:
+                child = os.open(child_name, DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            stack.append((child, _clear_files(child), child_name))
+            continue
+        os.close(fd)
+        stack.pop()
+        with contextlib.suppress(OSError):
+            if stack:
+                os.rmdir(name, dir_fd=stack[-1][0])
+            else:
+                os.rmdir(path)
+
+
+def _clear_files(dir_fd: int) -> list[str]:
+    """Unlink every non-directory in the directory; return its subdirectories."""
+    subdirs = []
+    with contextlib.suppress(OSError), os.scandir(dir_fd) as scan:
+        for entry in scan:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.name, dir_fd=dir_fd)
+    return subdirs
 
 
 def _remove_if_made(dest: Path, made: bool) -> None:
@@ -184,7 +320,28 @@ def _nothing_written(dest: Path) -> str:
 
 def _check_dest(dest: Path) -> None:
     """Refuse before downloading when dest (or the first of its ancestors that exists)
-    is not a directory."""
+    is not a directory, or when dest lies in git metadata or a git repository's own
+    directory (where any file could be a hook or its config)."""
+    for component in dest.parts[1:]:
+        why = refused_component(component, last=False, is_dir=True)
+        if why is not None:
+            raise FlashpodsError(
+                f"Cannot unpack into {dest}: {component} is {why}, which Flashpods never "
+                "writes from a job; give a dest outside it."
+            )
+    for path in (dest, *dest.parents):
+        with contextlib.suppress(OSError):
+            fd = os.open(path, DIR_FLAGS)
+            try:
+                in_repository = is_git_dir(fd)
+            finally:
+                os.close(fd)
+            if in_repository:
+                raise FlashpodsError(
+                    f"Cannot unpack into {dest}: {path} is a git repository (HEAD beside "
+                    "objects/ or refs/), whose config and hooks git obeys; give a dest "
+                    "outside it."
+                )
     for path in (dest, *dest.parents):
         if path.exists():
             if not path.is_dir():
@@ -230,10 +387,18 @@ def _is_mount_point(path: Path) -> bool:
 # -- phase 1: the stream, into the staging directory -----------------------------------
 
 
-def _stage(readinto: ReadInto, dirs: _DirCache, staging_in_dest: str | None) -> _Staged:
-    staged = _Staged(entries={}, skipped=[])
+def _stage(
+    readinto: ReadInto, dirs: _DirCache, staging_in_dest: str | None, limits: UnpackLimits
+) -> _Staged:
+    staged = _Staged(limits)
     stream = TarStream(readinto)
-    for member in stream:
+    for count, member in enumerate(stream, start=1):
+        if count > limits.max_members:
+            raise FlashpodsError(
+                f"Refused the artifact archive: it has more than {limits.max_members:,} "
+                "members; have the job pack its output into fewer files (one tar file "
+                "in /artifacts is one member)"
+            )
         try:
             parts = member_parts(member.name)
         except FlashpodsError as exc:
@@ -241,18 +406,28 @@ def _stage(readinto: ReadInto, dirs: _DirCache, staging_in_dest: str | None) -> 
         shown = "/".join(parts)
         if not parts:
             continue
+        if len(parts) > limits.max_depth:
+            why = (
+                f"not written: deeper than {limits.max_depth} levels (the laptop's limit); "
+                "have the job tar such a tree into one file"
+            )
+            staged.skip(shown, why, cause=parts[: limits.max_depth + 1])
+            continue
+        refused = refused_path(parts, is_dir=member.isdir())
+        if refused is not None:
+            prefix, why = refused
+            staged.skip(shown, why, cause=prefix)
+            continue
         if member.issym() or member.islnk():
             kind = "symlink" if member.issym() else "hardlink"
             why = f"{kind} to {member.linkname!r} not unpacked (links never are)"
-            staged.skipped.append(SkippedMember(shown, why))
+            staged.skip(shown, why)
         elif member.ischr() or member.isblk() or member.isfifo():
-            staged.skipped.append(SkippedMember(shown, "device or FIFO not unpacked"))
+            staged.skip(shown, "device or FIFO not unpacked")
         elif not (member.isreg() or member.isdir()):
-            staged.skipped.append(
-                SkippedMember(shown, f"tar member of unknown type {member.type!r} not unpacked")
-            )
+            staged.skip(shown, f"tar member of unknown type {member.type!r} not unpacked")
         elif parts[0] == staging_in_dest:  # the staging dir is in dest: never overwrite it
-            staged.skipped.append(SkippedMember(shown, "not written: the staging dir's name"))
+            staged.skip(shown, "not written: the staging dir's name")
         else:
             try:
                 _stage_member(stream, member, parts, dirs, staged.entries)
@@ -262,7 +437,7 @@ def _stage(readinto: ReadInto, dirs: _DirCache, staging_in_dest: str | None) -> 
                 why = f"not written ({exc.strerror})"
                 if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
                     why += ": an earlier member of the archive is in the way"
-                staged.skipped.append(SkippedMember(shown, why))
+                staged.skip(shown, why)
     return staged
 
 
@@ -271,7 +446,7 @@ def _stage_member(
     member: TarInfo,
     parts: tuple[str, ...],
     dirs: _DirCache,
-    entries: dict[tuple[str, ...], int | None],
+    entries: dict[tuple[str, ...], _StagedFile | None],
 ) -> None:
     """Write one member into staging and note it in `entries` (a file's size, or None
     for a directory) once it is complete."""
@@ -279,7 +454,7 @@ def _stage_member(
         dirs.open(parts)
         entries.setdefault(parts, None)
         return
-    mode = 0o755 if member.mode & 0o111 else 0o644
+    mode = 0o644  # never executable (module docstring); the result says it was
     fd = os.open(parts[-1], STAGED_FILE_FLAGS, mode, dir_fd=dirs.open(parts[:-1]))
     # A name given twice: the last member wins, and the earlier one's staged bytes are
     # gone from here on (truncated), whatever happens next.
@@ -295,7 +470,7 @@ def _stage_member(
             os.utime(fd, (member.mtime, member.mtime))
     finally:
         os.close(fd)
-    entries[parts] = size
+    entries[parts] = _StagedFile(size, exec_bit_dropped=bool(member.mode & 0o111))
 
 
 # -- phase 2: the staged files, into dest ---------------------------------------------
@@ -310,28 +485,29 @@ def _move_into_dest(staged: _Staged, staging_dirs: _DirCache, dest: Path) -> lis
             f"Cannot unpack into {dest}: {exc.strerror}; give a dest that is (or can "
             f"become) a directory; {_nothing_written(dest)}"
         ) from exc
-    dest_dirs = _DirCache(root_fd)
+    dest_dirs = _DirCache(root_fd, guard=True)
     written: list[WrittenFile] = []
     try:
-        for parts, size in staged.entries.items():
+        for parts, staged_file in staged.entries.items():
             shown = "/".join(parts)
             try:
-                if size is None:
+                if staged_file is None:
                     dest_dirs.open(parts)
                     continue
                 in_the_way = _move_file(parts, staging_dirs, dest_dirs)
+            except RefusedPlace as exc:
+                staged.skip(shown, str(exc), cause=("refused place", str(exc)))
+                continue
             except OSError as exc:
                 in_the_way = exc.strerror
             if in_the_way:
-                staged.skipped.append(
-                    SkippedMember(
-                        shown,
-                        "not written: something in dest that is not a plain directory or "
-                        f"file is in the way ({in_the_way})",
-                    )
+                staged.skip(
+                    shown,
+                    "not written: something in dest that is not a plain directory or "
+                    f"file is in the way ({in_the_way})",
                 )
             else:
-                written.append(WrittenFile(shown, size))
+                written.append(WrittenFile(shown, staged_file.size, staged_file.exec_bit_dropped))
     finally:
         dest_dirs.close()
     return written

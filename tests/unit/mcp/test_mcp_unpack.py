@@ -68,7 +68,8 @@ def test_regular_files_and_dirs_are_written_with_sizes(dirs):
     result = safe_extract(tar, dest)
     assert [(f.path, f.size) for f in result.written] == [("out/result.txt", 3), ("run.sh", 10)]
     assert (dest / "out/result.txt").read_text() == "42\n"
-    assert os.access(dest / "run.sh", os.X_OK)  # the exec bit survives
+    assert not os.access(dest / "run.sh", os.X_OK)  # a job's exec bit never survives
+    assert [f.exec_bit_dropped for f in result.written] == [False, True]
     assert result.skipped == []
 
 
