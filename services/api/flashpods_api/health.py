@@ -85,7 +85,11 @@ def _reaper(snapshot: dict[str, Any], cfg: Config) -> dict[str, Any]:
     starts ticks; it is red once none got through for the stale window.
     """
     stale = max(HEARTBEAT_STALE_S, 10 * float(cfg.reaper["interval_s"]))
-    beat, done, probe = snapshot["reaper_at"], snapshot.get("reaper_done_at"), snapshot.get("reaper")
+    beat, done, probe = (
+        snapshot["reaper_at"],
+        snapshot.get("reaper_done_at"),
+        snapshot.get("reaper"),
+    )
     if beat is None:
         hint = "the reaper has never reported (is flashpods-reaper running?)"
         return {"ok": False, "detail": hint}

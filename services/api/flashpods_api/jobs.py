@@ -152,17 +152,27 @@ class Engine:
         """The job's workspace, artifacts dir and live log file (idempotent)."""
         for path in (self.workspace(job_id), self.artifacts(job_id)):
             path.mkdir(exist_ok=True)
-            os.chmod(path, DIR_MODE)
+            # Through an O_NOFOLLOW fd: the parents are group-writable by the container uid,
+            # which may have put a link here (a restart re-prepares a known id).
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, DIR_MODE)
+            finally:
+                os.close(fd)
         self.config.logs_dir.mkdir(exist_ok=True)
         # Create the live log ourselves: conmon would create it 0600 as flashpods, which
         # the API user could not read. An existing file keeps our owner and mode.
         fd = os.open(
             logs.ctr_log_path(self.config.logs_dir, job_id),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             0o660,
         )
-        os.fchmod(fd, 0o660)
-        os.close(fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StartError("The job's live log is not a regular file on the host.")
+            os.fchmod(fd, 0o660)
+        finally:
+            os.close(fd)
 
     def _prepare_upload(self, job: dict[str, Any]) -> str | None:
         upload_id = job.get("upload_id")
@@ -435,6 +445,12 @@ class Engine:
             self.normalize(root)
 
     def normalize(self, root: Path) -> None:
+        # Podman resolves a bind source on the host: never mount what a link points at.
+        try:
+            if not stat.S_ISDIR(os.lstat(root).st_mode):
+                return
+        except OSError:
+            return
         try:
             self.runtime.normalize(self.config.images["worker"], self.config.helper_path, str(root))
         except PodmanError as exc:

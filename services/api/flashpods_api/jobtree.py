@@ -181,7 +181,11 @@ def _list(
         for name in names:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                link = os.readlink(name, dir_fd=fd) if read_links and stat.S_ISLNK(st.st_mode) else None
+                link = (
+                    os.readlink(name, dir_fd=fd)
+                    if read_links and stat.S_ISLNK(st.st_mode)
+                    else None
+                )
             except OSError:
                 continue  # gone since the listing: not there
             out.append((name, st, link))

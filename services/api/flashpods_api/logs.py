@@ -16,6 +16,7 @@ that is not the API user's own file is not ours and is replaced (docs/security.m
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -312,7 +313,5 @@ def _own_final(dir_fd: int, final: Path, cap: int) -> tuple[int, bool] | None:
 
 
 def _unlink(dir_fd: int, name: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass

@@ -23,6 +23,7 @@ and removed first, never followed).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import json
@@ -65,7 +66,9 @@ def _tree(root: Path | None, label: str, notes: list[str]) -> dict[str, _Seen]:
         st = node.st
         if st is None or stat.S_ISDIR(st.st_mode) or node.rel == READY_MARKER:
             continue
-        kind = "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
+        kind = (
+            "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
+        )
         out[node.rel] = _Seen(kind, st, node.link)
     return out
 
@@ -210,10 +213,8 @@ def _copy_in(out_fd: int, rel: str, src: BinaryIO, limit: int) -> int:
     cur = os.dup(out_fd)
     try:
         for part in parts[:-1]:
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.mkdir(part, _OUT_DIR_MODE, dir_fd=cur)
-            except FileExistsError:
-                pass
             nxt = os.open(part, _DIR, dir_fd=cur)
             os.close(cur)
             cur = nxt

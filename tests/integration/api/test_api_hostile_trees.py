@@ -8,6 +8,7 @@ later job was ever finished or started, /healthz stayed green, and a restart did
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -37,7 +38,6 @@ def _exited(host, job_id: str, timeout: float = 120) -> None:
 
 def test_deep_trees_on_disk_at_reaper_start_do_not_wedge_it(devhost_factory):
     host = devhost_factory(
-        retention={"artifacts_s": 4, "logs_s": 3600, "uploads_s": 3600},
         api_overrides={"reaper": {"interval_s": 0.2}},
     )
     api = Api(host)
@@ -64,12 +64,18 @@ def test_deep_trees_on_disk_at_reaper_start_do_not_wedge_it(devhost_factory):
     assert any("deeper than" in r for r in reasons), reasons
     assert api.get(f"/jobs/{deep['id']}/artifacts.tar").status_code == 200
 
-    # The workspace went with the job's end, the artifacts with retention: no tree is left.
+    # The workspace went with the job's end. The artifacts go with retention: expire them
+    # now, while the reaper is down again, so its restart meets the tree on disk once more.
     assert not (host.paths.workspaces / deep["id"]).exists()
+    host.kill("reaper")
+    with sqlite3.connect(host.paths.db) as db:
+        db.execute("UPDATE jobs SET artifacts_expire_at = 1 WHERE id = ?", (deep["id"],))
+    host.start("reaper")
     deadline = time.monotonic() + 60
-    while (host.paths.artifacts / deep["id"]).exists() or not api.job(deep["id"])[
+    while (host.paths.artifacts / deep["id"]).exists() or api.job(deep["id"])[
         "artifacts_available"
-    ] is False:
+    ]:
         assert time.monotonic() < deadline, "the deep artifacts tree was never removed"
         time.sleep(0.3)
+    assert api.get("/healthz").status_code == 200
     assert wait_no_containers(host) == []

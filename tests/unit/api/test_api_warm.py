@@ -170,7 +170,9 @@ def test_reconcile_after_a_crash(make_host):
     host.store.add_warm("job_creatingaaaa", "worker", host.config.images["worker"])
     host.runtime.boxes["job_creatingaaaa"] = {"Names": ["job_creatingaaaa"], "State": "running"}
     host.store.add_warm("job_takenaaaaaaa", "worker", host.config.images["worker"])
-    host.store.set_warm("job_takenaaaaaaa", ("creating",), state="taken", taken_at=time.time() - 3600)
+    host.store.set_warm(
+        "job_takenaaaaaaa", ("creating",), state="taken", taken_at=time.time() - 3600
+    )
     host.runtime.boxes["job_takenaaaaaaa"] = {"Names": ["job_takenaaaaaaa"], "State": "running"}
     host.reaper.tick()
     ids = {r["id"]: r["state"] for r in host.store.warm_rows()}
