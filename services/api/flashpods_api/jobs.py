@@ -379,8 +379,9 @@ class Engine:
         killed = " and was killed" if reason == "artifact_cap" else ""
         seen = artifacts.measure(self.artifacts(job_id))
         if seen.limit is not None:
+            shape = seen.limit if seen.limit.startswith("nested") else f"with {seen.limit}"
             return (
-                f"The job left a tree in /artifacts with {seen.limit}{killed}; Flashpods "
+                f"The job left a tree in /artifacts {shape}{killed}; Flashpods "
                 f"walks at most {jobtree.MAX_DEPTH} levels and {jobtree.MAX_ENTRIES} entries, "
                 "so it cannot measure or list it whole: keep artifacts shallower and fewer."
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from flashpods_api import jobs as jobs_module
@@ -112,3 +113,31 @@ def test_the_workspace_record_replaces_a_planted_entry_without_following_it(tmp_
     assert list((elsewhere / "files").iterdir()) == []
     assert sorted(p.name for p in artifacts_root.iterdir()) == ["job_aaaaaaaaaaaa.workspace"]
     assert (out.stat().st_mode & 0o777) == 0o750  # the job uid (group) cannot write in it
+
+
+def _chain(root, depth: int) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+
+
+def test_a_tree_too_deep_to_walk_fails_the_job_by_name_and_is_removed(host):
+    job = host.job()
+    storage = host.raw["storage"]
+    _chain(Path(storage["artifacts"]) / job["id"], 1100)
+    _chain(Path(storage["workspaces"]) / job["id"], 1100)
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    ended = host.store.get_job(job["id"])
+    assert ended["status"] == "failed"
+    assert "/artifacts nested deeper than 256 levels" in ended["error"], ended["error"]
+    assert "deeper than 256 levels" in ended["workspace_changes"]["incomplete"]
+    assert not (Path(storage["workspaces"]) / job["id"]).exists()
+    resp = host.get(f"/jobs/{job['id']}/artifacts")
+    assert resp.status_code == 200
+    assert any("deeper than" in s["reason"] for s in resp.get_json()["skipped"])
+    assert host.engine.remove_tree(Path(storage["artifacts"]) / job["id"])
