@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import secrets
 import stat
@@ -37,6 +38,7 @@ from pathlib import Path
 MAX_DEPTH = 256
 MAX_ENTRIES = 250_000
 REMOVE_BUDGET_S = 5.0
+_BATCH = 10_000  # names read per directory per pass of a removal (memory stays bounded)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -143,7 +145,7 @@ def walk(
         stack: list[tuple[str, int]] = [("", 0)]
         while stack:
             rel_dir, depth = stack.pop()
-            listed = _list(root_fd, rel_dir, read_links)
+            listed = _list(root_fd, rel_dir, read_links, max_entries - seen + 1)
             if isinstance(listed, str):
                 yield Node(rel_dir, depth, error=listed)
                 continue
@@ -167,9 +169,13 @@ def walk(
 
 
 def _list(
-    root_fd: int, rel_dir: str, read_links: bool
+    root_fd: int, rel_dir: str, read_links: bool, most: int
 ) -> list[tuple[str, os.stat_result, str | None]] | str:
-    """(name, lstat, link target) of one directory's entries, sorted; or why not."""
+    """(name, lstat, link target) of one directory's entries, sorted; or why not.
+
+    At most `most` names are read (a directory of millions never sits in memory whole;
+    past the walk's entry limit which ones are seen does not matter).
+    """
     try:
         fd = open_beneath(root_fd, rel_dir, _DIR_FLAGS) if rel_dir else os.dup(root_fd)
     except OSError as exc:
@@ -177,7 +183,7 @@ def _list(
     try:
         out = []
         with os.scandir(fd) as it:
-            names = sorted(entry.name for entry in it)
+            names = sorted(itertools.islice((entry.name for entry in it), max(most, 0)))
         for name in names:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -292,7 +298,7 @@ def _empty(top: int, deadline: float) -> Removal | None:
     while True:
         progress = False
         with os.scandir(top) as it:
-            names = [entry.name for entry in it]
+            names = list(itertools.islice((entry.name for entry in it), _BATCH))
         if not names:
             return None
         for name in names:
@@ -329,7 +335,9 @@ def _hoist(top: int, name: str, tag: str, hoisted: int) -> tuple[int, bool]:
     fd = os.open(name, _DIR_FLAGS, dir_fd=top)
     try:
         with os.scandir(fd) as it:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in it]
+            children = [
+                (e.name, e.is_dir(follow_symlinks=False)) for e in itertools.islice(it, _BATCH)
+            ]
         for child, is_dir in children:
             if not is_dir:
                 os.unlink(child, dir_fd=fd)

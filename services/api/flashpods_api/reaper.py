@@ -52,6 +52,7 @@ class Reaper:
         self._artifact_checked: dict[str, float] = {}
         self._last_retention = 0.0
         self._failures: dict[str, int] = {}
+        self._tick_failed = True  # until a tick gets through: then its record is written
         # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
         shortest = min(float(v) for v in self.config.retention.values())
         self._retention_every = min(RETENTION_EVERY_S, shortest / 4)
@@ -72,6 +73,7 @@ class Reaper:
 
     def _record_tick_error(self, detail: str) -> None:
         """What /healthz names when ticks stop getting through."""
+        self._tick_failed = True
         try:
             self.store.record_probe("reaper", False, detail[:500])
         except Exception as exc:  # noqa: BLE001 - the database check reports the cause
@@ -104,7 +106,9 @@ class Reaper:
             self._last_retention = time.monotonic()
             self.retention()
         self.store.beat("reaper_done", os.getpid())
-        self.store.record_probe("reaper", True, "tick completed")
+        if self._tick_failed:  # one write when it changes, not one per tick
+            self.store.record_probe("reaper", True, "tick completed")
+            self._tick_failed = False
 
     def _guarded(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
         """One job's step; its error is its own (counted, then the job's end), not the tick's."""
