@@ -89,3 +89,29 @@ def test_planted_fifo_as_live_log_does_not_hang_the_reaper(devhost_factory):
     assert api.wait(after["id"], timeout=60)["status"] == "succeeded"
     assert api.get(f"/jobs/{job['id']}/logs", timeout=10).status_code == 200
     assert api.get("/healthz").status_code == 200
+
+
+def test_planted_workspace_record_link_is_replaced_not_written_through(devhost_factory):
+    """`<artifacts>/<id>.workspace` planted as a link to a directory only the API user may
+    write: the reaper builds the record in a directory of its own and renames it in."""
+    if os.geteuid() != 0:
+        pytest.fail("needs root: the API user and the container uid must differ")
+    host = devhost_factory()
+    api = Api(host)
+    acc = host.accounts
+    elsewhere = host.paths.api_home / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, acc.api.uid, acc.api.gid)
+    job = api.submit("while [ ! -e /workspace/go ]; do sleep 0.1; done; echo new > new.txt")
+    api.wait(job["id"], statuses=("running",))
+    _as_job_uid("ln", "-s", str(elsewhere), str(host.paths.artifacts / f"{job['id']}.workspace"))
+    _as_job_uid("touch", str(host.paths.workspaces / job["id"] / "go"))
+
+    done = api.wait(job["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    assert list(elsewhere.iterdir()) == []
+    record = host.paths.artifacts / f"{job['id']}.workspace"
+    assert not record.is_symlink() and record.stat().st_uid == acc.api.uid
+    assert done["workspace_changes"]["added"] == 2  # new.txt and the go file
+    resp = api.get(f"/jobs/{job['id']}/artifacts/_workspace/files/new.txt")
+    assert (resp.status_code, resp.text) == (200, "new\n")
