@@ -11,9 +11,10 @@ every walk and removal of job data on the host goes through here:
   reopened from the tree's root with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) (or
   component by component with O_NOFOLLOW where the kernel lacks openat2), so a job that
   swaps a directory for a link mid-walk cannot lead the walk out of its tree;
-- bounded work: `walk` stops at `max_depth` levels and `max_entries` entries and says so
-  in a `Node` with `limit` set; `remove` stops after `budget_s` seconds and is resumed
-  by its next call (a half-removed tree is still a tree);
+- bounded work and memory: `walk` stops at `max_depth` levels, `max_entries` entries or
+  64 MiB of path names and says so in a `Node` with `limit` set; `remove` stops after
+  `budget_s` seconds and is resumed by its next call (a half-removed tree is still a
+  tree);
 - never raises for what it finds: unreadable or vanished entries become nodes with
   `error` set, a removal that cannot finish says why in its result.
 
@@ -37,6 +38,8 @@ from pathlib import Path
 
 MAX_DEPTH = 256
 MAX_ENTRIES = 250_000
+# What a walk's callers may keep of it (the workspace diff keeps every path) stays bounded.
+MAX_NAMES_BYTES = 64 << 20
 REMOVE_BUDGET_S = 5.0
 _BATCH = 10_000  # names read per directory per pass of a removal (memory stays bounded)
 
@@ -141,29 +144,37 @@ def walk(
         yield Node("", 0, error=_reason(exc))
         return
     try:
-        seen = 0
-        stack: list[tuple[str, int]] = [("", 0)]
+        seen = names_bytes = 0
+        # (parent's rel, name, depth): siblings share their parent's string, so pending
+        # directories cost their names, not their full paths.
+        stack: list[tuple[str, str, int]] = [("", "", 0)]
         while stack:
-            rel_dir, depth = stack.pop()
+            parent, name, depth = stack.pop()
+            rel_dir = f"{parent}/{name}" if parent else name
             listed = _list(root_fd, rel_dir, read_links, max_entries - seen + 1)
             if isinstance(listed, str):
                 yield Node(rel_dir, depth, error=listed)
                 continue
             subdirs = []
-            for name, st, link in listed:
+            for child, st, link in listed:
                 seen += 1
-                rel = f"{rel_dir}/{name}" if rel_dir else name
+                rel = f"{rel_dir}/{child}" if rel_dir else child
+                names_bytes += len(rel)
                 if seen > max_entries:
                     yield Node(rel, depth + 1, limit=f"more than {max_entries} entries")
+                    return
+                if names_bytes > MAX_NAMES_BYTES:
+                    limit = f"more than {MAX_NAMES_BYTES >> 20} MiB of path names"
+                    yield Node(rel, depth + 1, limit=limit)
                     return
                 node = Node(rel, depth + 1, st, link)
                 if node.is_dir:
                     if depth + 1 >= max_depth:
                         node.limit = f"nested deeper than {max_depth} levels"
                     else:
-                        subdirs.append(rel)
+                        subdirs.append(child)
                 yield node
-            stack.extend((rel, depth + 1) for rel in reversed(subdirs))
+            stack.extend((rel_dir, child, depth + 1) for child in reversed(subdirs))
     finally:
         os.close(root_fd)
 

@@ -115,3 +115,13 @@ def test_remove_resumes_after_its_budget(tmp_path):
     first = jobtree.remove(tmp_path / "t", budget_s=0.0)
     assert not first.done and "budget" in first.error
     assert jobtree.remove(tmp_path / "t").done
+
+
+def test_walk_stops_at_the_path_names_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobtree, "MAX_NAMES_BYTES", 100)
+    root = tmp_path / "t"
+    root.mkdir()
+    for i in range(30):
+        (root / f"file-{i:02}").write_text("x")
+    nodes = list(jobtree.walk(root))
+    assert "MiB of path names" in nodes[-1].limit and len(nodes) < 30
