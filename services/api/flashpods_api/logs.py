@@ -257,6 +257,7 @@ def finalize(logs_dir: Path, job_id: str, cap: int) -> tuple[int, bool]:
             _unlink(dir_fd, live.name)
             return done
         jobtree.remove(final)  # not ours (planted): replaced below; a link is not followed
+        _remove_temps(dir_fd, logs_dir, job_id)
         tmp = f".{job_id}.log.{secrets.token_hex(6)}.tmp"
         fd = os.open(tmp, _CREATE, FINAL_MODE, dir_fd=dir_fd)
         try:
@@ -310,6 +311,15 @@ def _own_final(dir_fd: int, final: Path, cap: int) -> tuple[int, bool] | None:
             return size, fh.read() == note
     except FileNotFoundError:
         return None
+
+
+def _remove_temps(dir_fd: int, logs_dir: Path, job_id: str) -> None:
+    """Temp files of an attempt that died (a crash), and anything planted under such a name."""
+    prefix = f".{job_id}.log."
+    with os.scandir(dir_fd) as it:
+        names = [entry.name for entry in it if entry.name.startswith(prefix)]
+    for name in names:
+        jobtree.remove(logs_dir / name)
 
 
 def _unlink(dir_fd: int, name: str) -> None:

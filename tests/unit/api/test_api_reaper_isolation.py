@@ -85,6 +85,7 @@ def test_a_planted_log_tmp_link_or_foreign_final_log_is_never_written_through(tm
     assert target.read_text() == "precious\n"
     final = tmp_path / f"{job_id}.log"
     assert not final.is_symlink() and final.read_text() == "hello\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [final.name, "victim"]
 
 
 def test_a_fifo_as_a_log_is_treated_as_missing_not_waited_on(tmp_path):
