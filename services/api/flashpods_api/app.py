@@ -154,7 +154,15 @@ def create_app(
         upload = store.get_upload(upload_id)
         if upload is None or upload["state"] != "reserved":
             raise _upload_error(upload_id, "unknown" if upload is None else upload["state"])
-        size = artifacts.tree_bytes(engine.upload_dir(upload_id))
+        seen = artifacts.measure(engine.upload_dir(upload_id))
+        if seen.limit:
+            raise ApiError(
+                413,
+                "upload_too_large",
+                f"The upload holds {seen.limit}, more than this host walks; "
+                "upload a smaller, shallower tree.",
+            )
+        size = seen.bytes
         if size > cfg.limits["upload_bytes"]:
             raise ApiError(
                 413,

@@ -4,7 +4,8 @@ A job controls what it writes into /artifacts: a symlink there may point at the 
 API token or another job's files, a FIFO would hang a reader. So every open is resolved
 beneath the job's directory with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), or, where
 the kernel lacks openat2, component by component with O_NOFOLLOW on directory fds; every
-open is O_NONBLOCK (a FIFO never blocks) and only regular files are read.
+open is O_NONBLOCK (a FIFO never blocks) and only regular files are read. Trees are
+walked by `jobtree` (iterative, depth and entry limits, two fds at most).
 
 Paths under `_workspace/` are the job's workspace changes, kept by the reaper in a
 sibling directory the job never saw (`<artifacts>/<id>.workspace/`), see docs/api.md.
@@ -12,8 +13,6 @@ sibling directory the job never saw (`<artifacts>/<id>.workspace/`), see docs/ap
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import fnmatch
 import hashlib
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ids, jobtree
+
 WORKSPACE_PREFIX = "_workspace"
 MAX_ENTRIES = 10000
 MAX_PATH = 4096
@@ -31,19 +32,7 @@ CHUNK = 256 * 1024
 # Fewer, larger writes: per-chunk Python overhead, not the copy, bounds a tar stream.
 TAR_CHUNK = 1024 * 1024
 
-_SYS_OPENAT2 = 437  # x86_64 and aarch64 (the generic syscall table)
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
 
 
 class NotServed(Exception):
@@ -60,56 +49,18 @@ def valid_relpath(path: str) -> bool:
     return all(part not in ("", ".", "..") for part in path.split("/"))
 
 
-def openat2(dir_fd: int, path: str) -> int:
-    how = _OpenHow(_OPEN_FLAGS, 0, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(
-        _SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    return int(fd)
-
-
-def open_nofollow_walk(dir_fd: int, path: str) -> int:
-    """The fallback: open each component with O_NOFOLLOW relative to its parent's fd."""
-    parts = path.split("/")
-    current = os.dup(dir_fd)
-    try:
-        for part in parts[:-1]:
-            nxt = os.open(
-                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current
-            )
-            os.close(current)
-            current = nxt
-        return os.open(parts[-1], _OPEN_FLAGS, dir_fd=current)
-    finally:
-        os.close(current)
-
-
-_use_openat2 = True
-
-
 def open_beneath(root: Path, path: str) -> int:
     """An fd for the regular file `path` beneath `root`, never through a link."""
-    global _use_openat2
     if not valid_relpath(path):
         raise NotServed("bad path")
     try:
-        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        root_fd = jobtree.open_root(root)
     except OSError as exc:
         raise NotServed("no artifacts") from exc
     try:
-        if _use_openat2:
-            try:
-                fd = openat2(root_fd, path)
-            except OSError as exc:
-                if exc.errno != errno.ENOSYS:
-                    raise _not_served(exc) from exc
-                _use_openat2 = False
-                fd = _fallback(root_fd, path)
-        else:
-            fd = _fallback(root_fd, path)
+        fd = jobtree.open_beneath(root_fd, path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _not_served(exc) from exc
     finally:
         os.close(root_fd)
     st = os.fstat(fd)
@@ -117,13 +68,6 @@ def open_beneath(root: Path, path: str) -> int:
         os.close(fd)
         raise NotServed(_kind(st.st_mode))
     return fd
-
-
-def _fallback(root_fd: int, path: str) -> int:
-    try:
-        return open_nofollow_walk(root_fd, path)
-    except OSError as exc:
-        raise _not_served(exc) from exc
 
 
 def _not_served(exc: OSError) -> NotServed:
@@ -162,52 +106,39 @@ class Entry:
 
 
 def _walk(root: Path, prefix: str) -> Iterator[Entry]:
-    """Every entry beneath `root` without following links (os.fwalk works on dir fds)."""
-    if not root.is_dir() or root.is_symlink():
-        return
-    for dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir + "/"
-        names = sorted(filenames) + sorted(d for d in dirnames if _is_link(d, dir_fd))
-        dirnames.sort()
-        for name in names:
-            rel = rel_dir + name
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                continue
-            api_path = f"{prefix}/{rel}" if prefix else rel
-            if stat.S_ISREG(st.st_mode):
-                yield Entry(api_path, root, rel, st.st_size, mtime=st.st_mtime, mode=st.st_mode)
-            else:
-                yield Entry(api_path, root, rel, skipped=_kind(st.st_mode))
+    """Every non-directory entry beneath `root`, without following links (jobtree.walk).
+
+    A directory the walk did not enter (too deep, unreadable) or where it stopped (too
+    many entries) is listed as skipped with the reason, never raised.
+    """
+    for node in jobtree.walk(root):
+        api_path = f"{prefix}/{node.rel}" if prefix and node.rel else prefix or node.rel
+        if node.limit or node.error:
+            reason = node.limit or f"not listed: {node.error}"
+            yield Entry(api_path or ".", root, node.rel, skipped=reason)
+            continue
+        st = node.st
+        if st is None or stat.S_ISDIR(st.st_mode):
+            continue
+        if stat.S_ISREG(st.st_mode):
+            yield Entry(api_path, root, node.rel, st.st_size, mtime=st.st_mtime, mode=st.st_mode)
+        else:
+            yield Entry(api_path, root, node.rel, skipped=_kind(st.st_mode))
 
 
-def _is_link(name: str, dir_fd: int) -> bool:
-    try:
-        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def tree_bytes(root: Path) -> int:
-    """Bytes of everything beneath `root` (links are counted, never followed)."""
-    total = 0
-    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
-        for name in filenames + dirnames:
-            with contextlib.suppress(OSError):
-                total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
-    return total
+def measure(root: Path) -> jobtree.Measure:
+    """Bytes beneath `root` (links counted, never followed), and whether all were seen."""
+    return jobtree.measure(root)
 
 
 def workspace_root(artifacts_dir: Path, job_id: str) -> Path:
-    return artifacts_dir / f"{job_id}.workspace"
+    return artifacts_dir / f"{ids.checked_job_id(job_id)}.workspace"
 
 
 def entries(artifacts_dir: Path, job_id: str, glob: str | None) -> Iterator[Entry]:
     """The job's own artifacts (filtered by its artifacts_glob), then its workspace changes."""
     count = 0
-    for entry in _walk(artifacts_dir / job_id, ""):
+    for entry in _walk(artifacts_dir / ids.checked_job_id(job_id), ""):
         if entry.path == WORKSPACE_PREFIX or entry.path.startswith(WORKSPACE_PREFIX + "/"):
             entry.skipped = "reserved name"
         elif glob and not fnmatch.fnmatchcase(entry.path, glob):
@@ -229,7 +160,7 @@ def resolve(artifacts_dir: Path, job_id: str, path: str) -> tuple[Path, str]:
         return workspace_root(artifacts_dir, job_id), path[len(WORKSPACE_PREFIX) + 1 :]
     if path == WORKSPACE_PREFIX:
         raise NotServed("directory")
-    return artifacts_dir / job_id, path
+    return artifacts_dir / ids.checked_job_id(job_id), path
 
 
 def sha256_fd(fd: int) -> str:

@@ -1,5 +1,8 @@
 """What GET /healthz reports: database, Podman, reaper, free disk and the warm pool.
 
+The reaper is healthy when it is alive (a tick started within the stale window) and
+making progress (a tick got through: ticks that all fail are not progress).
+
 /healthz is the floor every other route is measured against (issue 7, P4), so it must
 not spawn a Podman CLI per request. The reaper lists containers every tick and records
 whether Podman answered (`probes` table); /healthz reads that record. Only when the
@@ -66,23 +69,43 @@ def checks(store: Store, podman: PodmanProbe, cfg: Config, engine: Engine) -> di
         snapshot = store.health_snapshot()  # one query: it also proves the DB answers
         out["db"] = {"ok": True, "detail": "reachable"}
     except Exception as exc:  # noqa: BLE001 - reported, not raised
-        snapshot = {"reaper_at": None, "podman": None}
+        snapshot = {"reaper_at": None, "reaper_done_at": None, "podman": None, "reaper": None}
         out["db"] = {"ok": False, "detail": f"the database does not answer ({exc})"}
     out["podman"] = podman.check(snapshot["podman"])
-    out["reaper"] = _reaper(snapshot["reaper_at"], cfg)
+    out["reaper"] = _reaper(snapshot, cfg)
     out["disk"] = _disk(cfg)
     out["warm_pool"] = _warm(engine)
     return out
 
 
-def _reaper(beat: float | None, cfg: Config) -> dict[str, Any]:
+def _reaper(snapshot: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Alive (a tick started lately) and making progress (ticks get through).
+
+    A reaper whose every tick fails (issue 14: a job's tree made each tick raise) still
+    starts ticks; it is red once none got through for the stale window.
+    """
     stale = max(HEARTBEAT_STALE_S, 10 * float(cfg.reaper["interval_s"]))
+    beat, done, probe = (
+        snapshot["reaper_at"],
+        snapshot.get("reaper_done_at"),
+        snapshot.get("reaper"),
+    )
     if beat is None:
         hint = "the reaper has never reported (is flashpods-reaper running?)"
         return {"ok": False, "detail": hint}
     age = time.time() - beat
     if age > stale:
         return {"ok": False, "detail": f"the reaper's last heartbeat is {age:.0f} s old"}
+    error = probe["detail"] if probe is not None and not probe["ok"] else None
+    if done is None:
+        if error:
+            return {"ok": False, "detail": f"the reaper has not completed a tick yet: {error}"}
+        return {"ok": True, "detail": f"heartbeat {age:.1f} s ago, first tick running"}
+    behind = beat - done
+    if behind > stale:
+        why = error or "no error recorded"
+        detail = f"the reaper runs but no tick has got through for {behind:.0f} s ({why})"
+        return {"ok": False, "detail": detail}
     return {"ok": True, "detail": f"heartbeat {age:.1f} s ago"}
 
 

@@ -28,3 +28,20 @@ def is_job_id(value: object) -> bool:
 
 def is_upload_id(value: object) -> bool:
     return isinstance(value, str) and UPLOAD_ID.fullmatch(value) is not None
+
+
+class BadId(ValueError):
+    """An id read back from the database or a directory does not match its pattern."""
+
+
+def checked_job_id(value: object) -> str:
+    """`value` if it is a job id, else BadId: ids are joined into host paths."""
+    if not is_job_id(value):
+        raise BadId(f"not a job id: {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def checked_upload_id(value: object) -> str:
+    if not is_upload_id(value):
+        raise BadId(f"not an upload id: {value!r}")
+    return value  # type: ignore[return-value]

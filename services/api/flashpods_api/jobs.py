@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import artifacts, logs, workspace_diff
+from . import artifacts, ids, jobtree, logs, workspace_diff
 from .config import Config
 from .runtime import HELPER_IN_CONTAINER, PodmanError, RunSpec, Runtime
 from .store import ACTIVE, FINAL, Store
@@ -54,17 +53,20 @@ class Engine:
 
     # -- paths ---------------------------------------------------------------
 
+    # Ids are checked again here, where they become paths: a row read back from the
+    # database is not trusted to hold what the API once validated (ids.BadId).
+
     def workspace(self, job_id: str) -> Path:
-        return self.config.workspaces_dir / job_id
+        return self.config.workspaces_dir / ids.checked_job_id(job_id)
 
     def artifacts(self, job_id: str) -> Path:
-        return self.config.artifacts_dir / job_id
+        return self.config.artifacts_dir / ids.checked_job_id(job_id)
 
     def upload_dir(self, upload_id: str) -> Path:
-        return self.config.uploads_dir / upload_id
+        return self.config.uploads_dir / ids.checked_upload_id(upload_id)
 
     def base_dir(self, upload_id: str) -> Path:
-        return self.config.bases_dir / upload_id
+        return self.config.bases_dir / ids.checked_upload_id(upload_id)
 
     # -- starting ------------------------------------------------------------
 
@@ -150,17 +152,27 @@ class Engine:
         """The job's workspace, artifacts dir and live log file (idempotent)."""
         for path in (self.workspace(job_id), self.artifacts(job_id)):
             path.mkdir(exist_ok=True)
-            os.chmod(path, DIR_MODE)
+            # Through an O_NOFOLLOW fd: the parents are group-writable by the container uid,
+            # which may have put a link here (a restart re-prepares a known id).
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, DIR_MODE)
+            finally:
+                os.close(fd)
         self.config.logs_dir.mkdir(exist_ok=True)
         # Create the live log ourselves: conmon would create it 0600 as flashpods, which
         # the API user could not read. An existing file keeps our owner and mode.
         fd = os.open(
             logs.ctr_log_path(self.config.logs_dir, job_id),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
             0o660,
         )
-        os.fchmod(fd, 0o660)
-        os.close(fd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StartError("The job's live log is not a regular file on the host.")
+            os.fchmod(fd, 0o660)
+        finally:
+            os.close(fd)
 
     def _prepare_upload(self, job: dict[str, Any]) -> str | None:
         upload_id = job.get("upload_id")
@@ -282,15 +294,33 @@ class Engine:
 
     # -- finishing -----------------------------------------------------------
 
-    def finish(self, job: dict[str, Any], exit_code: int | None, lost: bool = False) -> None:
-        """Record a job's end (log, workspace changes, status); then drop workspace, container."""
-        job_id = job["id"]
+    def finish(
+        self,
+        job: dict[str, Any],
+        exit_code: int | None,
+        lost: bool = False,
+        failure: str | None = None,
+    ) -> None:
+        """Record a job's end (log, workspace changes, status); then drop workspace, container.
+
+        Nothing the job left can make this raise out of a walk or a removal (jobtree); what
+        it cannot do becomes the job's error. `failure`: the reaper gave up on the usual
+        steps after repeated errors (its text); the live log stays the job's log then.
+        """
+        job_id = ids.checked_job_id(job["id"])
         cap = self.config.limits["log_bytes"]
-        log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
-        changes = self._record_changes(job)
+        if failure is None:
+            log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
+            changes = self._record_changes(job)
+        else:
+            log_bytes, capped, changes = job.get("log_bytes"), bool(job.get("log_capped")), None
         reason = job.get("stop_reason")
+        artifacts_error = None if failure else self.artifacts_error(job_id, reason)
         error = None
-        if lost:
+        if failure is not None:
+            status = "failed"
+            error = failure
+        elif lost:
             status = "lost"
             error = (
                 "The job's container disappeared while Flashpods was not watching (removed "
@@ -311,14 +341,9 @@ class Engine:
                 "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
-        elif reason == "artifact_cap" or self.artifacts_over_cap(job_id):
+        elif artifacts_error is not None:
             status = "failed"
-            error = (
-                f"The job wrote more than {self.config.limits['artifact_bytes']} bytes into "
-                "/artifacts (this host's cap)"
-                + (" and was killed" if reason == "artifact_cap" else "")
-                + "; keep fewer or smaller artifacts."
-            )
+            error = artifacts_error
         else:
             status = "succeeded" if exit_code == 0 else "failed"
         done = self.store.transition(
@@ -345,8 +370,27 @@ class Engine:
             log.warning("could not remove container %s (retried by the reaper): %s", job_id, exc)
 
     def artifacts_over_cap(self, job_id: str) -> bool:
-        root = self.artifacts(job_id)
-        return root.is_dir() and artifacts.tree_bytes(root) > self.config.limits["artifact_bytes"]
+        """Over the byte cap, or a tree too deep or too large to measure (jobtree limits)."""
+        seen = artifacts.measure(self.artifacts(job_id))
+        return seen.limit is not None or seen.bytes > self.config.limits["artifact_bytes"]
+
+    def artifacts_error(self, job_id: str, reason: str | None) -> str | None:
+        """The job's error if its /artifacts broke a rule (None: fine). Never raises."""
+        killed = " and was killed" if reason == "artifact_cap" else ""
+        seen = artifacts.measure(self.artifacts(job_id))
+        if seen.limit is not None:
+            shape = seen.limit if seen.limit.startswith("nested") else f"with {seen.limit}"
+            return (
+                f"The job left a tree in /artifacts {shape}{killed}; Flashpods "
+                f"walks at most {jobtree.MAX_DEPTH} levels and {jobtree.MAX_ENTRIES} entries, "
+                "so it cannot measure or list it whole: keep artifacts shallower and fewer."
+            )
+        if reason == "artifact_cap" or seen.bytes > self.config.limits["artifact_bytes"]:
+            return (
+                f"The job wrote more than {self.config.limits['artifact_bytes']} bytes into "
+                f"/artifacts (this host's cap){killed}; keep fewer or smaller artifacts."
+            )
+        return None
 
     def _record_changes(self, job: dict[str, Any]) -> dict[str, Any] | None:
         job_id = job["id"]
@@ -362,9 +406,10 @@ class Engine:
         self._normalize_if_locked(self.artifacts(job_id))
         try:
             return workspace_diff.record(base, workspace, out, cap)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - the job still ends; the record says why
             log.warning("workspace changes of %s not recorded: %s", job_id, exc)
-            return {"error": f"workspace changes could not be recorded: {exc.strerror or exc}"}
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            return {"error": f"workspace changes could not be recorded: {reason}"}
 
     def _after_warm(self, job: dict[str, Any]) -> None:
         if self.warm.owns(job["id"]):
@@ -397,46 +442,52 @@ class Engine:
         only through the group bits, so `flashpods-init --normalize` restores them from a
         throwaway container running as that same uid (docs/design.md).
         """
-        if root.exists() and _locked(root):
+        if os.path.lexists(root) and _locked(root):
             self.normalize(root)
 
     def normalize(self, root: Path) -> None:
+        # Podman resolves a bind source on the host: never mount what a link points at.
+        try:
+            if not stat.S_ISDIR(os.lstat(root).st_mode):
+                return
+        except OSError:
+            return
         try:
             self.runtime.normalize(self.config.images["worker"], self.config.helper_path, str(root))
         except PodmanError as exc:
             log.warning("could not normalize %s: %s", root, exc)
 
-    def remove_tree(self, root: Path) -> None:
-        """rmtree that opens up job-locked files once (normalize) before giving up."""
-        if not root.exists() and not root.is_symlink():
-            return
-        try:
-            shutil.rmtree(root)
-        except PermissionError:
+    def remove_tree(self, root: Path) -> bool:
+        """Remove a job-owned tree (jobtree: any depth, no links followed); True when gone.
+
+        Opens up job-locked entries once (normalize) before giving up. Never raises:
+        a tree not gone yet (time budget, entries still locked) is retried by the
+        caller's next pass (the reaper's retention, or its sweep of stray workspaces).
+        """
+        result = jobtree.remove(root)
+        if not result.done and result.denied:
             self.normalize(root)
-            shutil.rmtree(root, ignore_errors=True)
+            result = jobtree.remove(root)
+        if not result.done:
+            log.warning("%s not removed yet: %s", root, result.error)
+        return result.done
 
 
 def _locked(root: Path) -> bool:
+    """Anything beneath root the API user may not read or remove (through its group)?"""
     if os.geteuid() == 0:
         return False
     mine = os.geteuid()
-    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root, follow_symlinks=False):
-        for name in dirnames + filenames:
-            try:
-                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                return True
-            if st.st_uid == mine:
-                continue
-            need = 0o070 if name in dirnames else 0o060
-            if (st.st_mode & need) != need and not _is_link(st.st_mode):
-                return True
+    for node in jobtree.walk(root):
+        if node.error or node.limit:
+            return True  # unreadable, or not seen whole: let normalize open it up
+        st = node.st
+        if st is None or st.st_uid == mine or stat.S_ISLNK(st.st_mode):
+            continue
+        need = 0o070 if stat.S_ISDIR(st.st_mode) else 0o060
+        if (st.st_mode & need) != need:
+            return True
     return False
-
-
-def _is_link(mode: int) -> bool:
-    return stat.S_ISLNK(mode)
 
 
 def _unreachable(exc: PodmanError) -> bool:

@@ -5,25 +5,63 @@ Conmon writes `<logs>/<id>.ctr.log` itself, so a dead API loses no byte. Each li
 follows), P is a partial line (no newline). API offsets are byte offsets into the
 decoded stream, stdout and stderr interleaved as written. When the job is final the
 reaper writes that stream to `<id>.log` (temp file + rename) and removes the `.ctr.log`.
+
+`<logs>` is group-writable by the container uid (conmon runs as it), so an escaped
+process may plant links, FIFOs or its own files there. Every open here is relative to a
+fd of `<logs>` with O_NOFOLLOW | O_NONBLOCK and must find a regular file (a FIFO never
+blocks the reaper or an API worker; a link is never followed); the final log is built
+in a file created with O_CREAT | O_EXCL under a random name and renamed in; a final log
+that is not the API user's own file is not ours and is replaced (docs/security.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import ids, jobtree
+
 CHUNK = 64 * 1024
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+FINAL_MODE = 0o640
 
 
 def ctr_log_path(logs_dir: Path, job_id: str) -> Path:
-    return logs_dir / f"{job_id}.ctr.log"
+    return logs_dir / f"{ids.checked_job_id(job_id)}.ctr.log"
 
 
 def final_log_path(logs_dir: Path, job_id: str) -> Path:
-    return logs_dir / f"{job_id}.log"
+    return logs_dir / f"{ids.checked_job_id(job_id)}.log"
+
+
+def open_regular(path: Path, dir_fd: int | None = None) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (not a link, FIFO, device).
+
+    FileNotFoundError for anything else too: a planted entry is as good as none.
+    With `dir_fd`, `path` is a name in that directory.
+    """
+    name = path.name if dir_fd is not None else path
+    try:
+        fd = os.open(name, _READ, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES):
+            raise FileNotFoundError(errno.ENOENT, f"not a readable regular file: {path}") from exc
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, f"not a regular file: {path}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def cap_note(cap: int) -> bytes:
@@ -71,7 +109,7 @@ def decoded_size(path: Path, decoder: Decoder | None = None) -> Decoder:
     """Advance `decoder` over what conmon wrote since the last call (for the size cap)."""
     decoder = decoder or Decoder()
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             for _ in decoder.feed(fh):
                 pass
     except FileNotFoundError:
@@ -80,7 +118,7 @@ def decoded_size(path: Path, decoder: Decoder | None = None) -> Decoder:
 
 
 def _live_bytes(path: Path, cap: int) -> Iterator[bytes]:
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         sent = 0
         for out in Decoder().feed(fh):
             if sent + len(out) >= cap:
@@ -95,7 +133,7 @@ def read(logs_dir: Path, job_id: str, offset: int, limit: int, cap: int) -> byte
     final = final_log_path(logs_dir, job_id)
     for attempt in range(2):
         try:
-            with open(final, "rb") as fh:
+            with open_regular(final) as fh:
                 fh.seek(offset)
                 return fh.read(limit)
         except FileNotFoundError:
@@ -132,7 +170,7 @@ class Follower:
     def read(self, limit: int) -> bytes:
         """Up to `limit` new bytes (b"" when nothing new was written yet)."""
         try:
-            with open(final_log_path(self.logs_dir, self.job_id), "rb") as fh:
+            with open_regular(final_log_path(self.logs_dir, self.job_id)) as fh:
                 self.close()
                 fh.seek(self.pos)
                 data = fh.read(limit)
@@ -144,7 +182,7 @@ class Follower:
     def _read_live(self, limit: int) -> bytes:
         if self._live is None:
             try:
-                self._live = open(self.live_path, "rb")  # noqa: SIM115 - kept open across reads
+                self._live = open_regular(self.live_path)  # kept open across reads
             except FileNotFoundError:
                 return b""
         while len(self._ready) < limit and self._decoder.decoded < self.cap:
@@ -172,7 +210,7 @@ def open_final(logs_dir: Path, job_id: str, offset: int, limit: int) -> tuple[Bi
     None while the job has no final log yet (its bytes are decoded from the live log).
     """
     try:
-        fh = open(final_log_path(logs_dir, job_id), "rb")  # noqa: SIM115 - the response closes it
+        fh = open_regular(final_log_path(logs_dir, job_id))  # the response closes it
     except FileNotFoundError:
         return None
     size = os.fstat(fh.fileno()).st_size
@@ -208,41 +246,82 @@ def trim_utf8(data: bytes) -> bytes:
 def finalize(logs_dir: Path, job_id: str, cap: int) -> tuple[int, bool]:
     """Write the decoded stream to `<id>.log` (temp + rename), remove the live log.
 
-    Idempotent: if the final log exists already it is kept. Returns (bytes, capped).
+    Idempotent: a final log of ours is kept. Returns (bytes, capped).
     """
     final = final_log_path(logs_dir, job_id)
     live = ctr_log_path(logs_dir, job_id)
-    if final.exists():
-        capped = False
-        with open(final, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size >= len(cap_note(cap)):
-                fh.seek(size - len(cap_note(cap)))
-                capped = fh.read() == cap_note(cap)
-        live.unlink(missing_ok=True)
-        return size, capped
-    tmp = logs_dir / f".{job_id}.log.tmp"
+    dir_fd = os.open(logs_dir, _DIR)
+    try:
+        done = _own_final(dir_fd, final, cap)
+        if done is not None:
+            _unlink(dir_fd, live.name)
+            return done
+        jobtree.remove(final)  # not ours (planted): replaced below; a link is not followed
+        _remove_temps(dir_fd, logs_dir, job_id)
+        tmp = f".{job_id}.log.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, _CREATE, FINAL_MODE, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                written, capped = _decode_into(dir_fd, live, out, cap)
+                out.flush()
+                os.fchmod(out.fileno(), FINAL_MODE)  # whatever the umask: group may read
+                os.fsync(out.fileno())
+            os.replace(tmp, final.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            _unlink(dir_fd, tmp)
+            raise
+        _unlink(dir_fd, live.name)
+        return written, capped
+    finally:
+        os.close(dir_fd)
+
+
+def _decode_into(dir_fd: int, live: Path, out: BinaryIO, cap: int) -> tuple[int, bool]:
     written = 0
     capped = False
-    with open(tmp, "wb") as out:
-        try:
-            with open(live, "rb") as fh:
-                for chunk in Decoder().feed(fh):
-                    if written + len(chunk) > cap:
-                        out.write(chunk[: cap - written])
-                        written = cap
-                        capped = True
-                        break
-                    out.write(chunk)
-                    written += len(chunk)
-        except FileNotFoundError:
-            pass
-        if capped:
-            out.write(cap_note(cap))
-            written += len(cap_note(cap))
-        out.flush()
-        os.fsync(out.fileno())
-    os.chmod(tmp, 0o640)
-    os.replace(tmp, final)
-    live.unlink(missing_ok=True)
+    try:
+        with open_regular(live, dir_fd) as fh:
+            for chunk in Decoder().feed(fh):
+                if written + len(chunk) > cap:
+                    out.write(chunk[: cap - written])
+                    written = cap
+                    capped = True
+                    break
+                out.write(chunk)
+                written += len(chunk)
+    except FileNotFoundError:
+        pass
+    if capped:
+        out.write(cap_note(cap))
+        written += len(cap_note(cap))
     return written, capped
+
+
+def _own_final(dir_fd: int, final: Path, cap: int) -> tuple[int, bool] | None:
+    """(size, capped) of a final log we wrote before (a retry after a crash), else None."""
+    note = cap_note(cap)
+    try:
+        with open_regular(final, dir_fd) as fh:
+            if os.fstat(fh.fileno()).st_uid != os.geteuid():
+                return None  # the container uid's file, not the reaper's
+            size = fh.seek(0, os.SEEK_END)
+            if size < len(note):
+                return size, False
+            fh.seek(size - len(note))
+            return size, fh.read() == note
+    except FileNotFoundError:
+        return None
+
+
+def _remove_temps(dir_fd: int, logs_dir: Path, job_id: str) -> None:
+    """Temp files of an attempt that died (a crash), and anything planted under such a name."""
+    prefix = f".{job_id}.log."
+    with os.scandir(dir_fd) as it:
+        names = [entry.name for entry in it if entry.name.startswith(prefix)]
+    for name in names:
+        jobtree.remove(logs_dir / name)
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)

@@ -4,6 +4,12 @@ Every tick it reconciles the database with `podman ps -a` for this instance (ado
 running containers, recording exits, marking vanished ones lost, removing orphans),
 enforces timeouts and the log cap, starts queued jobs FIFO under the cap and applies
 retention. A file lock makes sure only one reaper runs per database.
+
+One job must never stop the others (issue 14): each job's step runs on its own, an error
+there is logged and counted, and after MAX_JOB_FAILURES ticks in a row the job is ended
+as `failed` with that error. Each tick records its start (`reaper` heartbeat: alive) and,
+when it got through, its end (`reaper_done`: progress); /healthz goes red when ticks keep
+starting but none gets through.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, logs
+from . import artifacts, ids, jobtree, logs
 from .jobs import Engine
 from .runtime import PodmanError
 from .store import FINAL
@@ -31,6 +37,8 @@ RETENTION_EVERY_S = 5.0
 # A claimed warm job not handed its command after this long lost its starter to a crash.
 WARM_HANDOVER_STALE_S = 2.0
 ARTIFACT_CHECK_EVERY_S = 2.0
+# Ticks in a row a job's step may fail before the job is ended with that error.
+MAX_JOB_FAILURES = 3
 
 
 class Reaper:
@@ -43,6 +51,8 @@ class Reaper:
         self._decoders: dict[str, logs.Decoder] = {}
         self._artifact_checked: dict[str, float] = {}
         self._last_retention = 0.0
+        self._failures: dict[str, int] = {}
+        self._tick_failed = True  # until a tick gets through: then its record is written
         # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
         shortest = min(float(v) for v in self.config.retention.values())
         self._retention_every = min(RETENTION_EVERY_S, shortest / 4)
@@ -55,9 +65,19 @@ class Reaper:
                 self.tick()
             except PodmanError as exc:
                 log.warning("podman unavailable this tick: %s", exc)
-            except Exception:  # noqa: BLE001 - one bad tick must not end the reaper
+                self._record_tick_error(f"podman unavailable: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one bad tick must not end the reaper
                 log.exception("reaper tick failed")
+                self._record_tick_error(f"{type(exc).__name__}: {exc}")
             self.stop.wait(interval)
+
+    def _record_tick_error(self, detail: str) -> None:
+        """What /healthz names when ticks stop getting through."""
+        self._tick_failed = True
+        try:
+            self.store.record_probe("reaper", False, detail[:500])
+        except Exception as exc:  # noqa: BLE001 - the database check reports the cause
+            log.warning("could not record the tick's error: %s", exc)
 
     def sweep_identities(self) -> None:
         """Delete SPIRE entries of jobs that ended while nothing was watching."""
@@ -77,11 +97,7 @@ class Reaper:
         containers = {name: c for c in self._list_containers() for name in (c.get("Names") or [])}
         active_ids = {job["id"] for job in active}
         for job in active:
-            container = containers.get(job["id"])
-            if job["status"] == "running":
-                self._watch_running(job, container)
-            else:
-                self._watch_starting(job, container)
+            self._guarded(job, containers.get(job["id"]))
         warm_ids = self.engine.warm.reconcile(containers)
         self._remove_orphans(containers, active_ids | warm_ids)
         self.engine.start_next()
@@ -89,6 +105,43 @@ class Reaper:
         if time.monotonic() - self._last_retention >= self._retention_every:
             self._last_retention = time.monotonic()
             self.retention()
+        self.store.beat("reaper_done", os.getpid())
+        if self._tick_failed:  # one write when it changes, not one per tick
+            self.store.record_probe("reaper", True, "tick completed")
+            self._tick_failed = False
+
+    def _guarded(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
+        """One job's step; its error is its own (counted, then the job's end), not the tick's."""
+        job_id = job["id"]
+        try:
+            if job["status"] == "running":
+                self._watch_running(job, container)
+            else:
+                self._watch_starting(job, container)
+        except PodmanError as exc:
+            log.warning("podman failed for %s this tick: %s", job_id, exc)  # not the job's fault
+        except Exception as exc:  # noqa: BLE001 - one job must not stop the others
+            count = self._failures[job_id] = self._failures.get(job_id, 0) + 1
+            log.exception("job %s: step failed (%d of %d)", job_id, count, MAX_JOB_FAILURES)
+            if count >= MAX_JOB_FAILURES:
+                self._give_up(job, exc)
+        else:
+            self._failures.pop(job_id, None)
+
+    def _give_up(self, job: dict[str, Any], exc: Exception) -> None:
+        """End a job the usual steps keep failing on, with the error that stopped them."""
+        job_id = job["id"]
+        self._failures.pop(job_id, None)
+        self._forget(job_id)
+        error = (
+            f"Flashpods could not record this job's end ({type(exc).__name__}: {exc}); it "
+            "was ended as failed, its log is kept as it was written."
+        )
+        try:
+            self.engine.signal(job_id, "KILL")
+            self.engine.finish(job, None, failure=error)
+        except Exception:  # noqa: BLE001 - logged; the job's next tick tries again
+            log.exception("job %s: could not be ended either", job_id)
 
     def _list_containers(self) -> list[dict[str, Any]]:
         """`podman ps`, recording whether Podman answered: /healthz reads that record."""
@@ -208,44 +261,70 @@ class Reaper:
     # -- retention -----------------------------------------------------------
 
     def retention(self) -> None:
+        """Expired files go; each job's and upload's removal on its own (errors logged).
+
+        A tree not gone yet (a removal's time budget, entries still locked) is not marked
+        deleted, so the next pass resumes it.
+        """
         now = time.time()
-        cfg = self.config
         for job in self.store.expired_files(now):
-            job_id = job["id"]
-            if not job["artifacts_deleted"] and job["artifacts_expire_at"] < now:
-                self.engine.remove_tree(cfg.artifacts_dir / job_id)
-                self.engine.remove_tree(artifacts.workspace_root(cfg.artifacts_dir, job_id))
-                self.store.transition(job_id, FINAL, artifacts_deleted=1)
-            if not job["logs_deleted"] and job["logs_expire_at"] < now:
-                for path in (
-                    logs.final_log_path(cfg.logs_dir, job_id),
-                    logs.ctr_log_path(cfg.logs_dir, job_id),
-                ):
-                    path.unlink(missing_ok=True)
-                self.store.transition(job_id, FINAL, logs_deleted=1)
-        stale_before = now - cfg.retention["uploads_s"]
+            _each(f"retention of {job['id']}", self._expire_job, job, now)
+        stale_before = now - self.config.retention["uploads_s"]
         for upload in self.store.uploads_in("reserved"):
-            if upload["created_at"] < stale_before and self.store.set_upload(
-                upload["id"], "reserved", state="expired"
-            ):
-                self.engine.remove_tree(self.engine.upload_dir(upload["id"]))
+            if upload["created_at"] < stale_before:
+                _each(f"expiry of {upload['id']}", self._expire_upload, upload)
         for upload in self.store.used_bases_to_expire(stale_before):
-            self.engine.remove_tree(self.engine.base_dir(upload["id"]))
-            self.engine.remove_tree(
-                self.engine.upload_dir(upload["id"])
-            )  # a dequeued job never moved it
+            _each(f"expiry of base {upload['id']}", self._expire_base, upload)
+        _each("the sweep of stray workspaces", self._remove_stray_workspaces)
+
+    def _expire_job(self, job: dict[str, Any], now: float) -> None:
+        cfg = self.config
+        job_id = ids.checked_job_id(job["id"])
+        if not job["artifacts_deleted"] and job["artifacts_expire_at"] < now:
+            gone = self.engine.remove_tree(self.engine.artifacts(job_id))
+            gone &= self.engine.remove_tree(artifacts.workspace_root(cfg.artifacts_dir, job_id))
+            if gone:
+                self.store.transition(job_id, FINAL, artifacts_deleted=1)
+        if not job["logs_deleted"] and job["logs_expire_at"] < now:
+            gone = True
+            for path in (
+                logs.final_log_path(cfg.logs_dir, job_id),
+                logs.ctr_log_path(cfg.logs_dir, job_id),
+            ):
+                gone &= jobtree.remove(path).done  # a planted directory or link too
+            if gone:
+                self.store.transition(job_id, FINAL, logs_deleted=1)
+
+    def _expire_upload(self, upload: dict[str, Any]) -> None:
+        if self.store.set_upload(upload["id"], "reserved", state="expired"):
+            self.engine.remove_tree(self.engine.upload_dir(upload["id"]))
+
+    def _expire_base(self, upload: dict[str, Any]) -> None:
+        gone = self.engine.remove_tree(self.engine.base_dir(upload["id"]))
+        gone &= self.engine.remove_tree(self.engine.upload_dir(upload["id"]))  # never moved
+        if gone:
             self.store.set_upload(upload["id"], "used", base_deleted=1)
-        self._remove_stray_workspaces()
 
     def _remove_stray_workspaces(self) -> None:
-        """Workspaces of final jobs (a crash between recording the end and removing it)."""
+        """Workspaces of final jobs (a crash between recording the end and removing it, or
+        a removal that ran out of its time budget)."""
         root = self.config.workspaces_dir
         if not root.is_dir():
             return
-        for entry in os.scandir(root):
-            job = self.store.get_job(entry.name)
+        with os.scandir(root) as it:
+            names = [entry.name for entry in it if ids.is_job_id(entry.name)]
+        for name in names:
+            job = self.store.get_job(name)
             if job is not None and job["status"] in FINAL:
-                self.engine.remove_tree(Path(entry.path))
+                self.engine.remove_tree(self.engine.workspace(name))
+
+
+def _each(what: str, step: Callable[..., None], *args: Any) -> None:
+    """Run one retention step; its failure is logged and retried next pass, never raised."""
+    try:
+        step(*args)
+    except Exception:  # noqa: BLE001 - one job's files must not stop the others' retention
+        log.exception("%s failed (retried on the next pass)", what)
 
 
 def _exit_code(container: dict[str, Any]) -> int | None:

@@ -463,21 +463,34 @@ class Store:
         self._rows("SELECT 1 AS one")
 
     def health_snapshot(self) -> dict[str, Any]:
-        """The reaper's heartbeat and its last Podman check in one query (for /healthz).
+        """The reaper's heartbeats and its last checks in one query (for /healthz).
 
-        {"reaper_at": float | None, "podman": {"at", "ok", "detail"} | None}
+        {"reaper_at": float | None (a tick started), "reaper_done_at": float | None (a tick
+        got through), "podman": {"at", "ok", "detail"} | None, "reaper": same | None}
         """
         row = self._rows(
             "SELECT (SELECT at FROM heartbeats WHERE name=:beat) AS reaper_at,"
-            " p.at AS at, p.ok AS ok, p.detail AS detail"
-            " FROM (SELECT 1) LEFT JOIN probes p ON p.name=:probe",
+            " (SELECT at FROM heartbeats WHERE name=:done) AS reaper_done_at,"
+            " p.at AS at, p.ok AS ok, p.detail AS detail,"
+            " r.at AS r_at, r.ok AS r_ok, r.detail AS r_detail"
+            " FROM (SELECT 1) LEFT JOIN probes p ON p.name=:probe"
+            " LEFT JOIN probes r ON r.name=:reaper",
             beat=f"{self.instance}:reaper",
+            done=f"{self.instance}:reaper_done",
             probe=f"{self.instance}:podman",
+            reaper=f"{self.instance}:reaper",
         )[0]
-        podman = None
+        podman = reaper = None
         if row["at"] is not None:
             podman = {"at": row["at"], "ok": bool(row["ok"]), "detail": row["detail"]}
-        return {"reaper_at": row["reaper_at"], "podman": podman}
+        if row["r_at"] is not None:
+            reaper = {"at": row["r_at"], "ok": bool(row["r_ok"]), "detail": row["r_detail"]}
+        return {
+            "reaper_at": row["reaper_at"],
+            "reaper_done_at": row["reaper_done_at"],
+            "podman": podman,
+            "reaper": reaper,
+        }
 
 
 def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:

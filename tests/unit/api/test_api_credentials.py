@@ -67,7 +67,8 @@ def test_agent_env_wins_for_anthropic_names_even_past_validation(make_host):
         agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host", "OTHER": "1"}}
     )
     job = {
-        "id": "job_x", "kind": "sub_agent", "prompt": "p", "image": "img", "resources": {},
+        "id": "job_xxxxxxxxxxxx", "kind": "sub_agent", "prompt": "p", "image": "img",
+        "resources": {},
         "env": {"ANTHROPIC_BASE_URL": "https://evil", "ANTHROPIC_MODEL": "m", "OTHER": "2"},
     }  # fmt: skip
     env = host.engine.spec(job, None).env

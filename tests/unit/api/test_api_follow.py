@@ -21,8 +21,8 @@ def _append(path: Path, *records: tuple[str, str, bytes]) -> None:
 
 
 def test_follower_reads_a_growing_log_incrementally_from_an_offset(tmp_path):
-    live = logs.ctr_log_path(tmp_path, "job_a")
-    follower = logs.Follower(tmp_path, "job_a", offset=3, cap=1 << 20)
+    live = logs.ctr_log_path(tmp_path, "job_aaaaaaaaaaaa")
+    follower = logs.Follower(tmp_path, "job_aaaaaaaaaaaa", offset=3, cap=1 << 20)
     assert follower.read(100) == b""  # not started yet
     _append(live, ("stdout", "F", b"hello"))
     assert follower.read(100) == b"lo\n"
@@ -39,12 +39,12 @@ def test_follower_reads_a_growing_log_incrementally_from_an_offset(tmp_path):
 
 
 def test_follower_switches_to_the_final_log_at_the_same_offset(tmp_path):
-    live = logs.ctr_log_path(tmp_path, "job_b")
+    live = logs.ctr_log_path(tmp_path, "job_bbbbbbbbbbbb")
     _append(live, ("stdout", "F", b"one"), ("stdout", "F", b"two"))
-    follower = logs.Follower(tmp_path, "job_b", offset=0, cap=1 << 20)
+    follower = logs.Follower(tmp_path, "job_bbbbbbbbbbbb", offset=0, cap=1 << 20)
     assert follower.read(4) == b"one\n"
     _append(live, ("stdout", "F", b"three"))
-    logs.finalize(tmp_path, "job_b", 1 << 20)
+    logs.finalize(tmp_path, "job_bbbbbbbbbbbb", 1 << 20)
     assert not live.exists()
     assert follower.read(100) == b"two\nthree\n"
     assert follower.read(100) == b""
@@ -52,21 +52,21 @@ def test_follower_switches_to_the_final_log_at_the_same_offset(tmp_path):
 
 def test_follower_matches_the_paged_reader_at_every_offset_and_cap(tmp_path):
     rng = random.Random(7)
-    live = logs.ctr_log_path(tmp_path, "job_c")
+    live = logs.ctr_log_path(tmp_path, "job_cccccccccccc")
     records = [
         (rng.choice(["stdout", "stderr"]), rng.choice("FP"), rng.randbytes(rng.randint(0, 300)))
         for _ in range(400)
     ]
     _append(live, *[(s, f, m.replace(b"\n", b"~")) for s, f, m in records])
-    whole = logs.read(tmp_path, "job_c", 0, 1 << 30, 1 << 30)
+    whole = logs.read(tmp_path, "job_cccccccccccc", 0, 1 << 30, 1 << 30)
     for offset in (0, 1, 17, len(whole) // 2, len(whole) - 1, len(whole), len(whole) + 9):
         for cap in (1 << 30, len(whole) // 3):
-            follower = logs.Follower(tmp_path, "job_c", offset, cap)
+            follower = logs.Follower(tmp_path, "job_cccccccccccc", offset, cap)
             got = bytearray()
             while chunk := follower.read(rng.randint(1, 5000)):
                 got += chunk
             follower.close()
-            assert bytes(got) == logs.read(tmp_path, "job_c", offset, 1 << 30, cap)
+            assert bytes(got) == logs.read(tmp_path, "job_cccccccccccc", offset, 1 << 30, cap)
 
 
 def test_the_watch_wakes_on_an_append_without_waiting_out_its_timeout(tmp_path):

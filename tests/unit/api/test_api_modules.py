@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from flashpods_api import artifacts, logs, workspace_diff
+from flashpods_api import artifacts, jobtree, logs, workspace_diff
 from flashpods_api.config import ConfigError, from_dict, load
 from flashpods_api.runtime import RunSpec, run_args
 
@@ -54,6 +54,9 @@ def test_config_file_errors(tmp_path, monkeypatch):
 # -- logs -----------------------------------------------------------------------
 
 
+J = "job_aaaaaaaaaaaa"  # logs only take real job ids
+
+
 def _ctr(path: Path, *lines: str) -> None:
     with open(path, "a") as fh:
         for line in lines:
@@ -61,13 +64,13 @@ def _ctr(path: Path, *lines: str) -> None:
 
 
 def test_decoder_joins_partial_lines_and_keeps_spaces(tmp_path):
-    path = tmp_path / "j.ctr.log"
+    path = tmp_path / f"{J}.ctr.log"
     _ctr(path, "T stdout P a b ", "T stderr F  c", "T stdout F ", "T stdout F tab\there")
-    assert logs.read(tmp_path, "j", 0, 100, 1000) == b"a b  c\n\ntab\there\n"
+    assert logs.read(tmp_path, J, 0, 100, 1000) == b"a b  c\n\ntab\there\n"
 
 
 def test_decoder_holds_back_an_unfinished_line(tmp_path):
-    path = tmp_path / "j.ctr.log"
+    path = tmp_path / f"{J}.ctr.log"
     path.write_bytes(b"T stdout F one\nT stdout F tw")
     decoder = logs.decoded_size(path)
     assert decoder.decoded == 4
@@ -77,19 +80,19 @@ def test_decoder_holds_back_an_unfinished_line(tmp_path):
 
 
 def test_finalize_caps_notes_and_is_idempotent(tmp_path):
-    _ctr(tmp_path / "j.ctr.log", *[f"T stdout F {'x' * 9}"] * 5)
-    size, capped = logs.finalize(tmp_path, "j", 25)
-    data = (tmp_path / "j.log").read_bytes()
+    _ctr(tmp_path / f"{J}.ctr.log", *[f"T stdout F {'x' * 9}"] * 5)
+    size, capped = logs.finalize(tmp_path, J, 25)
+    data = (tmp_path / f"{J}.log").read_bytes()
     assert capped and data.startswith(b"x" * 9 + b"\n" + b"x" * 9 + b"\n" + b"xxxxx")
     assert data.endswith(logs.cap_note(25)) and size == len(data)
-    assert not (tmp_path / "j.ctr.log").exists()
-    assert logs.finalize(tmp_path, "j", 25) == (size, True)  # second run after a crash
-    assert logs.read(tmp_path, "j", 20, 5, 25) == b"xxxxx"
+    assert not (tmp_path / f"{J}.ctr.log").exists()
+    assert logs.finalize(tmp_path, J, 25) == (size, True)  # second run after a crash
+    assert logs.read(tmp_path, J, 20, 5, 25) == b"xxxxx"
 
 
 def test_live_reads_stop_at_the_cap(tmp_path):
-    _ctr(tmp_path / "j.ctr.log", *[f"T stdout F {'y' * 9}"] * 5)
-    assert logs.read(tmp_path, "j", 0, 1000, 15) == b"y" * 9 + b"\n" + b"y" * 5
+    _ctr(tmp_path / f"{J}.ctr.log", *[f"T stdout F {'y' * 9}"] * 5)
+    assert logs.read(tmp_path, J, 0, 1000, 15) == b"y" * 9 + b"\n" + b"y" * 5
 
 
 @pytest.mark.parametrize(
@@ -123,7 +126,7 @@ def tree(tmp_path):
 
 @pytest.mark.parametrize("use_openat2", [True, False])
 def test_open_beneath_serves_regular_files_only(tree, use_openat2, monkeypatch):
-    monkeypatch.setattr(artifacts, "_use_openat2", use_openat2)
+    monkeypatch.setattr(jobtree, "_have_openat2", use_openat2)
     fd = artifacts.open_beneath(tree, "d/f.txt")
     assert os.read(fd, 100) == b"inside"
     os.close(fd)
@@ -146,7 +149,7 @@ def test_openat2_refuses_to_leave_the_root(tree):
     root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
     try:
         with pytest.raises(OSError) as caught:
-            artifacts.openat2(root_fd, "../outside.txt")
+            jobtree.openat2(root_fd, "../outside.txt", os.O_RDONLY)
         assert caught.value.errno == errno.EXDEV
     finally:
         os.close(root_fd)

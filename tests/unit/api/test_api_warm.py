@@ -167,16 +167,18 @@ def test_reconcile_after_a_crash(make_host):
     gone, kept = (r["id"] for r in host.store.warm_rows())
     host.runtime.boxes.pop(gone)  # a ready container vanished
     host.runtime.boxes["wk_orphan"] = {"Names": ["wk_orphan"], "State": "running"}  # no row
-    host.store.add_warm("w_creating", "worker", host.config.images["worker"])
-    host.runtime.boxes["w_creating"] = {"Names": ["w_creating"], "State": "running"}
-    host.store.add_warm("w_taken", "worker", host.config.images["worker"])
-    host.store.set_warm("w_taken", ("creating",), state="taken", taken_at=time.time() - 3600)
-    host.runtime.boxes["w_taken"] = {"Names": ["w_taken"], "State": "running"}
+    host.store.add_warm("job_creatingaaaa", "worker", host.config.images["worker"])
+    host.runtime.boxes["job_creatingaaaa"] = {"Names": ["job_creatingaaaa"], "State": "running"}
+    host.store.add_warm("job_takenaaaaaaa", "worker", host.config.images["worker"])
+    host.store.set_warm(
+        "job_takenaaaaaaa", ("creating",), state="taken", taken_at=time.time() - 3600
+    )
+    host.runtime.boxes["job_takenaaaaaaa"] = {"Names": ["job_takenaaaaaaa"], "State": "running"}
     host.reaper.tick()
     ids = {r["id"]: r["state"] for r in host.store.warm_rows()}
-    assert gone not in ids and "w_taken" not in ids
-    assert ids["w_creating"] == "ready" and ids[kept] == "ready"
-    assert "wk_orphan" in host.runtime.removed and "w_taken" in host.runtime.removed
+    assert gone not in ids and "job_takenaaaaaaa" not in ids
+    assert ids["job_creatingaaaa"] == "ready" and ids[kept] == "ready"
+    assert "wk_orphan" in host.runtime.removed and "job_takenaaaaaaa" in host.runtime.removed
     assert gone in host.registrar.unregistered
 
 
