@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import artifacts, logs, workspace_diff
+from . import artifacts, job_limits, logs, workspace_diff
 from .config import Config
 from .runtime import HELPER_IN_CONTAINER, PodmanError, RunSpec, Runtime
 from .store import ACTIVE, FINAL, Store
@@ -241,7 +241,7 @@ class Engine:
             network_mode=cfg.network_mode,
             input_dir=input_dir,
             agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
-            resources=job["resources"] or {},
+            resources=job_limits.container_resources(cfg, job),
             control_dir=control,
         )
 
@@ -286,8 +286,10 @@ class Engine:
         """Record a job's end (log, workspace changes, status); then drop workspace, container."""
         job_id = job["id"]
         cap = self.config.limits["log_bytes"]
+        # A full disk must not stop the steps below: free the workspace first (job_limits).
+        cleared = job_limits.clear_before_finish(self, job)
         log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
-        changes = self._record_changes(job)
+        changes = cleared or self._record_changes(job)
         reason = job.get("stop_reason")
         error = None
         if lost:
@@ -311,6 +313,12 @@ class Engine:
                 "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
+        elif reason in job_limits.REASONS:
+            status = "failed"
+            error = job_limits.error_for(reason, job, self.config)
+        elif exit_code == 137 and job_limits.oom_killed(self.runtime, job_id):
+            status = "failed"
+            error = job_limits.error_for("memory_limit", job, self.config)
         elif reason == "artifact_cap" or self.artifacts_over_cap(job_id):
             status = "failed"
             error = (

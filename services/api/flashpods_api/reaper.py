@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import artifacts, logs
+from . import artifacts, job_limits, logs
 from .jobs import Engine
 from .runtime import PodmanError
 from .store import FINAL
@@ -43,6 +43,7 @@ class Reaper:
         self._decoders: dict[str, logs.Decoder] = {}
         self._artifact_checked: dict[str, float] = {}
         self._last_retention = 0.0
+        self.limits = job_limits.Enforcer(engine)
         # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
         shortest = min(float(v) for v in self.config.retention.values())
         self._retention_every = min(RETENTION_EVERY_S, shortest / 4)
@@ -70,6 +71,7 @@ class Reaper:
             log.warning("could not sweep SPIRE entries: %s", exc)
 
     def tick(self) -> None:
+        self.limits.begin_tick()  # before any write: room for the database on a full disk
         self.store.beat("reaper", os.getpid())
         # Jobs first, containers second: a job is 'running' only after its container
         # exists, so a running job missing from the later listing really is gone.
@@ -122,9 +124,11 @@ class Reaper:
         self._enforce_log_cap(job)
         self._enforce_artifact_cap(job)
         job = self.store.get_job(job_id) or job
+        if self.limits.check(job, container):
+            job = self.store.get_job(job_id) or job
         if job["stop_requested_at"] is not None and job["kill_sent_at"] is None:
             if (
-                job["stop_reason"] in ("log_cap", "artifact_cap")
+                job["stop_reason"] in ("log_cap", "artifact_cap", *job_limits.REASONS)
                 or now > job["stop_requested_at"] + self.config.kill_grace_s
             ):
                 self.engine.signal(job_id, "KILL")
@@ -133,6 +137,7 @@ class Reaper:
                 self.engine.signal(job_id, "TERM")
 
     def _forget(self, job_id: str) -> None:
+        self.limits.forget(job_id)
         self._decoders.pop(job_id, None)
         self._artifact_checked.pop(job_id, None)
 

@@ -22,6 +22,11 @@ import stat
 from pathlib import Path
 
 MAX_DIFF_FILE = 1024 * 1024  # larger files are listed but not diffed
+# What one job's change set may hold: at most this many listed paths, and every copied
+# file costs at least a tar header against the byte cap, so a million empty files can
+# neither pass the cap for free nor make the listing (artifacts.entries) unbounded.
+MAX_CHANGES = 10_000
+FILE_COST = 512
 READY_MARKER = ".flashpods-ready"  # flashpods-init's "workspace copied" marker, not the job's work
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -119,6 +124,12 @@ def record(base: Path | None, workspace: Path, out_dir: Path, byte_cap: int) -> 
     copied = 0
     diff_parts: list[str] = []
     for rel in sorted(set(before) | set(after)):
+        if (
+            sum(len(summary[k]) for k in ("added", "modified", "deleted", "links", "skipped"))
+            >= MAX_CHANGES
+        ):
+            summary["truncated"] = True
+            break
         old, new = before.get(rel), after.get(rel)
         if new is None:
             summary["deleted"].append(rel)
@@ -137,10 +148,11 @@ def record(base: Path | None, workspace: Path, out_dir: Path, byte_cap: int) -> 
         if old is not None and old[0] == "file" and _same(base, workspace, rel, old[1], st):  # type: ignore[arg-type]
             continue
         summary["modified" if old is not None else "added"].append(rel)
-        if copied + st.st_size > byte_cap:
+        cost = st.st_size + FILE_COST
+        if copied + cost > byte_cap:
             summary["truncated"] = True
             continue
-        copied += st.st_size
+        copied += cost
         dest = files_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(_fd(workspace, rel), "rb") as src, open(dest, "wb") as dst:

@@ -1,0 +1,458 @@
+"""Per-job memory, pids, disk-byte and inode limits, and the host's disk reserve.
+
+Podman hands --memory and --pids-limit to the kernel where it can (cgroup v2, or rootful
+cgroup v1); rootless Podman on cgroup v1 ignores both, and nothing in Podman bounds what
+a job stores in its bind-mounted /workspace and /artifacts. So the reaper measures every
+running job itself, on every cgroup version (docs/security.md, "Per-job limits"):
+
+- processes and memory: the tree under the container's init, from /proc/<pid>/stat and
+  /statm (world-readable: no ptrace right over the job's uid is needed);
+- bytes and inodes: a walk of /workspace and /artifacts on directory fds that never
+  follows a link and stops as soon as a limit is passed;
+- the host's disk: free space on each state filesystem, and a ballast file beside the
+  database that is given back when the disk fills, so SQLite always has room to record
+  what happened (docs/security.md, "A full disk").
+
+A job over a limit gets a stop reason from REASONS, is killed at once, and finish() turns
+the reason into an error that names the limit (error_for).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .config import Config
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Deeper trees are a limit of their own: the walk holds one directory fd per level.
+MAX_DEPTH = 256
+# The disk walk runs at most this often per job, and never takes more than a tenth of
+# the reaper's time (a job with a large workspace is walked less often).
+DISK_CHECK_EVERY_S = 2.0
+DISK_CHECK_SHARE = 10
+BALLAST_NAME = "disk-reserve.ballast"
+
+REASONS = (
+    "memory_limit",
+    "pids_limit",
+    "disk_limit",
+    "inode_limit",
+    "depth_limit",
+    "disk_full",
+    "log_disk",
+)
+# A job stopped for one of these had its workspace removed before anything was recorded.
+DISK_REASONS = ("disk_limit", "inode_limit", "depth_limit", "disk_full")
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int
+    pids: int
+    disk_bytes: int
+    inodes: int
+
+
+def for_job(config: Config, resources: dict[str, Any] | None) -> Limits:
+    """The host's defaults, lowered by what the job asked for (validate refuses higher)."""
+    host = config.limits
+    asked = resources or {}
+    return Limits(
+        memory_mb=int(asked.get("memory", host["job_memory_mb"])),
+        pids=int(asked.get("pids", host["job_pids"])),
+        disk_bytes=int(host["job_disk_bytes"]),
+        inodes=int(host["job_inodes"]),
+    )
+
+
+def container_resources(config: Config, job: dict[str, Any]) -> dict[str, Any]:
+    """What `podman run` is given: the job's resources with the host's defaults filled in."""
+    limits = for_job(config, job.get("resources"))
+    return {**(job.get("resources") or {}), "memory": limits.memory_mb, "pids": limits.pids}
+
+
+# -- processes and memory, from /proc -----------------------------------------
+
+
+def process_table(proc: str = "/proc") -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, threads) for every process on the host (one read each)."""
+    table: dict[int, tuple[int, int]] = {}
+    for name in os.listdir(proc):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{name}/stat", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            continue  # exited since the listing
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = raw[raw.rfind(b")") + 2 :].split()
+        with contextlib.suppress(IndexError, ValueError):
+            table[int(name)] = (int(fields[1]), int(fields[17]))
+    return table
+
+
+def tree_usage(
+    root_pid: int, table: dict[int, tuple[int, int]], proc: str = "/proc"
+) -> tuple[int, int]:
+    """(tasks, anonymous resident bytes) of root_pid and all its descendants.
+
+    Orphans in a container are re-parented to its init (our root), so the tree is the
+    whole container. Tasks count threads, as the pids cgroup does. Memory is each
+    process's resident minus file-backed and shared pages (statm), so copy-on-write pages
+    shared after a fork count once per process: an estimate that errs towards stopping a
+    job early, never late.
+    """
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _threads) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    page = os.sysconf("SC_PAGE_SIZE")
+    tasks = anon = 0
+    pending = [root_pid] if root_pid in table else []
+    while pending:
+        pid = pending.pop()
+        tasks += table[pid][1]
+        pending.extend(children.get(pid, ()))
+        try:
+            with open(f"{proc}/{pid}/statm", "rb") as fh:
+                fields = fh.read().split()
+            anon += max(0, int(fields[1]) - int(fields[2])) * page
+        except (OSError, IndexError, ValueError):
+            continue
+    return tasks, anon
+
+
+# -- bytes and inodes, from a walk ----------------------------------------------
+
+
+@dataclass
+class DiskUsage:
+    bytes: int = 0
+    inodes: int = 0
+    too_deep: bool = False
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def disk_usage(roots: list[Path], max_bytes: int, max_inodes: int) -> DiskUsage:
+    """Blocks and entries beneath `roots`, stopping once either limit is passed.
+
+    Iterative, on directory fds opened with O_NOFOLLOW beneath their parent: a job that
+    swaps a directory for a link mid-walk is never followed out of its tree, and a deep
+    tree costs one fd per level up to MAX_DEPTH (then `too_deep`, itself a limit). Bytes
+    are allocated blocks, so a sparse file counts what it really stores; a file with
+    several links counts once.
+    """
+    usage = DiskUsage()
+    seen: set[tuple[int, int]] = set()
+    for root in roots:
+        try:
+            top = os.open(root, _DIR_FLAGS)
+        except OSError:
+            continue  # not there (yet, or any more)
+        stack = [(top, os.scandir(top))]
+        try:
+            while stack:
+                fd, listing = stack[-1]
+                entry = next(listing, None)
+                if entry is None:
+                    listing.close()
+                    os.close(fd)
+                    stack.pop()
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                usage.inodes += 1
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                usage.bytes += st.st_blocks * 512
+                if usage.bytes > max_bytes or usage.inodes > max_inodes:
+                    return usage
+                if stat.S_ISDIR(st.st_mode):
+                    if len(stack) >= MAX_DEPTH:
+                        usage.too_deep = True
+                        return usage
+                    try:
+                        child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                    except OSError:
+                        continue  # replaced by a link or removed since the listing
+                    stack.append((child, os.scandir(child)))
+        finally:
+            for fd, listing in stack:
+                listing.close()
+                os.close(fd)
+    return usage
+
+
+# -- the host's disk --------------------------------------------------------------
+
+
+class DiskGuard:
+    """Free space on the state filesystems, and the ballast that keeps SQLite writable.
+
+    Below `limits.disk_reserve_bytes` free, POST /jobs is refused. The ballast (half the
+    reserve, allocated beside the database) is unlinked when a filesystem is nearly full
+    (a quarter of the reserve left), which gives the database and the reaper room to
+    record the end of the job that filled it; it is allocated again once the reserve
+    and the ballast fit.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.reserve = int(config.limits["disk_reserve_bytes"])
+        self.ballast_bytes = self.reserve // 2
+        self.critical = self.reserve // 4
+        db_dir = Path(config.db_path).parent
+        self.ballast = db_dir / BALLAST_NAME
+        self.dirs = [db_dir, config.workspaces_dir, config.artifacts_dir, config.logs_dir]
+
+    def free(self) -> int:
+        """The least space an unprivileged writer has left on any state filesystem."""
+        free = None
+        for path in self.dirs:
+            try:
+                st = os.statvfs(path)
+            except OSError:
+                continue
+            avail = st.f_bavail * st.f_frsize
+            free = avail if free is None else min(free, avail)
+        return free if free is not None else 0
+
+    def refuse_if_low(self) -> None:
+        free = self.free()
+        if free < self.reserve:
+            raise ApiError(
+                507,
+                "disk_low",
+                f"The host's disk has {free} bytes free, below its reserve of {self.reserve} "
+                "bytes (limits.disk_reserve_bytes); no new job is accepted until finished "
+                "jobs' files expire or the operator frees space. Retry later.",
+            )
+
+    def give_back(self) -> bool:
+        """Unlink the ballast; True if there was one."""
+        try:
+            self.ballast.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("disk nearly full: released the %d-byte ballast", self.ballast_bytes)
+        return True
+
+    def replenish(self, free: int) -> None:
+        if self.ballast.exists() or free < self.reserve + self.ballast_bytes:
+            return
+        tmp = self.ballast.with_name(BALLAST_NAME + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                # Real blocks, not a sparse file: the space must be ours to give back.
+                os.posix_fallocate(fd, 0, self.ballast_bytes)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.ballast)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("could not allocate the disk ballast %s: %s", self.ballast, exc)
+
+
+# -- the reaper's side ------------------------------------------------------------
+
+
+class Enforcer:
+    """Called by the reaper: begin_tick() first, check() for every running job."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.config: Config = engine.config
+        self.store = engine.store
+        self.guard = DiskGuard(self.config)
+        self._table: dict[int, tuple[int, int]] | None = None
+        self._next_disk_check: dict[str, float] = {}
+
+    def begin_tick(self) -> None:
+        """Before the tick's first database write: make room if the disk is full."""
+        self._table = None
+        free = self.guard.free()
+        if free >= self.guard.critical:
+            self.guard.replenish(free)
+            return
+        self.guard.give_back()
+        self._stop_largest_writer(free)
+
+    def _stop_largest_writer(self, free: int) -> None:
+        largest, most = None, -1
+        for job in self.store.jobs_in(("running",)):
+            if job["stop_reason"] == "disk_full":
+                return  # already on its way out; its finish frees the space
+            used = self._stored(job).bytes
+            if used > most:
+                largest, most = job, used
+        if largest is None:
+            log.warning("disk nearly full (%d bytes free) and no running job stores data", free)
+            return
+        log.warning("disk nearly full: stopping %s, which stores %d bytes", largest["id"], most)
+        self._stop(largest["id"], "disk_full")
+
+    def _stored(self, job: dict[str, Any]) -> DiskUsage:
+        limits = for_job(self.config, job["resources"])
+        roots = [self.engine.workspace(job["id"]), self.engine.artifacts(job["id"])]
+        return disk_usage(roots, limits.disk_bytes, limits.inodes)
+
+    def check(self, job: dict[str, Any], container: dict[str, Any] | None) -> bool:
+        """Stop a running job that is over one of its limits; True if it was just stopped."""
+        if job["stop_reason"] is not None or container is None:
+            return False
+        reason = self._over_processes(job, container) or self._over_log(job)
+        reason = reason or self._over_disk(job)
+        if not reason:
+            return False
+        log.warning("job %s is over its %s", job["id"], reason.replace("_", " "))
+        self._stop(job["id"], reason)
+        return True
+
+    def forget(self, job_id: str) -> None:
+        self._next_disk_check.pop(job_id, None)
+
+    def _stop(self, job_id: str, reason: str) -> None:
+        self.store.transition(
+            job_id,
+            ("running",),
+            stop_requested_at=time.time(),
+            stop_reason=reason,
+            kill_sent_at=None,
+        )
+
+    def _over_processes(self, job: dict[str, Any], container: dict[str, Any]) -> str | None:
+        pid = container.get("Pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return None
+        if self._table is None:
+            self._table = process_table()
+        tasks, anon = tree_usage(pid, self._table)
+        limits = for_job(self.config, job["resources"])
+        if tasks > limits.pids:
+            return "pids_limit"
+        if anon > limits.memory_mb * MIB:
+            return "memory_limit"
+        return None
+
+    def _over_log(self, job: dict[str, Any]) -> str | None:
+        try:
+            st = os.stat(logs.ctr_log_path(self.config.logs_dir, job["id"]))
+        except OSError:
+            return None
+        stored = max(st.st_size, st.st_blocks * 512)
+        return "log_disk" if stored > 2 * self.config.limits["log_bytes"] else None
+
+    def _over_disk(self, job: dict[str, Any]) -> str | None:
+        now = time.monotonic()
+        if now < self._next_disk_check.get(job["id"], 0.0):
+            return None
+        usage = self._stored(job)
+        took = time.monotonic() - now
+        self._next_disk_check[job["id"]] = now + max(DISK_CHECK_EVERY_S, took * DISK_CHECK_SHARE)
+        limits = for_job(self.config, job["resources"])
+        if usage.too_deep:
+            return "depth_limit"
+        if usage.bytes > limits.disk_bytes:
+            return "disk_limit"
+        if usage.inodes > limits.inodes:
+            return "inode_limit"
+        return None
+
+
+# -- finish()'s side --------------------------------------------------------------
+
+
+def clear_before_finish(engine: Any, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Free the disk before the steps of finish() that need it, when the disk is the issue.
+
+    A job stopped for a disk limit, or any job ending while the host is below its reserve,
+    has its workspace removed first (and, for a full disk, its artifacts): its changes
+    are not recorded, and the returned summary says why.
+    """
+    reason = job.get("stop_reason")
+    low = DiskGuard(engine.config).free() < engine.config.limits["disk_reserve_bytes"]
+    if reason not in DISK_REASONS and not low:
+        return None
+    doomed = [engine.workspace(job["id"])]
+    if reason == "disk_full":
+        doomed.append(engine.artifacts(job["id"]))
+    for path in doomed:
+        try:
+            engine.remove_tree(path)
+        except Exception as exc:  # noqa: BLE001 - the retention sweep retries; the end is recorded
+            log.warning("could not remove %s: %s", path, exc)
+    why = "it went over a disk limit" if reason in DISK_REASONS else "the host's disk was low"
+    return {"error": f"workspace changes were not recorded: {why}, so the workspace was removed"}
+
+
+def error_for(reason: str, job: dict[str, Any], config: Config) -> str:
+    """The job's error sentence for a stop reason from REASONS: which limit, what to do."""
+    limits = for_job(config, job.get("resources"))
+    host = config.limits
+    if reason == "memory_limit":
+        return (
+            f"The job used more than {limits.memory_mb} MiB of memory (its memory limit) and "
+            "was killed; use less memory, or ask for more with resources.memory up to "
+            f"{host['job_memory_mb']} MiB (this host's limits.job_memory_mb)."
+        )
+    if reason == "pids_limit":
+        return (
+            f"The job ran more than {limits.pids} processes and threads (its pids limit) and "
+            "was killed; start fewer at once, or ask for more with resources.pids up to "
+            f"{host['job_pids']} (this host's limits.job_pids)."
+        )
+    if reason == "disk_limit":
+        return (
+            f"The job stored more than {limits.disk_bytes} bytes in /workspace and /artifacts "
+            "(its disk limit, limits.job_disk_bytes) and was killed; its workspace was "
+            "removed. Keep less data there."
+        )
+    if reason == "inode_limit":
+        return (
+            f"The job created more than {limits.inodes} files and directories in /workspace "
+            "and /artifacts (its inode limit, limits.job_inodes) and was killed; its "
+            "workspace was removed. Create fewer files (an archive holds many in one)."
+        )
+    if reason == "depth_limit":
+        return (
+            f"The job nested directories more than {MAX_DEPTH} levels deep in /workspace or "
+            "/artifacts (the depth limit) and was killed; its workspace was removed."
+        )
+    if reason == "disk_full":
+        return (
+            "The host's disk filled up while this job stored the most data on it, so it was "
+            "killed and its workspace and artifacts were removed to free the space; retry "
+            "with less data, or when the host has room."
+        )
+    cap = host["log_bytes"]
+    return (
+        f"The job's output took more than {2 * cap} bytes stored on disk (twice the log "
+        f"cap of {cap} bytes; Podman stores each line with a ~40-byte header, so many short "
+        "lines cost more than their text) and was killed; write large output to /artifacts."
+    )
+
+
+def oom_killed(runtime: Any, job_id: str) -> bool:
+    """Whether the kernel's OOM killer ended the container (cgroup v2 enforces --memory)."""
+    try:
+        return runtime.oom_killed(job_id)
+    except Exception as exc:  # noqa: BLE001 - unknown: the exit code is still recorded
+        log.warning("could not ask podman whether %s was OOM-killed: %s", job_id, exc)
+        return False
