@@ -285,28 +285,36 @@ class Enforcer:
         self._next_disk_check: dict[str, float] = {}
 
     def begin_tick(self) -> None:
-        """Before the tick's first database write: make room if the disk is full."""
+        """Before the tick's first database write: make room if the disk is full.
+
+        The writer is killed before the ballast is given back: a job still writing would
+        otherwise take the freed space itself, and the database would stay full.
+        """
         self._table = None
         free = self.guard.free()
         if free >= self.guard.critical:
             self.guard.replenish(free)
             return
+        writer = self._largest_writer(free)
+        if writer is not None:
+            self.engine.signal(writer["id"], "KILL")  # Podman's own storage is elsewhere
         self.guard.give_back()
-        self._stop_largest_writer(free)
+        if writer is not None:
+            self._stop(writer["id"], "disk_full", killed=True)
 
-    def _stop_largest_writer(self, free: int) -> None:
+    def _largest_writer(self, free: int) -> dict[str, Any] | None:
         largest, most = None, -1
-        for job in self.store.jobs_in(("running",)):
+        for job in self.store.jobs_in(("running",)):  # a read: works on a full disk
             if job["stop_reason"] == "disk_full":
-                return  # already on its way out; its finish frees the space
+                return None  # already on its way out; its finish frees the space
             used = self._stored(job).bytes
             if used > most:
                 largest, most = job, used
         if largest is None:
             log.warning("disk nearly full (%d bytes free) and no running job stores data", free)
-            return
-        log.warning("disk nearly full: stopping %s, which stores %d bytes", largest["id"], most)
-        self._stop(largest["id"], "disk_full")
+        else:
+            log.warning("disk nearly full: killing %s, which stores %d bytes", largest["id"], most)
+        return largest
 
     def _stored(self, job: dict[str, Any]) -> DiskUsage:
         limits = for_job(self.config, job["resources"])
@@ -328,13 +336,14 @@ class Enforcer:
     def forget(self, job_id: str) -> None:
         self._next_disk_check.pop(job_id, None)
 
-    def _stop(self, job_id: str, reason: str) -> None:
+    def _stop(self, job_id: str, reason: str, killed: bool = False) -> None:
+        now = time.time()
         self.store.transition(
             job_id,
             ("running",),
-            stop_requested_at=time.time(),
+            stop_requested_at=now,
             stop_reason=reason,
-            kill_sent_at=None,
+            kill_sent_at=now if killed else None,
         )
 
     def _over_processes(self, job: dict[str, Any], container: dict[str, Any]) -> str | None:
