@@ -283,6 +283,8 @@ class Enforcer:
         self.guard = DiskGuard(self.config)
         self._table: dict[int, tuple[int, int]] | None = None
         self._next_disk_check: dict[str, float] = {}
+        self._missing: set[str] = set()
+        self._blind_warned = False
 
     def begin_tick(self) -> None:
         """Before the tick's first database write: make room if the disk is full.
@@ -335,6 +337,7 @@ class Enforcer:
 
     def forget(self, job_id: str) -> None:
         self._next_disk_check.pop(job_id, None)
+        self._missing.discard(job_id)
 
     def _stop(self, job_id: str, reason: str, killed: bool = False) -> None:
         now = time.time()
@@ -352,6 +355,9 @@ class Enforcer:
             return None
         if self._table is None:
             self._table = process_table()
+        if pid not in self._table:
+            self._unseen(job["id"], pid)
+            return None
         tasks, anon = tree_usage(pid, self._table)
         limits = for_job(self.config, job["resources"])
         if tasks > limits.pids:
@@ -359,6 +365,25 @@ class Enforcer:
         if anon > limits.memory_mb * MIB:
             return "memory_limit"
         return None
+
+    def _unseen(self, job_id: str, pid: int) -> None:
+        """A running container's init missing from /proc on two ticks in a row.
+
+        Once is a race with its exit; twice means /proc hides other users' processes
+        (hidepid, systemd's ProtectProc=invisible): then only the kernel's cgroup limits
+        hold, and the operator must hear it.
+        """
+        if job_id not in self._missing:
+            self._missing.add(job_id)
+            return
+        if not self._blind_warned:
+            self._blind_warned = True
+            log.warning(
+                "cannot see the processes of %s (pid %d) in /proc: memory and pids are not "
+                "polled; run the reaper with ProtectProc=default and without hidepid",
+                job_id,
+                pid,
+            )
 
     def _over_log(self, job: dict[str, Any]) -> str | None:
         try:
