@@ -356,18 +356,34 @@ class Enforcer:
             self._stop(writer["id"], "disk_full", killed=True)
 
     def _largest_writer(self, free: int) -> dict[str, Any] | None:
+        """The running job that stores the most, if killing it frees a useful amount.
+
+        A disk filled by something else than jobs is the operator's to fix: killing jobs
+        that store next to nothing would not help, so none is killed then.
+        """
         largest, most = None, -1
         for job in self.store.jobs_in(("running",)):  # a read: works on a full disk
             if job["stop_reason"] == "disk_full":
                 return None  # already on its way out; its finish frees the space
-            used = self._stored(job).bytes
+            used = self._stored(job).bytes + self._log_stored(job["id"])
             if used > most:
                 largest, most = job, used
-        if largest is None:
-            log.warning("disk nearly full (%d bytes free) and no running job stores data", free)
-        else:
-            log.warning("disk nearly full: killing %s, which stores %d bytes", largest["id"], most)
+        if largest is None or most < self.guard.critical:
+            log.warning(
+                "disk nearly full (%d bytes free) and no running job stores %d bytes or more",
+                free,
+                self.guard.critical,
+            )
+            return None
+        log.warning("disk nearly full: killing %s, which stores %d bytes", largest["id"], most)
         return largest
+
+    def _log_stored(self, job_id: str) -> int:
+        try:
+            st = os.stat(logs.ctr_log_path(self.config.logs_dir, job_id))
+        except OSError:
+            return 0
+        return max(st.st_size, st.st_blocks * 512)
 
     def _stored(self, job: dict[str, Any]) -> DiskUsage:
         limits = for_job(self.config, job["resources"])
@@ -437,11 +453,7 @@ class Enforcer:
             )
 
     def _over_log(self, job: dict[str, Any]) -> str | None:
-        try:
-            st = os.stat(logs.ctr_log_path(self.config.logs_dir, job["id"]))
-        except OSError:
-            return None
-        stored = max(st.st_size, st.st_blocks * 512)
+        stored = self._log_stored(job["id"])
         return "log_disk" if stored > 2 * self.config.limits["log_bytes"] else None
 
     def _over_disk(self, job: dict[str, Any]) -> str | None:
