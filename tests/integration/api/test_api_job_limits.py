@@ -37,6 +37,12 @@ HOSTILE = {
         "while [ $i -lt 6000 ]; do : > f$i; i=$((i+1)); done; echo made; sleep 300",
         {},
     ),
+    # 300 nested directories, past the walk's depth limit of 256.
+    "depth limit": (
+        "cd /workspace && i=0; while [ $i -lt 300 ]; do mkdir d && cd d; i=$((i+1)); done; "
+        "echo deep; sleep 300",
+        {},
+    ),
     # 5,000 empty lines: 5,000 bytes of output (under the 20,000-byte log cap), but each
     # is stored with Podman's ~40-byte line header: ~200 KB on disk, past twice the cap.
     "stored on disk": (
