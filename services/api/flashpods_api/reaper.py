@@ -111,6 +111,7 @@ class Reaper:
             self.engine.finish(job, None, lost=True)
             return
         if container.get("State") in ("exited", "stopped"):
+            job = self.limits.settle(job)  # a limit's kill may have ended it
             self._forget(job_id)
             self.engine.finish(job, _exit_code(container))
             return

@@ -162,3 +162,26 @@ def test_the_change_set_lists_at_most_max_changes_paths(tmp_path, monkeypatch):
     workspace_diff.record(None, work, tmp_path / "out", byte_cap=UNLIMITED)
     changes = json.loads((tmp_path / "out" / "changes.json").read_text())
     assert len(changes["added"]) == 30 and changes["truncated"] is True
+
+
+def _fake_proc(root, pid, argv, nspid):
+    d = root / str(pid)
+    d.mkdir()
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (d / "status").write_bytes(b"Name:\tconmon\nNSpid:\t" + nspid.encode() + b"\n")
+
+
+def test_job_containers_are_found_from_conmon_and_a_forged_conmon_is_ignored(tmp_path):
+    proc, logs = tmp_path / "proc", tmp_path / "logs"
+    proc.mkdir()
+    argv = ["/usr/bin/conmon", "-n", "job_aaaaaaaaaaaa", "-l", f"k8s-file:{logs}/a.ctr.log"]
+    _fake_proc(proc, 100, argv, "100")
+    # Another instance's container (its log elsewhere), and a job's own process that
+    # calls itself conmon and names another job: neither is taken.
+    other = ["/usr/bin/conmon", "-n", "job_bbbbbbbbbbbb", "-l", "k8s-file:/elsewhere/b.ctr.log"]
+    _fake_proc(proc, 200, other, "200")
+    forged = ["conmon", "-n", "job_cccccccccccc", "-l", f"k8s-file:{logs}/c.ctr.log"]
+    _fake_proc(proc, 300, forged, "300 7")
+    table = {100: (1, 1), 101: (100, 1), 200: (1, 1), 201: (200, 1), 300: (299, 1), 301: (300, 1)}
+    found = job_limits.job_containers(table, {100, 200, 300}, logs, proc=str(proc))
+    assert found == {"job_aaaaaaaaaaaa": 101}
