@@ -1,4 +1,4 @@
-"""job_limits' measurements on real files and processes; the config and request checks."""
+"""job_limits, job_disk, job_processes on real files and processes; config and request checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 from flashpods_api import config as config_mod
-from flashpods_api import job_limits, validate, workspace_diff
+from flashpods_api import job_disk, job_limits, job_processes, validate, workspace_diff
 from flashpods_api.errors import ApiError
 
 UNLIMITED = 1 << 60
@@ -20,7 +20,7 @@ def test_disk_usage_counts_blocks_and_entries_and_a_hard_linked_file_once(tmp_pa
     (tmp_path / "d" / "data").write_bytes(b"x" * 100_000)
     os.link(tmp_path / "d" / "data", tmp_path / "again")
     (tmp_path / "empty").touch()
-    usage = job_limits.disk_usage([tmp_path], UNLIMITED, UNLIMITED)
+    usage = job_disk.disk_usage([tmp_path], UNLIMITED, UNLIMITED)
     assert usage.inodes == 4  # d, d/data, again, empty
     assert 100_000 <= usage.bytes < 2 * 100_000  # the linked file once, plus d's block
     assert not usage.too_deep
@@ -33,25 +33,25 @@ def test_disk_usage_never_follows_a_link_out_of_the_tree(tmp_path):
     job = tmp_path / "job"
     job.mkdir()
     os.symlink(outside, job / "escape")
-    usage = job_limits.disk_usage([job, tmp_path / "missing"], UNLIMITED, UNLIMITED)
+    usage = job_disk.disk_usage([job, tmp_path / "missing"], UNLIMITED, UNLIMITED)
     assert usage.inodes == 1 and usage.bytes < 1_000_000
 
 
 def test_disk_usage_stops_once_past_a_limit_and_flags_a_tree_too_deep(tmp_path):
     for i in range(50):
         (tmp_path / f"f{i}").touch()
-    assert job_limits.disk_usage([tmp_path], UNLIMITED, 10).inodes == 11
+    assert job_disk.disk_usage([tmp_path], UNLIMITED, 10).inodes == 11
     deep = tmp_path / "deep"
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     os.mkdir("deep", dir_fd=fd)
     # Built on fds: the path itself would pass PATH_MAX.
-    for _ in range(job_limits.MAX_DEPTH + 5):
+    for _ in range(job_disk.MAX_DEPTH + 5):
         nxt = os.open("deep" if _ == 0 else "d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
         os.close(fd)
         fd = nxt
         os.mkdir("d", dir_fd=fd)
     os.close(fd)
-    assert job_limits.disk_usage([deep], UNLIMITED, UNLIMITED).too_deep
+    assert job_disk.disk_usage([deep], UNLIMITED, UNLIMITED).too_deep
 
 
 def test_tree_usage_counts_a_real_process_tree_and_its_memory():
@@ -63,13 +63,13 @@ def test_tree_usage_counts_a_real_process_tree_and_its_memory():
     try:
         deadline = time.monotonic() + 20
         while True:
-            tasks, anon = job_limits.tree_usage(proc.pid, job_limits.process_table())
+            tasks, anon = job_processes.tree_usage(proc.pid, job_processes.process_table())
             if tasks >= 7 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         assert tasks >= 7  # sh, 5 background sleeps, the foreground sleep
         assert anon >= 20_000_000  # the shell variable
-        assert job_limits.tree_usage(2**22 + 7, job_limits.process_table()) == (0, 0)
+        assert job_processes.tree_usage(2**22 + 7, job_processes.process_table()) == (0, 0)
     finally:
         subprocess.run(["pkill", "-KILL", "-P", str(proc.pid)], check=False)
         proc.kill()
@@ -183,5 +183,5 @@ def test_job_containers_are_found_from_conmon_and_a_forged_conmon_is_ignored(tmp
     forged = ["conmon", "-n", "job_cccccccccccc", "-l", f"k8s-file:{logs}/c.ctr.log"]
     _fake_proc(proc, 300, forged, "300 7")
     table = {100: (1, 1), 101: (100, 1), 200: (1, 1), 201: (200, 1), 300: (299, 1), 301: (300, 1)}
-    found = job_limits.job_containers(table, {100, 200, 300}, logs, proc=str(proc))
+    found = job_processes.job_containers(table, {100, 200, 300}, logs, proc=str(proc))
     assert found == {"job_aaaaaaaaaaaa": 101}
