@@ -114,11 +114,16 @@ class DiskWalker:
         """Keep walking this job's trees; returns the latest complete walk, if any."""
         with self._lock:
             self._wanted[job_id] = (max_bytes, max_inodes)
-            result = self._results.get(job_id)
+        if self._thread is None:
+            self._walk(job_id, max_bytes, max_inodes)  # not started: walk now, in the caller
+        with self._lock:
+            return self._results.get(job_id)
+
+    def start(self) -> None:
+        """Walk in a thread from now on (the reaper's service; ticks in tests walk inline)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="disk-walker", daemon=True)
             self._thread.start()
-        return result
 
     def forget(self, job_id: str) -> None:
         with self._lock:
@@ -130,15 +135,18 @@ class DiskWalker:
             with self._lock:
                 round_ = list(self._wanted.items())
             for job_id, (max_bytes, max_inodes) in round_:
-                try:
-                    usage = disk_usage(self._roots_of(job_id), max_bytes, max_inodes)
-                except Exception:  # noqa: BLE001 - one tree must not end the walks
-                    log.exception("walking the files of %s failed", job_id)
-                    continue
-                with self._lock:
-                    if job_id in self._wanted:
-                        self._results[job_id] = usage
+                self._walk(job_id, max_bytes, max_inodes)
             time.sleep(DISK_CHECK_EVERY_S)
+
+    def _walk(self, job_id: str, max_bytes: int, max_inodes: int) -> None:
+        try:
+            usage = disk_usage(self._roots_of(job_id), max_bytes, max_inodes)
+        except Exception:  # noqa: BLE001 - one tree must not end the walks
+            log.exception("walking the files of %s failed", job_id)
+            return
+        with self._lock:
+            if job_id in self._wanted:
+                self._results[job_id] = usage
 
 
 class DiskGuard:

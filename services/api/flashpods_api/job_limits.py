@@ -88,6 +88,11 @@ class Enforcer:
             lambda job_id: [engine.workspace(job_id), engine.artifacts(job_id)]
         )
 
+    def start(self) -> None:
+        """The watcher and walker threads: started by the reaper's service loop only."""
+        self.processes.start()
+        self.walker.start()
+
     def _process_limits(self, job_id: str) -> tuple[int, int]:
         """(tasks, anonymous bytes) a job may use, read from the database (by the watcher
         thread, on its own connection); the host's defaults when that fails."""
@@ -105,7 +110,6 @@ class Enforcer:
         The writer is killed before the ballast is given back: a job still writing would
         otherwise take the freed space itself, and the database would stay full.
         """
-        self.processes.start()
         free = self.guard.free()
         if free >= self.guard.critical:
             self.guard.replenish(free)

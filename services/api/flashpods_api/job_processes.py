@@ -160,9 +160,9 @@ class ProcessWatcher:
         """Keep polling this job; returns its verdict (a reason from REASONS), if any."""
         with self._lock:
             self._wanted[job_id] = (pid, limits)
-            verdict = self._verdicts.get(job_id)
-        self.start()
-        return verdict
+        if self._thread is None:
+            self.poll()  # not started: poll now, in the caller
+        return self.verdict(job_id)
 
     def verdict(self, job_id: str) -> str | None:
         with self._lock:
@@ -176,6 +176,7 @@ class ProcessWatcher:
             self._found_limits.pop(job_id, None)
 
     def start(self) -> None:
+        """Poll in a thread from now on (the reaper's service; ticks in tests poll inline)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="process-watcher", daemon=True)
             self._thread.start()

@@ -50,6 +50,7 @@ class Reaper:
 
     def run_forever(self) -> None:
         interval = float(self.config.reaper["interval_s"])
+        self.limits.start()
         self.sweep_identities()
         while not self.stop.is_set():
             try:
