@@ -23,7 +23,7 @@ PODMAN_USER = "flashpods"
 _ATTACH = r"""
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
-SYS_setns, SYS_open_tree, SYS_move_mount = 308, 428, 429  # x86_64
+SYS_open_tree, SYS_move_mount = 428, 429  # the same number on every architecture
 OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC, CLONE_NEWNS, MOVE_MOUNT_F_EMPTY_PATH = 1, 0o2000000, 0x20000, 4
 AT_FDCWD = -100
 path, pid = sys.argv[1].encode(), int(sys.argv[2])
@@ -31,7 +31,7 @@ tree = libc.syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_C
 if tree < 0:
     raise OSError(ctypes.get_errno(), "open_tree")
 ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
-if libc.syscall(SYS_setns, ns, CLONE_NEWNS) != 0:
+if libc.setns(ns, CLONE_NEWNS) != 0:
     raise OSError(ctypes.get_errno(), "setns")
 if libc.syscall(SYS_move_mount, tree, b"", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) != 0:
     raise OSError(ctypes.get_errno(), "move_mount")
