@@ -57,6 +57,15 @@ DEFAULTS: dict[str, Any] = {
         "log_bytes": 64 * 1024 * 1024,
         "artifact_bytes": 1024 * 1024 * 1024,
         "upload_bytes": 1024 * 1024 * 1024,
+        # Every job's own limits (docs/security.md, "Per-job limits"); a job may ask for
+        # less memory or pids (resources), never more.
+        "job_memory_mb": 4096,
+        "job_pids": 1024,
+        "job_disk_bytes": 10 * 1024 * 1024 * 1024,  # /workspace and /artifacts together
+        "job_inodes": 200_000,
+        # Below this much free space on a state filesystem no new job is accepted; half
+        # of it is held back as a ballast file beside the database (job_limits.DiskGuard).
+        "disk_reserve_bytes": 1024 * 1024 * 1024,
     },
     "reaper": {"interval_s": 1.0},
     # Containers kept created and started ahead of demand, per kind ({} = no warm pool).
@@ -162,6 +171,7 @@ def _check(cfg: dict[str, Any]) -> None:
         positive(f"retention.{key}", value, (int, float))
     for key, value in cfg["limits"].items():
         positive(f"limits.{key}", value)
+    _check_job_limits(cfg["limits"])
     positive("reaper.interval_s", cfg["reaper"]["interval_s"], (int, float))
     if cfg["network_mode"] not in NETWORK_MODES:
         raise ConfigError(
@@ -216,6 +226,20 @@ def _check_agent_env(env: Any) -> None:
                 f"agent.env.{name} looks like a credential; secrets never go in the API "
                 "configuration: give it to the token service (its secrets and roles) instead."
             )
+
+
+def _check_job_limits(limits: dict[str, Any]) -> None:
+    from .validate import RESOURCE_BOUNDS  # one table of what a job may ask for
+
+    for key, resource in (("job_memory_mb", "memory"), ("job_pids", "pids")):
+        low, high = RESOURCE_BOUNDS[resource]
+        if not low <= limits[key] <= high:
+            raise ConfigError(f"limits.{key} must be from {low:g} to {high:g}, not {limits[key]}.")
+    if limits["disk_reserve_bytes"] < 4 * 1024 * 1024:
+        raise ConfigError(
+            "limits.disk_reserve_bytes must be at least 4 MiB (4194304): the database needs "
+            "room to record the end of a job that filled the disk."
+        )
 
 
 def _check_warm_pool(pool: Any) -> None:

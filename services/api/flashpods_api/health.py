@@ -27,7 +27,6 @@ HEARTBEAT_STALE_S = 15.0
 # The reaper's Podman record is trusted for a few of its intervals, at least this long.
 PODMAN_RECORD_STALE_S = 5.0
 DIRECT_PING_CACHE_S = 1.0
-MIN_FREE_BYTES = 256 * 1024 * 1024
 
 
 class PodmanProbe:
@@ -118,8 +117,9 @@ def _disk(cfg: Config) -> dict[str, Any]:
         except OSError:
             low.append(f"{path} is missing")
             continue
-        if free < MIN_FREE_BYTES:
-            low.append(f"{path} has only {free // (1024 * 1024)} MiB free")
+        # The same line below which POST /jobs is refused (job_limits.DiskGuard).
+        if free < cfg.limits["disk_reserve_bytes"]:
+            low.append(f"{path} has only {free // (1024 * 1024)} MiB free (below the reserve)")
     return {"ok": not low, "detail": ", ".join(low) or "enough free space"}
 
 

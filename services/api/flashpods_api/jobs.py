@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import artifacts, ids, jobtree, logs, workspace_diff
+from . import artifacts, ids, job_limits, jobtree, logs, workspace_diff
 from .config import Config
 from .runtime import HELPER_IN_CONTAINER, PodmanError, RunSpec, Runtime
 from .store import ACTIVE, FINAL, Store
@@ -253,7 +253,7 @@ class Engine:
             network_mode=cfg.network_mode,
             input_dir=input_dir,
             agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
-            resources=job["resources"] or {},
+            resources=job_limits.container_resources(cfg, job),
             control_dir=control,
         )
 
@@ -310,8 +310,10 @@ class Engine:
         job_id = ids.checked_job_id(job["id"])
         cap = self.config.limits["log_bytes"]
         if failure is None:
+            # A full disk must not stop the steps below: free the workspace first (job_limits).
+            cleared = job_limits.clear_before_finish(self, job)
             log_bytes, capped = logs.finalize(self.config.logs_dir, job_id, cap)
-            changes = self._record_changes(job)
+            changes = cleared or self._record_changes(job)
         else:
             log_bytes, capped, changes = job.get("log_bytes"), bool(job.get("log_capped")), None
         reason = job.get("stop_reason")
@@ -341,6 +343,12 @@ class Engine:
                 "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
+        elif reason in job_limits.REASONS:
+            status = "failed"
+            error = job_limits.error_for(reason, job, self.config)
+        elif exit_code == 137 and job_limits.oom_killed(self.runtime, job_id):
+            status = "failed"
+            error = job_limits.error_for("memory_limit", job, self.config)
         elif artifacts_error is not None:
             status = "failed"
             error = artifacts_error

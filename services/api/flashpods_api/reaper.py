@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, ids, jobtree, logs
+from . import artifacts, ids, job_limits, jobtree, logs
 from .jobs import Engine
 from .runtime import PodmanError
 from .store import FINAL
@@ -53,12 +53,14 @@ class Reaper:
         self._last_retention = 0.0
         self._failures: dict[str, int] = {}
         self._tick_failed = True  # until a tick gets through: then its record is written
+        self.limits = job_limits.Enforcer(engine)
         # Often enough that no TTL overshoots by more than a quarter, at most every 5 s.
         shortest = min(float(v) for v in self.config.retention.values())
         self._retention_every = min(RETENTION_EVERY_S, shortest / 4)
 
     def run_forever(self) -> None:
         interval = float(self.config.reaper["interval_s"])
+        self.limits.start()
         self.sweep_identities()
         while not self.stop.is_set():
             try:
@@ -90,6 +92,7 @@ class Reaper:
             log.warning("could not sweep SPIRE entries: %s", exc)
 
     def tick(self) -> None:
+        self.limits.begin_tick()  # before any write: room for the database on a full disk
         self.store.beat("reaper", os.getpid())
         # Jobs first, containers second: a job is 'running' only after its container
         # exists, so a running job missing from the later listing really is gone.
@@ -162,6 +165,7 @@ class Reaper:
             self.engine.finish(job, None, lost=True)
             return
         if container.get("State") in ("exited", "stopped"):
+            job = self.limits.settle(job)  # a limit's kill may have ended it
             self._forget(job_id)
             self.engine.finish(job, _exit_code(container))
             return
@@ -175,9 +179,11 @@ class Reaper:
         self._enforce_log_cap(job)
         self._enforce_artifact_cap(job)
         job = self.store.get_job(job_id) or job
+        if self.limits.check(job, container):
+            job = self.store.get_job(job_id) or job
         if job["stop_requested_at"] is not None and job["kill_sent_at"] is None:
             if (
-                job["stop_reason"] in ("log_cap", "artifact_cap")
+                job["stop_reason"] in ("log_cap", "artifact_cap", *job_limits.REASONS)
                 or now > job["stop_requested_at"] + self.config.kill_grace_s
             ):
                 self.engine.signal(job_id, "KILL")
@@ -186,6 +192,7 @@ class Reaper:
                 self.engine.signal(job_id, "TERM")
 
     def _forget(self, job_id: str) -> None:
+        self.limits.forget(job_id)
         self._decoders.pop(job_id, None)
         self._artifact_checked.pop(job_id, None)
 

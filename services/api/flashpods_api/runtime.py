@@ -31,7 +31,7 @@ TOKEN_SOCKET_NAME = os.path.basename(TOKEN_SOCKET_IN_CONTAINER)
 AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
 INPUT_IN_CONTAINER = "/flashpods/input"
 CONTROL_IN_CONTAINER = "/flashpods/control"
-TMPFS_SIZE = "1g"
+TMPFS_MB = 1024
 # Rlimits hold where cgroup limits do not (rootless on cgroup v1). NPROC counts per uid
 # and every job shares the flashpods uid, so it is a fork-bomb brake, not a per-job cap.
 ULIMITS = ("nofile=4096:4096", "nproc=16384:16384", "core=0:0")
@@ -71,6 +71,12 @@ class RunSpec:
     control_dir: str | None = None
 
 
+def _tmp_mb(resources: dict[str, Any]) -> int:
+    # /tmp is memory: never larger than the job's memory limit (on cgroup v1 the reaper's
+    # polling does not see tmpfs pages, so this bound is what holds there).
+    return min(TMPFS_MB, int(resources.get("memory", TMPFS_MB)))
+
+
 def run_args(spec: RunSpec) -> list[str]:
     """The `podman run` argv (after `run`) for a job: flags, mounts, env, labels, command."""
 
@@ -89,7 +95,7 @@ def run_args(spec: RunSpec) -> list[str]:
         "--security-opt", "no-new-privileges",
         "--cap-drop", "ALL",
         "--read-only",
-        "--tmpfs", f"/tmp:rw,size={TMPFS_SIZE},mode=1777",
+        "--tmpfs", f"/tmp:rw,size={_tmp_mb(spec.resources)}m,mode=1777",
         "--log-driver", "k8s-file",
         "--log-opt", f"path={spec.log_path}",
         "--network", spec.network_mode,
@@ -220,15 +226,17 @@ class Runtime:
             os.close(fd)  # closing the descriptor releases the lock
 
     def limits_note(self, resources: dict[str, Any], stderr: str = "") -> str | None:
-        """Say which limits the host ignored: from Podman's warning or the cgroup version."""
+        """Say which limits the kernel ignored: from Podman's warning or the cgroup version."""
         ignored = ["--pids-limit"] + [f"--{k}" for k in ("memory", "cpus") if k in resources]
+        # Memory and pids hold anyway: the reaper polls them (job_limits); cpus does not.
+        polled = "; the reaper enforces memory and pids by polling instead"
         warning = _CGROUP_WARNING.search(stderr)
         if warning:
             said = warning.group(0).strip()
-            return f"Limits {', '.join(ignored)} were not applied: podman said {said!r}."
+            return f"Limits {', '.join(ignored)} were not applied: podman said {said!r}{polled}."
         note = self._cgroup_v1_note()
         if note:
-            return f"Limits {', '.join(ignored)} were not applied: {note}."
+            return f"Limits {', '.join(ignored)} were not applied: {note}{polled}."
         return None
 
     def _cgroup_v1_note(self) -> str | None:
@@ -247,6 +255,11 @@ class Runtime:
     def info(self) -> dict[str, Any]:
         out, _ = self._call("info", "--format", "json")
         return json.loads(out)
+
+    def oom_killed(self, name: str) -> bool:
+        """Whether the kernel's OOM killer ended this (exited) container."""
+        out, _ = self._call("inspect", "--format", "{{.State.OOMKilled}}", name, timeout=30)
+        return out.strip() == "true"
 
     def ping(self) -> None:
         self._call("version", "--format", "json", timeout=10)

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,13 @@ class Store:
         try:
             with self.db:
                 yield
+        except BaseException:
+            # A COMMIT that failed (SQLITE_FULL on a full disk) leaves SQLAlchemy's
+            # transaction open on this pooled connection, and every later BEGIN on it
+            # failed: the reaper failed each tick even after the space was back.
+            with suppress(Exception):
+                conn.rollback()
+            raise
         finally:
             self._local.write = False
 

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any
 
-from . import ids
+from . import ids, job_limits
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
 
@@ -105,11 +105,13 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
     record["timeout_s"] = timeout(
         body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
     )
-    record["resources"] = resources(body.get("resources", {}))
+    record["resources"] = resources(body.get("resources", {}), config)
     glob = body.get("artifacts_glob")
     if glob is not None:
         _text(glob, "artifacts_glob", MAX_GLOB)
     record["artifacts_glob"] = glob
+    # Last: a valid request on a host below its disk reserve gets 507, not a queue slot.
+    job_limits.DiskGuard(config).refuse_if_low()
     return record
 
 
@@ -156,7 +158,11 @@ def timeout(value: Any, maximum: float) -> float:
     return float(value)
 
 
-def resources(value: Any) -> dict[str, Any]:
+# A job may lower the host's own per-job limits, never raise them.
+HOST_LIMIT = {"memory": "job_memory_mb", "pids": "job_pids"}
+
+
+def resources(value: Any, config: Config | None = None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad_request(
             "bad_resources",
@@ -187,6 +193,14 @@ def resources(value: Any) -> dict[str, Any]:
                 "bad_resources", f"resources.{key} must be {unit} from {low:g} to {high:g}."
             )
         out[key] = int(val) if integral else float(val)
+        if config is not None and key in HOST_LIMIT and out[key] > config.limits[HOST_LIMIT[key]]:
+            most = config.limits[HOST_LIMIT[key]]
+            unit = " MiB" if key == "memory" else ""
+            raise bad_request(
+                "bad_resources",
+                f"resources.{key} must be at most {most}{unit} on this host "
+                f"(its limits.{HOST_LIMIT[key]}); ask for less or leave it out for that default.",
+            )
     if "cpus" in out and out["cpus"] > (os.cpu_count() or 1):
         raise bad_request(
             "bad_resources", f"resources.cpus must not exceed this host's {os.cpu_count()} CPUs."

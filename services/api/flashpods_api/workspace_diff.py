@@ -37,6 +37,11 @@ from typing import BinaryIO
 from . import jobtree
 
 MAX_DIFF_FILE = 1024 * 1024  # larger files are listed but not diffed
+# What one job's change set may hold: at most this many listed paths, and every copied
+# file costs at least a tar header against the byte cap, so a million empty files can
+# neither pass the cap for free nor make the listing (artifacts.entries) unbounded.
+MAX_CHANGES = 10_000
+FILE_COST = 512
 READY_MARKER = ".flashpods-ready"  # flashpods-init's "workspace copied" marker, not the job's work
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -157,6 +162,12 @@ def _write(base: Path | None, workspace: Path, out_fd: int, byte_cap: int) -> di
     copied = 0
     diff_parts: list[str] = []
     for rel in sorted(set(before) | set(after)):
+        if (
+            sum(len(summary[k]) for k in ("added", "modified", "deleted", "links", "skipped"))
+            >= MAX_CHANGES
+        ):
+            summary["truncated"] = True
+            break
         old, new = before.get(rel), after.get(rel)
         if new is None:
             summary["deleted"].append(rel)
@@ -173,7 +184,8 @@ def _write(base: Path | None, workspace: Path, out_fd: int, byte_cap: int) -> di
         if old is not None and old.kind == "file" and _same(base, workspace, rel, old.st, new.st):  # type: ignore[arg-type]
             continue
         summary["modified" if old is not None else "added"].append(rel)
-        if copied + new.st.st_size > byte_cap:
+        cost = new.st.st_size + FILE_COST
+        if copied + cost > byte_cap:
             summary["truncated"] = True
             continue
         try:
@@ -181,7 +193,9 @@ def _write(base: Path | None, workspace: Path, out_fd: int, byte_cap: int) -> di
         except OSError:
             continue  # replaced by a link or gone since the walk: listed, not copied
         with open(src, "rb") as fh:
-            copied += _copy_in(out_fd, "files/" + rel, fh, byte_cap - copied)
+            # At most what the walk saw: a file growing meanwhile cannot pass the cap.
+            _copy_in(out_fd, "files/" + rel, fh, new.st.st_size)
+        copied += cost
         _diff(diff_parts, base if old is not None else None, workspace, rel)
     _create(out_fd, "changes.json", json.dumps(summary, indent=1, sort_keys=True).encode())
     _create(out_fd, "changes.diff", "".join(diff_parts).encode())

@@ -43,7 +43,10 @@ class FakeRuntime:
         return "c0ffee", self.limits_note(spec.resources)
 
     def limits_note(self, resources: dict[str, Any], stderr: str = "") -> str | None:
-        return "Limits --pids-limit were not applied: fake cgroup v1." if resources else None
+        # Memory and pids always come with the host's defaults: only cpus marks a job that
+        # asked for more than those (a fake cgroup v1 that ignores what was asked).
+        asked = "cpus" in resources
+        return "Limits --pids-limit were not applied: fake cgroup v1." if asked else None
 
     def exit(self, name: str, code: int) -> None:
         self.boxes[name].update(State="exited", ExitCode=code)

@@ -69,7 +69,7 @@ def test_a_stale_reaper_is_named_even_while_podman_answers(host):
 
 def test_low_disk_is_named(host, monkeypatch):
     host.reaper.tick()
-    monkeypatch.setattr(health, "MIN_FREE_BYTES", 1 << 62)
+    monkeypatch.setitem(host.config.raw["limits"], "disk_reserve_bytes", 1 << 62)
     body = host.client.get("/healthz").get_json()
     assert body["failing"] == ["disk"] and "MiB free" in body["error"]
 

@@ -174,7 +174,9 @@ def test_workspace_diff_handles_links_binaries_and_the_byte_cap(tmp_path):
     (work / "big").write_bytes(b"z" * 5000)
     (work / ".flashpods-ready").write_text("")
     os.mkfifo(work / "pipe")
-    summary = workspace_diff.record(base, work, out, byte_cap=100)
+    summary = workspace_diff.record(
+        base, work, out, byte_cap=1000
+    )  # bin fits (2 bytes + a 512-byte header), big not
     changes = json.loads((out / "changes.json").read_text())
     assert changes["modified"] == ["bin"] and changes["added"] == ["big"]
     assert changes["links"] == {"link": "/etc/passwd"} and changes["skipped"] == ["pipe"]
