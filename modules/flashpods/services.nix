@@ -218,6 +218,13 @@ in
             "AF_NETLINK"
           ];
           IPAddressDeny = "any";
+          # Where the kernel does not hold a job to its memory and pids limits
+          # (rootless on cgroup v1), the reaper polls the job's processes in
+          # /proc (docs/security.md, "Per-job limits"): they are the flashpods
+          # uid's, which ProtectProc=invisible (the shared hardening) would hide.
+          ProtectProc = lib.mkForce "default";
+          # Its walks of job trees hold up to ~512 descriptors at once.
+          LimitNOFILE = 4096;
         };
       }
     ];

@@ -120,6 +120,7 @@ let
       "DynamicUser"
       "SystemCallFilter"
       "ProtectProc"
+      "LimitNOFILE"
       "Restart"
     ] unit.serviceConfig;
   }) units;

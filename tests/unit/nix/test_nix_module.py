@@ -109,6 +109,16 @@ def test_token_config_is_accepted_by_the_token_service_itself(valid):
     }
 
 
+def test_the_reaper_sees_job_processes_to_hold_them_to_their_limits(valid):
+    # Rootless on cgroup v1 the kernel ignores memory/pids limits: the reaper polls
+    # the flashpods uid's processes in /proc, which ProtectProc=invisible would hide.
+    reaper = valid["units"]["flashpods-reaper"]["serviceConfig"]
+    assert reaper["ProtectProc"] == "default"
+    assert reaper["LimitNOFILE"] == 4096
+    # The API itself does not need them.
+    assert valid["units"]["flashpods-api"]["serviceConfig"]["ProtectProc"] == "invisible"
+
+
 def test_peer_attestation_is_the_default_and_the_token_service_gets_only_ptrace(valid):
     service = valid["units"]["flashpods-token"]["serviceConfig"]
     assert service["AmbientCapabilities"] == ["CAP_SYS_PTRACE"]
