@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
         "workspaces": "/var/lib/flashpods/workspaces",
         "artifacts": "/var/lib/flashpods/artifacts",
         "logs": "/var/log/flashpods",
-        "control": None,  # warm containers' hand-over dirs; None = <workspaces>/.control
+        "control": None,  # warm containers' hand-over dirs; None = control beside <workspaces>
     },
     "podman_url": "unix:///run/flashpods/podman/podman.sock",
     "rsync_url": "rsync://10.0.0.1/uploads",
@@ -125,8 +125,11 @@ class Config:
     @property
     def control_dir(self) -> Path:
         """Per-job hand-over dirs of warm containers (mounted read-only at /flashpods/control)."""
+        # Never inside a directory the container uid can write (the shared storage
+        # dirs are group flashpods 2770): there it could swap the control root for a
+        # link and have the API write hand-over files where it chose (_check_control).
         configured = self.raw["storage"]["control"]
-        return Path(configured) if configured else self.workspaces_dir / ".control"
+        return Path(configured) if configured else self.workspaces_dir.parent / "control"
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -198,6 +201,22 @@ def _check(cfg: dict[str, Any]) -> None:
     _check_warm_pool(cfg["warm_pool"])
     if not isinstance(cfg["instance"], str) or not cfg["instance"]:
         raise ConfigError("instance must be a non-empty string (it labels this host's containers).")
+    _check_control(cfg["storage"])
+
+
+def _check_control(storage: dict[str, Any]) -> None:
+    """The warm pool's control root lies outside every directory jobs can write."""
+    shared = [storage[k] for k in ("uploads", "workspaces", "artifacts", "logs")]
+    control = storage["control"]
+    where = Path(control) if control else Path(storage["workspaces"]).parent / "control"
+    for directory in shared:
+        if where == Path(directory) or Path(directory) in where.parents:
+            raise ConfigError(
+                f"storage.control ({where}) is inside {directory}, which the container uid "
+                "can write: a job could swap the control directory for a link. Put it "
+                "beside the storage directories instead (e.g. <state>/control, owned by the "
+                "API user, group flashpods, mode 2750, in a directory jobs cannot write)."
+            )
 
 
 # Credentials never belong in a config file (secrets come from the token service only).

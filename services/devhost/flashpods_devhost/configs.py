@@ -43,6 +43,7 @@ def api_config(
             "workspaces": str(paths.workspaces),
             "artifacts": str(paths.artifacts),
             "logs": str(paths.logs),
+            "control": str(paths.control),
         },
         "podman_url": f"unix://{paths.podman_socket}",
         "rsync_url": rsync_url,

@@ -57,6 +57,11 @@ class Paths:
         return self.root / "workspaces"
 
     @property
+    def control(self) -> Path:
+        """Warm containers' hand-over dirs: the API writes, jobs read; its parent is root's."""
+        return self.root / "control"
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 
@@ -143,6 +148,7 @@ class Layout:
         for shared in (p.uploads, p.workspaces, p.artifacts, p.logs):
             self._dir(shared, api, sandbox, 0o2770)
         self._dir(p.uploads / ".bases", api, sandbox, 0o2750)
+        self._dir(p.control, api, sandbox, 0o2750)
         self._dir(p.service_logs, None, None, 0o755)
         self._dir(p.run, None, None, 0o755)
         self._dir(p.podman_socket.parent, podman, sandbox, 0o750)
