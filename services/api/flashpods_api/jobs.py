@@ -316,7 +316,11 @@ class Engine:
             changes = cleared or self._record_changes(job)
         else:
             log_bytes, capped, changes = job.get("log_bytes"), bool(job.get("log_capped")), None
-        reason = job.get("stop_reason")
+        # The stop reason as it is now, not as the caller read it: a kill records its
+        # reason before it signals, so a job seen ended after that signal always finds
+        # it here, even when the caller's row was read before the kill (reaper tick).
+        fresh = self.store.get_job(job_id)
+        reason = (fresh or job).get("stop_reason")
         artifacts_error = None if failure else self.artifacts_error(job_id, reason)
         error = None
         if failure is not None:

@@ -235,3 +235,18 @@ def test_artifacts_past_the_cap_at_exit_fail_the_job(make_host):
     host.reaper.tick()
     final = host.store.get_job(job["id"])
     assert final["status"] == "failed" and "this host's cap" in final["error"]
+
+
+def test_a_kill_between_the_ticks_read_and_the_exit_is_recorded_killed(host):
+    # The reaper reads a job's row at the start of its tick; a kill can land after that
+    # read and make the container exit before finish runs. finish must take the stop
+    # reason as it is now (CI saw such a job recorded `failed`, exit 143).
+    job = host.job("sleep 60")
+    host.reaper.tick()
+    stale = host.store.get_job(job["id"])
+    assert stale["status"] == "running" and stale["stop_reason"] is None
+    host.post(f"/jobs/{job['id']}/kill")
+    host.runtime.exit(job["id"], 143)
+    host.engine.finish(stale, 143)
+    final = host.store.get_job(job["id"])
+    assert (final["status"], final["exit_code"]) == ("killed", 143)
