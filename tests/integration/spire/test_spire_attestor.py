@@ -18,6 +18,7 @@ import secrets
 from pathlib import Path
 
 import pytest
+from flashpods_token.verify_spire import BundleFile, SpireVerifier
 from spire_support import AUDIENCE, TRUST_DOMAIN, Spire, install, place_agent
 from token_support import FINAL, WORKER_IMAGE, Api, wait_container_running
 
@@ -90,6 +91,12 @@ def test_job_gets_its_svid_and_nothing_else_does(host, spire):
     assert c["sub"] == spiffe_id and AUDIENCE in (
         c["aud"] if isinstance(c["aud"], list) else [c["aud"]]
     )
+    # The token service's verifier accepts it against the real server's bundle file.
+    bundle = spire.root / "bundle.spiffe.json"
+    bundle.write_text(spire.server_cli("bundle", "show", "-format", "spiffe").stdout)
+    verifier = SpireVerifier(BundleFile(str(bundle)), TRUST_DOMAIN, AUDIENCE, 0, None)
+    svid = verifier.verify_token(m.group(2))
+    assert (svid.identity.job_id, svid.identity.role) == (job_id, "worker")
 
     # The other job (same instance, running, its own container) gets nothing: its
     # entry's selectors do not all match, and job_id's entry is not its.
