@@ -61,6 +61,9 @@ func (p *Plugin) Configure(_ context.Context, req *configv1.ConfigureRequest) (*
 		return nil, status.Error(codes.InvalidArgument,
 			`flashpods: set plugin_data instance to the flashpods.instance label of this host's jobs, e.g. "prod"`)
 	}
+	if err := checkCanReadJobNamespaces(p.kernel.procRoot, sock); err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 	timeout := 5 * time.Second
 	if c.PodmanTimeout > 0 {
 		timeout = time.Duration(c.PodmanTimeout) * time.Second

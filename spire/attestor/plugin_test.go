@@ -91,3 +91,30 @@ func TestRealKernelNamespaceOfLiveAndExitedProcesses(t *testing.T) {
 		t.Fatal("our own pidfd polls as exited")
 	}
 }
+
+func writeStatus(t *testing.T, root, capEff string) {
+	t.Helper()
+	if err := os.MkdirAll(root+"/self", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	text := "Name:\tspire-agent\nCapInh:\t0000000000000000\nCapEff:\t" + capEff + "\n"
+	if err := os.WriteFile(root+"/self/status", []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCapSysPtraceIsReadFromCapEff(t *testing.T) {
+	root := t.TempDir()
+	writeStatus(t, root, "0000000000080000") // bit 19 only
+	if ok, err := hasCapSysPtrace(root); err != nil || !ok {
+		t.Fatalf("bit 19 set: %v, %v", ok, err)
+	}
+	writeStatus(t, root, "000001ffffe7ffff") // everything but bit 19
+	if ok, err := hasCapSysPtrace(root); err != nil || ok {
+		t.Fatalf("bit 19 clear: %v, %v", ok, err)
+	}
+	writeStatus(t, root, "zz")
+	if _, err := hasCapSysPtrace(root); err == nil {
+		t.Fatal("a malformed CapEff was accepted")
+	}
+}

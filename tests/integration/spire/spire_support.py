@@ -11,7 +11,10 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from flashpods_devhost.process import as_user
 
 REPO = Path(__file__).resolve().parents[3]
 TRUST_DOMAIN = "flashpods.internal"
@@ -49,21 +52,34 @@ def wait_for(what: str, check, timeout_s: float = 60, logs: list[Path] = ()) -> 
 class Spire:
     """A running spire-server and spire-agent under root (0700)."""
 
-    def __init__(self, bins: dict[str, Path], root: Path, podman_socket: str, instance: str):
+    def __init__(
+        self,
+        bins: dict[str, Path],
+        root: Path,
+        podman_socket: str,
+        instance: str,
+        agent_account=None,
+        agent_caps: Sequence[str] = (),
+        wait_for_agent: bool = True,
+    ):
+        """The server runs as root; the agent as agent_account (a devhost Account whose
+        groups reach the Podman socket) with exactly agent_caps, or as root."""
         self.bins = bins
         self.root = root
-        root.mkdir(mode=0o700, parents=True)
+        root.mkdir(mode=0o711, parents=True)  # traversable, not listable
         self.server_socket = root / "server" / "api.sock"
+        self.agent_dir = root / "agent"
         # The workload socket's directory is traversable: jobs reach the socket itself.
-        self.agent_socket = root / "agent" / "public" / "api.sock"
+        self.agent_socket = self.agent_dir / "public" / "api.sock"
         for d in ("server/data", "agent/data", "agent/public"):
             (root / d).mkdir(parents=True, mode=0o700)
-        (root / "agent" / "public").chmod(0o755)
+        (self.agent_dir / "public").chmod(0o755)
+        self.agent_account = agent_account
         self.procs: list[subprocess.Popen] = []
         self.server_log = root / "server.log"
         self.agent_log = root / "agent.log"
         self._start_server()
-        self._start_agent(podman_socket, instance)
+        self._start_agent(podman_socket, instance, agent_caps, wait_for_agent)
 
     # -- processes ---------------------------------------------------------------------
 
@@ -118,14 +134,16 @@ plugins {{
 
         wait_for("spire-server did not become healthy", healthy, logs=[self.server_log])
 
-    def _start_agent(self, podman_socket: str, instance: str) -> None:
+    def _start_agent(
+        self, podman_socket: str, instance: str, caps: Sequence[str], wait: bool
+    ) -> None:
         token_out = self.server_cli("token", "generate", "-spiffeID", AGENT_ID, "-ttl", "600")
         token = token_out.stdout.split("Token:", 1)[1].split()[0]
-        bundle = self.root / "bundle.pem"
+        bundle = self.agent_dir / "bundle.pem"
         bundle.write_text(self.server_cli("bundle", "show").stdout)
         plugin = self.bins["attestor"]
         checksum = hashlib.sha256(plugin.read_bytes()).hexdigest()
-        conf = self.root / "agent.conf"
+        conf = self.agent_dir / "agent.conf"
         conf.write_text(f"""
 agent {{
   data_dir = "{self.root}/agent/data"
@@ -154,7 +172,15 @@ plugins {{
   }}
 }}
 """)
-        self._spawn([str(self.bins["spire_agent"]), "run", "-config", str(conf)], self.agent_log)
+        argv = [str(self.bins["spire_agent"]), "run", "-config", str(conf)]
+        if self.agent_account is not None:
+            for path in [self.agent_dir, *self.agent_dir.rglob("*")]:
+                os.chown(path, self.agent_account.uid, self.agent_account.gid)
+            argv = as_user(argv, self.agent_account, switch=True, ambient_caps=caps)
+        self._spawn(argv, self.agent_log)
+        self.agent_proc = self.procs[-1]
+        if not wait:
+            return
 
         def healthy() -> bool:
             out = subprocess.run(
@@ -165,7 +191,9 @@ plugins {{
             return out.returncode == 0
 
         wait_for(
-            "spire-agent did not become healthy", healthy, logs=[self.agent_log, self.server_log]
+            "spire-agent did not become healthy",
+            lambda: self.agent_proc.poll() is None and healthy(),
+            logs=[self.agent_log, self.server_log],
         )
 
     def register(self, spiffe_id: str, selectors: list[str]) -> None:

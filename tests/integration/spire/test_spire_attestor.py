@@ -46,12 +46,31 @@ def host(devhost_factory):
     return devhost_factory()
 
 
+def start_spire(bins, host, caps: tuple[str, ...], wait: bool = True) -> Spire:
+    """The agent runs as a non-root service account of the dev host that may use the
+    Podman socket (the token service's; there is no spire-agent account on the dev
+    host), with exactly the capabilities given."""
+    root = host.paths.root / f"spire-{secrets.token_hex(3)}"
+    return Spire(bins, root, str(host.paths.podman_socket), host.settings.instance,
+                 agent_account=host.accounts.token, agent_caps=caps,
+                 wait_for_agent=wait)  # fmt: skip
+
+
 @pytest.fixture
 def spire(bins, host):
-    root = host.paths.root / f"spire-{secrets.token_hex(3)}"
-    s = Spire(bins, root, str(host.paths.podman_socket), host.settings.instance)
+    s = start_spire(bins, host, ("sys_ptrace",))
     yield s
     s.stop()
+
+
+def test_agent_without_cap_sys_ptrace_refuses_to_start(bins, host):
+    s = start_spire(bins, host, (), wait=False)
+    try:
+        s.agent_proc.wait(timeout=60)
+        log = s.agent_log.read_text()
+        assert s.agent_proc.returncode != 0 and "needs CAP_SYS_PTRACE" in log, log[-3000:]
+    finally:
+        s.stop()
 
 
 def claims(jwt: str) -> dict:
