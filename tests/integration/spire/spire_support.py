@@ -61,6 +61,7 @@ class Spire:
         agent_account=None,
         agent_caps: Sequence[str] = (),
         wait_for_agent: bool = True,
+        with_agent: bool = True,
     ):
         """The server runs as root; the agent as agent_account (a devhost Account whose
         groups reach the Podman socket) with exactly agent_caps, or as root."""
@@ -79,7 +80,8 @@ class Spire:
         self.server_log = root / "server.log"
         self.agent_log = root / "agent.log"
         self._start_server()
-        self._start_agent(podman_socket, instance, agent_caps, wait_for_agent)
+        if with_agent:
+            self._start_agent(podman_socket, instance, agent_caps, wait_for_agent)
 
     # -- processes ---------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ import secrets
 from pathlib import Path
 
 import pytest
+from flashpods_api.registrar import SpireRegistrar
 from flashpods_token.verify_spire import BundleFile, SpireVerifier
-from spire_support import AUDIENCE, TRUST_DOMAIN, Spire, install, place_agent
+from spire_support import AGENT_ID, AUDIENCE, TRUST_DOMAIN, Spire, install, place_agent
 from token_support import FINAL, WORKER_IMAGE, Api, wait_container_running
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -78,11 +79,6 @@ def claims(jwt: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
-def selectors(host, job_id: str, kind: str) -> list[str]:
-    return [f"flashpods:job:{job_id}", f"flashpods:kind:{kind}",
-            f"flashpods:instance:{host.settings.instance}"]  # fmt: skip
-
-
 def test_job_gets_its_svid_and_nothing_else_does(host, spire):
     api = Api(host)
     workspaces = Path(host.api_config["storage"]["workspaces"])
@@ -92,7 +88,14 @@ def test_job_gets_its_svid_and_nothing_else_does(host, spire):
         wait_container_running(host, jid)
         place_agent(workspaces / jid, spire)
     spiffe_id = f"spiffe://{TRUST_DOMAIN}/job/{job_id}/worker"
-    spire.register(spiffe_id, selectors(host, job_id, "worker"))
+    # The API's registrar, against the real server, as in spire mode.
+    SpireRegistrar(
+        server_cli=str(spire.bins["spire_server"]),
+        server_socket=str(spire.server_socket),
+        trust_domain=TRUST_DOMAIN,
+        parent_id=AGENT_ID,
+        instance=host.settings.instance,
+    ).register(job_id, "worker")
     # The other job's entry names the wrong instance: it must never match.
     spire.register(
         f"spiffe://{TRUST_DOMAIN}/job/{other_id}/worker",
