@@ -23,7 +23,9 @@ from flashpods_token.verify_spire import BundleFile, SpireVerifier
 from spire_support import AGENT_ID, AUDIENCE, TRUST_DOMAIN, Spire, install, place_agent
 from token_support import FINAL, WORKER_IMAGE, Api, wait_container_running
 
-pytestmark = [pytest.mark.slow, pytest.mark.root]
+# On a machine without the SPIRE cache the first test builds SPIRE (scripts/lib/spire.sh,
+# tens of minutes cold): allow for it; a warm run takes seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(3600)]
 
 # The job waits for the test to hand it the agent, then asks for its SVID (a new entry
 # reaches the agent on its next sync: retry for a bounded time).
