@@ -156,6 +156,9 @@ agent {{
   trust_domain = "{TRUST_DOMAIN}"
   trust_bundle_path = "{bundle}"
   join_token = "{token}"
+  # The token service verifies SVIDs with the Workload API's FetchJWTBundles without
+  # being a registered workload itself (services/token/flashpods_token/workload_bundle.py).
+  allow_unauthenticated_verifiers = true
 }}
 plugins {{
   NodeAttestor "join_token" {{

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from flashpods_api.registrar import SpireRegistrar
 from flashpods_token.verify_spire import BundleFile, SpireVerifier
+from flashpods_token.workload_bundle import WorkloadApiBundle
 from spire_support import AGENT_ID, AUDIENCE, TRUST_DOMAIN, Spire, install, place_agent
 from token_support import FINAL, WORKER_IMAGE, Api, wait_container_running
 
@@ -121,6 +122,13 @@ def test_job_gets_its_svid_and_nothing_else_does(host, spire):
     verifier = SpireVerifier(BundleFile(str(bundle)), TRUST_DOMAIN, AUDIENCE, 0, None)
     svid = verifier.verify_token(m.group(2))
     assert (svid.identity.job_id, svid.identity.role) == (job_id, "worker")
+    # ... and against the bundle the real agent streams (FetchJWTBundles).
+    streamed = WorkloadApiBundle(str(spire.agent_socket), TRUST_DOMAIN)
+    try:
+        verifier = SpireVerifier(streamed, TRUST_DOMAIN, AUDIENCE, 0, None)
+        assert verifier.verify_token(m.group(2)).identity == svid.identity
+    finally:
+        streamed.close()
 
     # The other job (same instance, running, its own container) gets nothing: its
     # entry's selectors do not all match, and job_id's entry is not its.
