@@ -62,9 +62,11 @@ class Spire:
         agent_caps: Sequence[str] = (),
         wait_for_agent: bool = True,
         with_agent: bool = True,
+        server_account=None,
     ):
-        """The server runs as root; the agent as agent_account (a devhost Account whose
-        groups reach the Podman socket) with exactly agent_caps, or as root."""
+        """The server runs as server_account (the API's, whose registrar uses its admin
+        socket) or root; the agent as agent_account (a devhost Account whose groups
+        reach the Podman socket) with exactly agent_caps, or as root."""
         self.bins = bins
         self.root = root
         root.mkdir(mode=0o711, parents=True)  # traversable, not listable
@@ -76,6 +78,7 @@ class Spire:
             (root / d).mkdir(parents=True, mode=0o700)
         (self.agent_dir / "public").chmod(0o755)
         self.agent_account = agent_account
+        self.server_account = server_account
         self.procs: list[subprocess.Popen] = []
         self.server_log = root / "server.log"
         self.agent_log = root / "agent.log"
@@ -129,7 +132,12 @@ plugins {{
 }}
 """)
         self.server_port = port
-        self._spawn([str(self.bins["spire_server"]), "run", "-config", str(conf)], self.server_log)
+        argv = [str(self.bins["spire_server"]), "run", "-config", str(conf)]
+        if self.server_account is not None:
+            for path in [self.root / "server", *(self.root / "server").rglob("*")]:
+                os.chown(path, self.server_account.uid, self.server_account.gid)
+            argv = as_user(argv, self.server_account, switch=True)
+        self._spawn(argv, self.server_log)
 
         def healthy() -> bool:
             return self.server_cli("healthcheck", check=False).returncode == 0
@@ -181,6 +189,7 @@ plugins {{
         if self.agent_account is not None:
             for path in [self.agent_dir, *self.agent_dir.rglob("*")]:
                 os.chown(path, self.agent_account.uid, self.agent_account.gid)
+            self.agent_dir.chmod(0o711)  # jobs' Podman reaches public/ to mount the socket
             argv = as_user(argv, self.agent_account, switch=True, ambient_caps=caps)
         self._spawn(argv, self.agent_log)
         self.agent_proc = self.procs[-1]
