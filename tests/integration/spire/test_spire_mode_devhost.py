@@ -16,7 +16,7 @@ from flashpods_devhost.accounts import Accounts
 from flashpods_devhost.layout import Paths
 from flashpods_devhost.pytest_plugin import TEST_BASE
 from spire_support import AGENT_ID, TRUST_DOMAIN, Spire, install, wait_for
-from token_support import FINAL, Api, unique_secrets
+from token_support import FINAL, Api, unique_secrets, wait_container_running
 
 # A cold machine builds SPIRE in the first test (scripts/lib/spire.sh): allow for it.
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(3600)]
@@ -93,3 +93,39 @@ def test_job_gets_its_secrets_through_real_spire(spire_host):
 
     wait_for("the finished job's entry was not deleted", entry_gone, 30,
              logs=[host.paths.service_log("api"), host.paths.service_log("reaper")])  # fmt: skip
+
+
+def fetch_in(host, job_id: str, *extra: str):
+    return host.podman(
+        "exec", job_id, "/flashpods/bin/spire-agent", "api", "fetch", "jwt",
+        "-audience", "flashpods-token", "-socketPath", "/run/spire/sockets/agent.sock",
+        "-timeout", "5s", *extra,
+    )  # fmt: skip
+
+
+def test_a_job_cannot_get_another_jobs_svid(spire_host):
+    host, spire = spire_host
+    api = Api(host)
+    workspaces = Path(host.api_config["storage"]["workspaces"])
+    hold = "while [ ! -e /workspace/go ]; do sleep 0.1; done"
+    victim = api.create({"kind": "worker", "command": hold})
+    thief = api.create({"kind": "worker", "command": hold})
+    for jid in (victim, thief):
+        wait_container_running(host, jid)
+    victim_id = f"spiffe://{TRUST_DOMAIN}/job/{victim}/worker"
+    thief_id = f"spiffe://{TRUST_DOMAIN}/job/{thief}/worker"
+
+    # The thief is attested, as itself (once its new entry reached the agent).
+    wait_for("the thief's entry never reached the agent",
+             lambda: fetch_in(host, thief).returncode == 0, 60, logs=[spire.agent_log])  # fmt: skip
+    own = fetch_in(host, thief)
+    assert own.returncode == 0 and f"token({thief_id})" in own.stdout, own.stderr
+    assert victim_id not in own.stdout
+    stolen = fetch_in(host, thief, "-spiffeID", victim_id)
+    assert stolen.returncode != 0 and "token(" not in stolen.stdout, stolen.stdout
+    assert "no identity issued" in stolen.stderr + stolen.stdout, stolen.stderr
+
+    for jid in (victim, thief):
+        (workspaces / jid / "go").touch()
+    for jid in (victim, thief):
+        assert api.wait(jid, FINAL, timeout_s=120)["status"] == "succeeded"
