@@ -92,7 +92,8 @@ func (p *Plugin) Attest(ctx context.Context, req *workloadattestorv1.AttestReque
 		return &workloadattestorv1.AttestResponse{}, nil
 	}
 	if err != nil {
-		// Fail closed: an error makes the agent give this caller no identity.
+		// Fail closed: the agent logs the error and has no flashpods selectors for this
+		// caller, so no job entry (which needs all three) matches.
 		return nil, status.Errorf(codes.Unavailable, "flashpods: cannot ask Podman which jobs run: %v", err)
 	}
 	if m == nil {
