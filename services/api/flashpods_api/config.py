@@ -51,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
         "parent_id": "spiffe://flashpods.internal/agent/host",
         "jwt_svid_ttl_s": 300,
         "agent_socket": "/run/spire/sockets/agent.sock",
+        # A static spire-agent on the host, mounted read-only at /flashpods/bin/spire-agent
+        # in spire mode (flashpods-init runs it as the Workload API client) for images
+        # that do not carry one (the dev host's busybox image); null: the image has it
+        # (the NixOS images do).
+        "agent_cli": None,
     },
     "retention": {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600},
     "limits": {

@@ -253,6 +253,7 @@ class Engine:
             network_mode=cfg.network_mode,
             input_dir=input_dir,
             agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
+            agent_cli=cfg.spire["agent_cli"] if cfg.attestation == "spire" else None,
             resources=job_limits.container_resources(cfg, job),
             control_dir=control,
         )

@@ -6,13 +6,17 @@ without identity), `unregister(job_id)` when the job is final, and `sweep(live)`
 reconcile so entries of jobs that ended while the API was down are deleted too.
 
 Flags and output shapes are those of spiffe/spire's `cmd/spire-server/cli/entry`:
-`entry create -parentID -spiffeID -selector -jwtSVIDTTL -socketPath -output json`
+`entry create -parentID -spiffeID -selector... -jwtSVIDTTL -socketPath -output json`
 prints `{"results": [{"status": {"code", "message"}, "entry": {"id", ...}}]}`;
 `entry show ... -output json` prints `{"entries": [{"id", "spiffe_id": {"trust_domain",
 "path"}, ...}], ...}`; `entry delete -entryID X -output json` prints `{"results":
 [{"status": {...}, "id": X}]}`. Status codes are gRPC codes (0 OK, 5 NotFound,
 6 AlreadyExists); with -output json the CLI exits 0 even when a result failed, so
 the codes are checked here.
+
+The selectors are those the flashpods workload attestor plugin answers for a process of
+a live job container (docs/spire.md): `flashpods:job:<id>`, `flashpods:kind:<kind>`,
+`flashpods:instance:<instance>`; an entry matches only when all three do.
 
 In `peer` mode (dev host, no SPIRE) the token service attests callers from the
 kernel, so there is nothing to register: the registrar is a no-op.
@@ -28,7 +32,6 @@ from dataclasses import dataclass
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ROLE_OF_KIND = {"worker": "worker", "sub_agent": "agent"}
 _OK, _NOT_FOUND, _ALREADY_EXISTS = 0, 5, 6
-JOB_LABEL = "flashpods.job"
 
 
 class RegistrarError(Exception):
@@ -67,6 +70,7 @@ class SpireRegistrar:
     parent_id: str
     jwt_svid_ttl_s: int = 300
     timeout_s: float = 30.0
+    instance: str = "dev"
 
     # -- the CLI ---------------------------------------------------------------------
 
@@ -112,7 +116,14 @@ class SpireRegistrar:
         return f"spiffe://{self.trust_domain}/job/{job_id}/{role}"
 
     def _selector(self, job_id: str) -> str:
-        return f"docker:label:{JOB_LABEL}:{job_id}"
+        return f"flashpods:job:{job_id}"
+
+    def _selectors(self, job_id: str, kind: str) -> list[str]:
+        return [
+            self._selector(job_id),
+            f"flashpods:kind:{kind}",
+            f"flashpods:instance:{self.instance}",
+        ]
 
     def _entries_of(self, job_id: str) -> list[str]:
         out = self._run("show", "-selector", self._selector(job_id))
@@ -140,7 +151,7 @@ class SpireRegistrar:
             "create",
             "-parentID", self.parent_id,
             "-spiffeID", self.spiffe_id(job_id, role),
-            "-selector", self._selector(job_id),
+            *[arg for sel in self._selectors(job_id, kind) for arg in ("-selector", sel)],
             "-jwtSVIDTTL", str(int(self.jwt_svid_ttl_s)),
         )  # fmt: skip
         results = out.get("results") or []
@@ -190,4 +201,5 @@ def make_registrar(config: dict) -> SpireRegistrar | NoopRegistrar:
         trust_domain=spire["trust_domain"],
         parent_id=spire["parent_id"],
         jwt_svid_ttl_s=int(spire.get("jwt_svid_ttl_s") or 300),
+        instance=str(config.get("instance") or "dev"),
     )

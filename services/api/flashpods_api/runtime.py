@@ -23,6 +23,7 @@ from typing import Any
 
 # Containers see these paths; docs/design.md "The job container contract".
 HELPER_IN_CONTAINER = "/flashpods/bin/flashpods-init"
+AGENT_CLI_IN_CONTAINER = "/flashpods/bin/spire-agent"  # flashpods-init's default
 TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
 # The token socket's directory is mounted, not the socket: a bind mount of the socket
 # file keeps the old inode when the token service restarts and renames a new one in.
@@ -66,6 +67,7 @@ class RunSpec:
     network_mode: str
     input_dir: str | None = None
     agent_socket: str | None = None
+    agent_cli: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     # A warm container: labelled flashpods.warm=1, its hand-over dir mounted read-only.
     control_dir: str | None = None
@@ -119,6 +121,8 @@ def run_args(spec: RunSpec) -> list[str]:
     args += bind(token_socket_dir(spec.token_socket), TOKEN_DIR_IN_CONTAINER, ro=True)
     if spec.agent_socket:
         args += bind(spec.agent_socket, AGENT_SOCKET_IN_CONTAINER)
+    if spec.agent_cli:
+        args += bind(spec.agent_cli, AGENT_CLI_IN_CONTAINER, ro=True)
     for name, value in spec.env.items():
         args += ["--env", f"{name}={value}"]
     args.append(spec.image)

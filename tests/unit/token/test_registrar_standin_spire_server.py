@@ -67,7 +67,9 @@ def test_register_runs_entry_create_with_the_exact_flags_standin(standin):
             "entry", "create",
             "-parentID", PARENT,
             "-spiffeID", "spiffe://flashpods.internal/job/job_aaaabbbbcccc/agent",
-            "-selector", "docker:label:flashpods.job:job_aaaabbbbcccc",
+            "-selector", "flashpods:job:job_aaaabbbbcccc",
+            "-selector", "flashpods:kind:sub_agent",
+            "-selector", "flashpods:instance:dev",
             "-jwtSVIDTTL", "300",
             "-socketPath", SOCK,
             "-output", "json",
@@ -93,7 +95,7 @@ def test_unregister_shows_by_selector_then_deletes_by_entry_id_standin(standin):
     entry_id = entries(standin)[0]["id"]
     r.unregister("job_aaaaaaaaaaaa")
     assert calls(standin)[-2:] == [
-        ["entry", "show", "-selector", "docker:label:flashpods.job:job_aaaaaaaaaaaa",
+        ["entry", "show", "-selector", "flashpods:job:job_aaaaaaaaaaaa",
          "-socketPath", SOCK, "-output", "json"],
         ["entry", "delete", "-entryID", entry_id, "-socketPath", SOCK, "-output", "json"],
     ]  # fmt: skip
