@@ -88,7 +88,7 @@ def create_app(
 
     @app.post("/uploads")
     def create_upload() -> Any:
-        body = _json_body(optional=True) or {}
+        body = _json_body(optional=True)
         if not isinstance(body, dict) or set(body) - {"basis"}:
             raise bad_request(
                 "bad_json", 'The body must be empty or {"basis": "<previous upload_id>"}.'
@@ -344,10 +344,11 @@ def openapi_text() -> str:
 
 
 def _json_body(optional: bool = False) -> Any:
+    """The parsed JSON body; an empty body is {} when `optional` (JSON null is no object)."""
     raw = request.get_data(cache=False)
     if not raw.strip():
         if optional:
-            return None
+            return {}
         raise bad_request("bad_json", "The request needs a JSON body.")
     try:
         return json.loads(raw)
