@@ -58,8 +58,8 @@ class JobPlan:
         return cls(
             k=k,
             seed=seed,
-            lines=rng.randint(1, 30),
-            pace_s=rng.choice((0, 0.05, 0.1, 0.2)),
+            lines=rng.randint(1, 40),
+            pace_s=rng.choice((0, 0.05, 0.1, 0.2, 0.3)),
             bulk=rng.choice((0, 0, 2000, 20000)),
             exit_code=rng.choice((0, 0, 1, 3)),
         )
@@ -128,6 +128,11 @@ class Client:
             time.sleep(0.2)
 
 
+# A kill, the time down and the restart take about this long: submissions are spread over
+# the kills, so jobs are queued, running and finishing while services die.
+KILL_ROUND_S = 4.5
+
+
 def soak(host: DevHost, *, seed: int, jobs: int, kills: int, settle_s: float = 300) -> Figures:
     """Run the soak on a started host; returns the figures (losses empty when all held)."""
     started = time.monotonic()
@@ -155,7 +160,9 @@ def soak(host: DevHost, *, seed: int, jobs: int, kills: int, settle_s: float = 3
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"job {plan.k} could not be submitted in 120 s")
                     time.sleep(0.2)
-                time.sleep(pace.uniform(0, 0.6))
+                # Clumps (several at once: some wait in the queue) and gaps.
+                mean_gap = kills * KILL_ROUND_S / max(jobs, 1)
+                time.sleep(0 if pace.random() < 0.4 else pace.uniform(0, mean_gap / 0.3))
         except BaseException as error:  # reported by the main thread
             errors.append(error)
         finally:
