@@ -133,7 +133,15 @@ class Client:
 KILL_ROUND_S = 4.5
 
 
-def soak(host: DevHost, *, seed: int, jobs: int, kills: int, settle_s: float = 300) -> Figures:
+def soak(
+    host: DevHost,
+    *,
+    seed: int,
+    jobs: int,
+    kills: int,
+    settle_s: float = 300,
+    services: tuple[str, ...] = KILLABLE,
+) -> Figures:
     """Run the soak on a started host; returns the figures (losses empty when all held)."""
     started = time.monotonic()
     rng = random.Random(seed)
@@ -173,9 +181,9 @@ def soak(host: DevHost, *, seed: int, jobs: int, kills: int, settle_s: float = 3
     try:
         for _ in range(kills):
             time.sleep(rng.uniform(0.2, 2.5))
-            victims = [rng.choice(KILLABLE)]
+            victims = [rng.choice(services)]
             if rng.random() < 0.2:  # now and then two at once
-                victims = sorted({*victims, rng.choice(KILLABLE)}, key=SERVICE_ORDER.index)
+                victims = sorted({*victims, rng.choice(services)}, key=SERVICE_ORDER.index)
             for name in victims:
                 host.kill(name, signal.SIGKILL)
                 figures.kills[name] += 1
@@ -205,16 +213,16 @@ def check(host: DevHost, client: Client, figures: Figures, deadline: float) -> N
             continue
         seen.add(plan.k)
         figures.jobs_checked += 1
+        log = client.call(
+            "GET", f"/jobs/{job['id']}/logs", deadline, params={"format": "raw", "limit": 2**30}
+        ).content
         got = (job["status"], job["exit_code"])
         if got != (plan.status, plan.exit_code):
             figures.losses.append(
                 f"{job['id']} (job {plan.k}): {got}, not {(plan.status, plan.exit_code)}; "
-                f"error: {job['error']}"
+                f"error: {job['error']}; log ends: {log[-300:].decode(errors='replace')!r}"
             )
             continue
-        log = client.call(
-            "GET", f"/jobs/{job['id']}/logs", deadline, params={"format": "raw", "limit": 2**30}
-        ).content
         if log != plan.log:
             figures.losses.append(
                 f"{job['id']} (job {plan.k}): log of {len(log)} bytes differs from the "
@@ -268,14 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    parser.add_argument(
+        "--services", default=",".join(KILLABLE), help="which to kill (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    services = tuple(args.services.split(","))
+    if not services or set(services) - set(KILLABLE):
+        parser.error(f"--services takes names from {', '.join(KILLABLE)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     print(f"soak: seed {seed}", file=sys.stderr, flush=True)
     host = DevHost(new_settings(**SOAK_HOST))
     host.start()
     try:
-        figures = soak(host, seed=seed, jobs=args.jobs, kills=args.kills)
+        figures = soak(host, seed=seed, jobs=args.jobs, kills=args.kills, services=services)
         problems = verdict(figures)
         if problems:
             for name in SERVICE_ORDER:
