@@ -38,6 +38,14 @@ CHECKS = (
     "negative_data_rejection",
     "ignored_auth",
 )
+# A request the document forbids must be refused: 4xx. schemathesis's list lacks 413 and
+# 414, the refusals of a body over 1 MiB (the API) and of a request line over 4094
+# bytes (gunicorn, before the API); both are documented answers.
+CONFIG = """
+[checks.negative_data_rejection]
+expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "414", "415",
+                     "422", "428", "429"]
+"""
 # Bounds that keep the real containers of accepted jobs few and short.
 FUZZ_HOST = {
     "max_concurrent_jobs": 2,
@@ -70,8 +78,12 @@ def run(
 ) -> dict[str, Any]:
     """Run schemathesis against `host`; returns the counted figures and its output."""
     har = report_dir / "fuzz.har"
+    config = report_dir / "schemathesis.toml"
+    config.write_text(CONFIG)
     argv = [
         str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(config),
         "run",
         f"{host.api_url}/openapi.json",
         "--header",
