@@ -40,8 +40,11 @@ def test_log_offsets_past_the_largest_file_read_nothing(devhost_factory):
 def test_an_upload_body_that_is_no_object_is_refused(devhost_factory):
     api = Api(devhost_factory())
     # What the fuzzer sent ([] was taken as "no basis" and answered 201), and kin.
-    for body in ([], "", 0, False, None, ["basis"], {"basis": 1}, {"basis": "up_"}):
-        answer = api.post("/uploads", data=json.dumps(body))
+    bodies = [json.dumps(b) for b in ([], "", 0, False, None, ["basis"], {"basis": 1})]
+    bodies += [json.dumps({"basis": "up_"}), "\x0c", " \x0b "]  # \x0c was taken as empty
+    for body in bodies:
+        answer = api.post("/uploads", data=body)
         assert answer.status_code == 400, (body, answer.text)
         assert answer.json()["code"] in ("bad_json", "bad_basis"), answer.text
+    assert api.post("/uploads", data=" \r\n\t").status_code == 201  # JSON's own whitespace
     assert api.post("/uploads").status_code == 201  # an empty body is still fine
