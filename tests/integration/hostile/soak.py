@@ -279,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--services", default=",".join(KILLABLE), help="which to kill (default: %(default)s)"
     )
+    parser.add_argument(
+        "--helper", default=None, help="the flashpods-init jobs run (default: the host's)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     services = tuple(args.services.split(","))
@@ -286,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--services takes names from {', '.join(KILLABLE)}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     print(f"soak: seed {seed}", file=sys.stderr, flush=True)
-    host = DevHost(new_settings(**SOAK_HOST))
+    settings: dict[str, Any] = dict(SOAK_HOST)
+    if args.helper:  # e.g. one built from this checkout by scripts/lib/build-helper.sh
+        settings["api_overrides"] = {**SOAK_HOST["api_overrides"], "helper_path": args.helper}
+    host = DevHost(new_settings(**settings))
     host.start()
     try:
         figures = soak(host, seed=seed, jobs=args.jobs, kills=args.kills, services=services)
