@@ -155,6 +155,12 @@ static int read_response(int fd, long timeout_s, struct buf *resp, struct err *e
              * complete or not by its own Content-Length (parse_response checks). */
             if (errno == ECONNRESET && resp->len > 0)
                 break;
+            if (errno == ECONNRESET) {
+                err_set(e, "the token service closed the connection without answering; "
+                           "check the token service's log");
+                explicit_bzero(chunk, sizeof chunk);
+                return -2; /* hung up: the caller may retry */
+            }
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 err_set(e, "the token service did not answer within %ld s; check the token "
                            "service's log",
@@ -378,11 +384,18 @@ static int exchange_once(const char *path, const char *bearer, long timeout_s,
         *e = send_err;
     } else {
         rc = read_response(fd, timeout_s, &resp, e);
+        /* Gone without a byte of answer: the service died mid-exchange (SIGKILL, OOM)
+         * or restarted; its successor answers a retry, as a busy service does. */
+        int hung_up = rc == -2 || (rc == 0 && !resp.data);
         if (sent == 1 && (rc != 0 || !resp.data)) {
             *e = send_err; /* nothing answered: the failed send is the news */
             rc = -1;
         } else if (rc == 0) {
             rc = parse_response(&resp, body, busy, e);
+        }
+        if (hung_up) {
+            *busy = 1;
+            rc = -1;
         }
     }
     close(fd);

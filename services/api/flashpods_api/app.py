@@ -37,6 +37,9 @@ RAW_FINAL_LIMIT_MAX = 1024 * 1024 * 1024
 FOLLOW_RECHECK_S = 0.5
 FOLLOW_CHUNK = 256 * 1024
 FILE_BLOCK = 1024 * 1024
+# JSON's whitespace (RFC 8259): a body of only these is empty; bytes.strip() would also
+# take \x0b and \x0c, which make a body that is not JSON.
+JSON_SPACE = b" \t\r\n"
 _TIMES = (
     "created_at",
     "claimed_at",
@@ -88,7 +91,7 @@ def create_app(
 
     @app.post("/uploads")
     def create_upload() -> Any:
-        body = _json_body(optional=True) or {}
+        body = _json_body(optional=True)
         if not isinstance(body, dict) or set(body) - {"basis"}:
             raise bad_request(
                 "bad_json", 'The body must be empty or {"basis": "<previous upload_id>"}.'
@@ -344,10 +347,11 @@ def openapi_text() -> str:
 
 
 def _json_body(optional: bool = False) -> Any:
+    """The parsed JSON body; an empty body is {} when `optional` (JSON null is no object)."""
     raw = request.get_data(cache=False)
-    if not raw.strip():
+    if not raw.strip(JSON_SPACE):
         if optional:
-            return None
+            return {}
         raise bad_request("bad_json", "The request needs a JSON body.")
     try:
         return json.loads(raw)

@@ -134,7 +134,8 @@ def read(logs_dir: Path, job_id: str, offset: int, limit: int, cap: int) -> byte
     for attempt in range(2):
         try:
             with open_regular(final) as fh:
-                fh.seek(offset)
+                # Clamped: lseek() past the file system's largest file fails (EINVAL).
+                fh.seek(min(offset, os.fstat(fh.fileno()).st_size))
                 return fh.read(limit)
         except FileNotFoundError:
             pass
@@ -172,7 +173,7 @@ class Follower:
         try:
             with open_regular(final_log_path(self.logs_dir, self.job_id)) as fh:
                 self.close()
-                fh.seek(self.pos)
+                fh.seek(min(self.pos, os.fstat(fh.fileno()).st_size))  # as in read()
                 data = fh.read(limit)
         except FileNotFoundError:
             data = self._read_live(limit)
