@@ -39,7 +39,9 @@ def test_api_config_has_the_design_keys_and_paths_under_the_root() -> None:
     assert set(config) == API_KEYS
     assert config["db_path"] == str(PATHS.root / "db" / "flashpods.db")
     assert config["podman_url"] == f"unix://{PATHS.root}/run/podman/podman.sock"
-    assert set(config["storage"]) == {"uploads", "workspaces", "artifacts", "logs"}
+    assert set(config["storage"]) == {"uploads", "workspaces", "artifacts", "logs", "control"}
+    # The warm pool's control root: beside the job-writable dirs, never inside them.
+    assert config["storage"]["control"] == str(PATHS.root / "control")
     # Retention given in the settings replaces only the keys it names.
     assert config["retention"] == {"artifacts_s": 3600, "logs_s": 5, "uploads_s": 3600}
 

@@ -25,7 +25,11 @@ from flashpods_mcp.unpack import UnpackLimits
 pytestmark = [pytest.mark.slow, pytest.mark.root]  # a real dev host needs root
 FLASHPODS = str(Path(sys.executable).parent / "flashpods")
 ZWNJ_GIT = ".g\u200cit"  # HFS+ ignores U+200C: the same name as .git on a Mac
-DEPTH = 300  # deeper than the laptop's limit (256), well inside what the host serves
+# As deep as the host lets a job go (a tree deeper than 256 levels fails the job, and
+# the host lists and serves nothing below that): the laptop writes it without
+# recursing, and with a lowered limit skips it and says so.
+DEPTH = 250
+DEEP_FILE = "d/" * DEPTH + "f"
 
 HOSTILE = rf"""
 set -e
@@ -112,9 +116,8 @@ def assert_nothing_refused_landed(project):
         if target != ".git":
             assert not os.path.lexists(project / target), target
     assert not (project / "tool.sh").stat().st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    # the host serves regular files only: the one file below the limit is skipped, so
-    # not even the directories above it are made
-    assert not (project / "d").exists()
+    # the deep file is written, however deep, without recursion
+    assert (project / DEEP_FILE).read_text() == "bottom\n"
 
 
 def test_mcp_refuses_git_metadata_and_says_so(hostile_job, laptop, laptop_env, open_mcp):
@@ -143,10 +146,7 @@ def test_mcp_refuses_git_metadata_and_says_so(hostile_job, laptop, laptop_env, o
     for prefix in REFUSED.values():
         hits = [r for p, r in reasons.items() if p == prefix or p.startswith(prefix + "/")]
         assert hits and all(r.startswith("refused: ") for r in hits), (prefix, reasons)
-    assert any("deeper than 256 levels" in r for r in reasons.values())
-    # the deep file is listed (its 601-character path shortened for the agent's context)
-    [deep] = [p for p, r in reasons.items() if "deeper than 256 levels" in r]
-    assert deep.startswith("d/d/d/") and deep.endswith("d/d/f") and "..." in deep
+    assert DEEP_FILE in files
     text = called.content[0].text
     assert "Skipped: " in text and "lost the exec bit" in text
 
@@ -173,8 +173,27 @@ def test_cli_refuses_the_same_and_prints_what(hostile_job, laptop, host):
     assert done.returncode == 0, done.stderr
     assert_nothing_refused_landed(project)
     assert re.search(r"^skipped \.git/\S+: refused: \.git is git metadata", done.stderr, re.M)
-    assert "deeper than 256 levels" in done.stderr
     assert "exec bit in the job, which is never kept" in done.stderr
+
+
+def test_a_member_past_the_laptops_depth_limit_is_skipped_and_reported(hostile_job, host, laptop):
+    """The host never serves more than 256 levels; the laptop holds a compromised host to
+    its own limit (lowered here so a real job can reach it) and names what it skipped."""
+    env = {
+        "HOME": str(laptop),
+        "FLASHPODS_API_URL": host.api_url,
+        "FLASHPODS_API_TOKEN": host.api_token,
+        "FLASHPODS_RSYNC_URL": host.rsync_url,
+    }
+    flashpods = Flashpods(load_settings(env))
+    dest = laptop / "deep"
+    got = flashpods.fetch_artifacts(hostile_job, dest, limits=UnpackLimits(max_depth=200))
+    reasons = {s.path: s.reason for s in got.skipped}
+    # the deep file is listed (its 501-character path shortened for the agent's context)
+    [deep] = [p for p, r in reasons.items() if "deeper than 200 levels" in r]
+    assert deep.startswith("d/d/d/") and deep.endswith("d/d/f") and "..." in deep
+    assert not (dest / "d").exists()  # not even the directories above it
+    assert (dest / "result.txt").read_text() == "ok\n"
 
 
 def test_a_flood_of_entries_is_refused_whole(host, laptop):
