@@ -176,16 +176,21 @@ def test_cli_refuses_the_same_and_prints_what(hostile_job, laptop, host):
     assert "exec bit in the job, which is never kept" in done.stderr
 
 
-def test_a_member_past_the_laptops_depth_limit_is_skipped_and_reported(hostile_job, host, laptop):
-    """The host never serves more than 256 levels; the laptop holds a compromised host to
-    its own limit (lowered here so a real job can reach it) and names what it skipped."""
+def laptop_client(host, laptop):
+    """The laptop's Flashpods client, pointed at the test host."""
     env = {
         "HOME": str(laptop),
         "FLASHPODS_API_URL": host.api_url,
         "FLASHPODS_API_TOKEN": host.api_token,
         "FLASHPODS_RSYNC_URL": host.rsync_url,
     }
-    flashpods = Flashpods(load_settings(env))
+    return Flashpods(load_settings(env))
+
+
+def test_a_member_past_the_laptops_depth_limit_is_skipped_and_reported(hostile_job, host, laptop):
+    """The host never serves more than 256 levels; the laptop holds a compromised host to
+    its own limit (lowered here so a real job can reach it) and names what it skipped."""
+    flashpods = laptop_client(host, laptop)
     dest = laptop / "deep"
     got = flashpods.fetch_artifacts(hostile_job, dest, limits=UnpackLimits(max_depth=200))
     reasons = {s.path: s.reason for s in got.skipped}
@@ -200,13 +205,7 @@ def test_a_flood_of_entries_is_refused_whole(host, laptop):
     """The host serves up to 10,000 entries; the laptop's own cap (lowered here so a
     real job can reach it) refuses the archive with a clear error, writing nothing."""
     project = laptop / "project"
-    env = {
-        "HOME": str(laptop),
-        "FLASHPODS_API_URL": host.api_url,
-        "FLASHPODS_API_TOKEN": host.api_token,
-        "FLASHPODS_RSYNC_URL": host.rsync_url,
-    }
-    flashpods = Flashpods(load_settings(env))
+    flashpods = laptop_client(host, laptop)
     flood = "cd /artifacts; i=0; while [ $i -lt 1500 ]; do : > f$i; i=$((i+1)); done"
     job, _ = flashpods.spawn("worker", command=flood)
     assert wait_final(flashpods, job["id"])["status"] == "succeeded"

@@ -160,3 +160,46 @@ cat <<'OUT'
 def agent_calls(path: Path, state_dir: Path | None = None) -> list[str]:
     calls = (state_dir or path.parent) / (path.name + ".calls")
     return calls.read_text().splitlines() if calls.exists() else []
+
+
+class CountingService:
+    """A token service on a unix socket that numbers its connections: `answer(n, conn)`
+    decides what connection n (from 1) gets. Used for the refusals a real service gives
+    before its answer (busy, rate limited, killed mid-exchange)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind(str(path))
+        self._sock.listen(16)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def answer(self, n: int, conn: socket.socket) -> None:
+        raise AssertionError("subclasses say what each connection gets")
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                self.answer(self.connections, conn)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def read_request_head(conn: socket.socket) -> bytes:
+    """The request up to its blank line (or what came before the caller hung up)."""
+    conn.settimeout(5)
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        request += chunk
+    return request

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from pathlib import Path
 
-from helper_standin import http_response, secrets_body
+from helper_standin import CountingService, http_response, read_request_head, secrets_body
 from helper_support import base_env, run_helper
 
 PRINT_TOKEN = ["--", "/bin/sh", "-c", 'printf "%s" "$GITHUB_TOKEN"']
@@ -22,43 +21,21 @@ RATE_LIMITED = http_response(
 )
 
 
-class BusyService:
+class BusyService(CountingService):
     """Answers the first `busy` connections the way the real service refuses over its
     caps (answer at once, never read, hang up), then grants like the real one."""
 
     def __init__(self, path: Path, busy: int, refusal: bytes = BUSY) -> None:
-        self.path = path
         self.busy = busy
         self.refusal = refusal
-        self.connections = 0
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        self._sock.listen(16)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                if self.connections <= self.busy:
-                    conn.send(self.refusal)
-                    continue
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                conn.sendall(http_response(200, secrets_body({"GITHUB_TOKEN": "ghp-after-busy"})))
-
-    def close(self) -> None:
-        self._sock.close()
+    def answer(self, n: int, conn: socket.socket) -> None:
+        if n <= self.busy:
+            conn.send(self.refusal)
+            return
+        read_request_head(conn)
+        conn.sendall(http_response(200, secrets_body({"GITHUB_TOKEN": "ghp-after-busy"})))
 
 
 def test_busy_service_is_retried_until_it_answers(helper, workdir):

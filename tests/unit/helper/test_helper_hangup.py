@@ -7,50 +7,26 @@ FLASHPODS_TOKEN_BUSY_WAIT_S, instead of failing the job with exit 125."""
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 
-from helper_standin import http_response, secrets_body
+from helper_standin import CountingService, http_response, read_request_head, secrets_body
 from helper_support import base_env, run_helper
 
 PRINT_TOKEN = ["--", "/bin/sh", "-c", 'printf "%s" "$GITHUB_TOKEN"']
 
 
-class DyingService:
+class DyingService(CountingService):
     """Reads the first `deaths` requests whole and hangs up without answering (what a
     SIGKILL of the service leaves its callers with), then grants like the real one."""
 
-    def __init__(self, path: Path, deaths: int, reset: bool = False) -> None:
-        self.path = path
+    def __init__(self, path: Path, deaths: int) -> None:
         self.deaths = deaths
-        self.reset = reset
-        self.connections = 0
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(str(path))
-        self._sock.listen(16)
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(path)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                if self.connections > self.deaths:
-                    conn.sendall(http_response(200, secrets_body({"GITHUB_TOKEN": "ghp-reborn"})))
-
-    def close(self) -> None:
-        self._sock.close()
+    def answer(self, n: int, conn: socket.socket) -> None:
+        read_request_head(conn)
+        if n > self.deaths:
+            conn.sendall(http_response(200, secrets_body({"GITHUB_TOKEN": "ghp-reborn"})))
 
 
 def test_a_service_that_hangs_up_without_answering_is_retried(helper, workdir):
