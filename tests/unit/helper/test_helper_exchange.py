@@ -138,7 +138,11 @@ REFUSALS = [
 @pytest.mark.parametrize(("responder", "expected"), REFUSALS)
 def test_refusals_exit_125_with_one_line(helper, workdir, token_server, responder, expected):
     server = token_server(responder)
-    env = base_env(workdir, FLASHPODS_TOKEN_SOCKET=str(server.path))
+    # A hang-up is retried like a busy service (test_helper_hangup.py); 1 s of retries
+    # is enough to see that a service that keeps hanging up still fails the job.
+    env = base_env(
+        workdir, FLASHPODS_TOKEN_SOCKET=str(server.path), FLASHPODS_TOKEN_BUSY_WAIT_S="1"
+    )
 
     result = run_helper(helper, ["--", "/bin/sh", "-c", "echo RAN"], env)
 
