@@ -52,12 +52,14 @@ class TokenServer:
         self._sock.bind(str(path))
         os.chmod(path, mode)
         self._sock.listen(16)
+        # Set before the thread starts: a test that closes at once must not race
+        # the thread's first use of the socket.
+        self._sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        self._sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
