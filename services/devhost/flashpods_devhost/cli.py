@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
+from .host import ATTESTATION_MODES, DEFAULT_ROOT, DEFAULT_VENV, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
 ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
@@ -62,6 +62,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     run.add_argument("--laptop-addr", default="127.0.0.1", help="the laptop's address")
     run.add_argument("--detach", action="store_true", help="return once /healthz answers")
+    run.add_argument(
+        "--attestation",
+        choices=ATTESTATION_MODES,
+        default="peer",
+        help="spire: also run a real spire-server and spire-agent with the flashpods "
+        "attestor, the API's registrar and the token service in spire mode (docs/spire.md)",
+    )
     env_file = os.environ.get("FLASHPODS_DEV_ENV_FILE")
     run.add_argument(
         "--env-file",
@@ -105,6 +112,7 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         rsync_host=args.rsync_host,
         rsync_port=args.rsync_port,
         max_concurrent_jobs=args.max_concurrent_jobs,
+        attestation=args.attestation,
         secrets=secrets,
         roles=roles,
         firewall=args.firewall,
@@ -177,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
 
 def supervise(host: DevHost, stopping) -> None:
     """Restart a service that died (a few times), so a crash does not end the host."""
-    restarts = dict.fromkeys(SERVICE_ORDER, 0)
+    restarts = dict.fromkeys(host.service_names, 0)
     while not stopping():
         time.sleep(0.5)
-        for name in SERVICE_ORDER:
+        for name in host.service_names:
             service = host._services[name]
             if stopping() or service.running:
                 continue
@@ -242,6 +250,7 @@ def detach(args: argparse.Namespace) -> int:
         ("--rsync-host", args.rsync_host),
         ("--rsync-port", args.rsync_port),
         ("--max-concurrent-jobs", args.max_concurrent_jobs),
+        ("--attestation", args.attestation),
     ):
         argv += [flag, str(value)]
     argv.append("--firewall" if args.firewall else "--no-firewall")

@@ -125,3 +125,14 @@ def grep_tree(root: Path, needles: list[str], skip: set[Path]) -> list[str]:
                 continue
             hits += [f"{path}: {n.decode()}" for n in raw if n in data]
     return hits
+
+
+def wait_for(what: str, check, timeout_s: float = 60, logs: list[Path] = ()) -> None:
+    """Poll check() until true; on timeout fail with `what` and the tails of logs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"{what} within {timeout_s:.0f} s\n{tails}")
