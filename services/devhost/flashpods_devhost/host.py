@@ -337,8 +337,9 @@ class DevHost:
                 "XDG_RUNTIME_DIR": str(paths.token_runtime),
                 "FLASHPODS_TOKEN_CONFIG": str(paths.token_config),
             }
-            # Peer attestation reads another uid's pid namespace through a pidfd.
-            caps = ("sys_ptrace",) if acc.separated else ()
+            # Peer attestation reads another uid's pid namespace through a pidfd; in
+            # spire mode the agent does that, and the token service needs no capability.
+            caps = ("sys_ptrace",) if acc.separated and s.attestation == "peer" else ()
             umask = 0o007
         elif name == "rsyncd":
             account = None  # root: chroots, then switches to the module's uid/gid

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pwd
+import stat
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,38 @@ def test_a_job_cannot_get_another_jobs_svid(devhost_factory):
         (workspaces / jid / "go").touch()
     for jid in (victim, thief):
         assert api.wait(jid, FINAL, timeout_s=120)["status"] == "succeeded"
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _owner(path: Path) -> tuple[str, int]:
+    st = path.stat()
+    return pwd.getpwuid(st.st_uid).pw_name, stat.S_IMODE(st.st_mode)
+
+
+def test_spire_services_run_with_least_privilege(devhost_factory):
+    host = devhost_factory(attestation="spire")
+    spire, acc = host.spire, host.accounts
+    cap_sys_ptrace = 1 << 19
+    agent, server, token = (
+        _status(host._services[name].pid) for name in ("spire-agent", "spire-server", "token")
+    )
+    # The agent: its own non-root account, exactly CAP_SYS_PTRACE (the attestor reads
+    # job processes' PID namespaces), and nothing it could pass on beyond that.
+    assert agent["Uid"].split()[0] == str(acc.token.uid)
+    for field in ("CapEff", "CapPrm", "CapAmb"):
+        assert int(agent[field], 16) == cap_sys_ptrace, (field, agent[field])
+    # The server (the registrar's admin socket) and the token service in spire mode
+    # hold no capability at all.
+    assert server["Uid"].split()[0] == str(acc.api.uid)
+    for status in (server, token):
+        assert int(status["CapEff"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    # The admin socket and both data directories are private to their users; only
+    # the Workload API socket is reachable by jobs (and the token service).
+    assert _owner(spire.paths.server_dir) == (acc.api.name, 0o700)
+    assert _owner(spire.paths.agent_data) == (acc.token.name, 0o700)
+    assert _owner(spire.paths.agent_public) == (acc.token.name, 0o755)
+    assert spire.paths.agent_socket.is_socket()
