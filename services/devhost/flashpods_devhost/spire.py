@@ -105,7 +105,8 @@ class SpirePaths:
 
     @property
     def agent_socket(self) -> Path:
-        return self.agent_public / "api.sock"
+        # The API mounts this directory into jobs and looks for that name in it.
+        return self.agent_public / "agent.sock"
 
     @property
     def agent_config(self) -> Path:

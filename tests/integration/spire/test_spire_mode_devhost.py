@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pwd
 import stat
 from pathlib import Path
@@ -17,7 +18,14 @@ from pathlib import Path
 import pytest
 from flashpods_devhost.configs import TRUST_DOMAIN
 from flashpods_token.identity import identity_for_kind
-from token_support import FINAL, Api, unique_secrets, wait_container_running, wait_for
+from token_support import (
+    FINAL,
+    Api,
+    svid_in,
+    unique_secrets,
+    wait_container_running,
+    wait_for,
+)
 
 # A cold machine builds SPIRE in the first test (scripts/lib/spire.sh): allow for it.
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(3600)]
@@ -143,3 +151,22 @@ def test_spire_services_run_with_least_privilege(devhost_factory):
     assert _owner(spire.paths.agent_data) == (acc.token.name, 0o700)
     assert _owner(spire.paths.agent_public) == (acc.token.name, 0o755)
     assert spire.paths.agent_socket.is_socket()
+
+
+def test_agent_restart_keeps_running_jobs_served(devhost_factory):
+    """spire-agent restarts (an upgrade, a crash the supervisor undoes) while a job
+    runs: the job's Workload API must still answer, as the token socket does after a
+    token service restart."""
+    host = devhost_factory(attestation="spire")
+    api = Api(host)
+    job_id = api.create({"kind": "worker", "command": "sleep 600"})
+    wait_container_running(host, job_id)
+    assert svid_in(host, job_id)
+    host.kill("spire-agent")
+    host.start("spire-agent")
+    assert svid_in(host, job_id, timeout_s=30)
+    # The mounted directory holds the agent's socket and nothing else, on both sides.
+    inside = host.podman("exec", job_id, "ls", "-A", "/run/spire/sockets")
+    assert inside.stdout.split() == ["agent.sock"], inside
+    assert os.listdir(host.spire.paths.agent_public) == ["agent.sock"]
+    api.s.post(f"{api.url}/jobs/{job_id}/kill", timeout=30)
