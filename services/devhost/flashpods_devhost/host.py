@@ -338,8 +338,9 @@ class DevHost:
                 "FLASHPODS_TOKEN_CONFIG": str(paths.token_config),
             }
             # Peer attestation reads another uid's pid namespace through a pidfd; in
-            # spire mode the agent does that, and the token service needs no capability.
-            caps = ("sys_ptrace",) if acc.separated and s.attestation == "peer" else ()
+            # both modes the per-job connection cap reads it at accept (peer_key.py,
+            # docs/security.md): without it, spire mode on cgroup v1 has no per-job cap.
+            caps = ("sys_ptrace",) if acc.separated else ()
             umask = 0o007
         elif name == "rsyncd":
             account = None  # root: chroots, then switches to the module's uid/gid
