@@ -162,3 +162,38 @@ def test_the_generated_agent_attests_and_loads_the_flashpods_plugin(generated, b
                 proc.kill()
                 proc.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.root
+def test_the_plugin_needs_a_writable_tmpdir_which_the_unit_gets_from_private_tmp(
+    generated, bins, tmp_path
+):
+    # hashicorp/go-plugin makes the plugin's socket in os.TempDir(); under the unit's
+    # ProtectSystem=strict, /tmp is read-only unless PrivateTmp gives it a private one.
+    # A read-only TMPDIR (a read-only bind mount, which binds root too) stops the agent.
+    facts = generated[VERSION]
+    agent_unit = facts["units"]["flashpods-spire-agent"]["serviceConfig"]
+    assert agent_unit["ProtectSystem"] == "strict" and agent_unit["PrivateTmp"] is True
+    store_plugin = facts["agentConfig"]["plugins"]["WorkloadAttestor"]["flashpods"]["plugin_cmd"]
+    for d in ("state", "cred", "public", "tmp"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "cred" / "join_token").write_text("token")
+    (tmp_path / "cred" / "trust_bundle").write_text("")
+    conf = tmp_path / "agent.json"
+    conf.write_text(relocate(facts["agentConfigText"], {
+        store_plugin: str(bins["attestor"]),
+        facts["agentConfig"]["agent"]["socket_path"]: str(tmp_path / "public" / "api.sock"),
+    }))  # fmt: skip
+    tmp = tmp_path / "tmp"
+    agent = f"{bins['spire_agent']} run -config {conf} -expandEnv"
+    out = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount --bind -o ro {tmp} {tmp} && exec {agent}"],
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "TMPDIR": str(tmp),
+             "STATE_DIRECTORY": str(tmp_path / "state"),
+             "CREDENTIALS_DIRECTORY": str(tmp_path / "cred")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert out.returncode != 0, log
+    assert "plugin init error" in log and "read-only file system" in log, log
+    assert 'msg="Plugin loaded" external=true plugin_name=flashpods' not in log
