@@ -28,6 +28,7 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
+from typing import Protocol
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ROLE_OF_KIND = {"worker": "worker", "sub_agent": "agent"}
@@ -36,6 +37,14 @@ _OK, _NOT_FOUND, _ALREADY_EXISTS = 0, 5, 6
 
 class RegistrarError(Exception):
     """A sentence saying why a job's identity could not be set up or removed."""
+
+
+class Registrar(Protocol):
+    """What the API and the reaper need of a registrar (SpireRegistrar, NoopRegistrar)."""
+
+    def register(self, job_id: str, kind: str) -> None: ...
+    def unregister(self, job_id: str) -> None: ...
+    def sweep(self, live_job_ids: set[str]) -> None: ...
 
 
 class NoopRegistrar:

@@ -143,7 +143,7 @@ def test_locked_files_are_normalized_before_removal(host, monkeypatch):
 
     real_remove = jobs.jobtree.remove
     monkeypatch.setattr(jobs.jobtree, "remove", fake_remove)
-    host.engine.remove_tree(ws)
+    host.engine.files.remove_tree(ws)
     assert host.runtime.normalized == [str(ws)] and not ws.exists()
 
 
@@ -162,7 +162,7 @@ def test_claims_from_many_processes_never_exceed_the_cap(tmp_path):
     db = str(tmp_path / "race.db")
     store = Store(db, "race")
     for n in range(40):
-        store.create_job(
+        store.submit(
             {"id": f"job_{n:012d}", "kind": "worker", "command": "x",
              "image": "i", "env": {}, "timeout_s": 5, "resources": {}},
             1000,
