@@ -1,4 +1,4 @@
-# SPIRE server + agent (08-spire.md) as the module's own units,
+# SPIRE server + agent (docs/spire.md) as the module's own units,
 # flashpods-spire-server and flashpods-spire-agent, run from pkgs.spire.
 #
 # nixos-25.11 has no services.spire (NixOS/nixpkgs#481447 came after the

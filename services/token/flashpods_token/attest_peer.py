@@ -10,7 +10,7 @@ init process.
 Those namespaces are held open here (one nsfd and one pidfd per container): a held
 namespace stays alive, so its inode cannot be handed to a new namespace while we
 compare against it. Inode numbers read from /proc and cached, or cached pids, would
-be wrong: both are reused (firewall-findings.md). `podman exec` processes share the
+be wrong: both are reused. `podman exec` processes share the
 container's PID namespace and are attributed to it, as they should be.
 
 Reading another uid's namespace through a pidfd needs CAP_SYS_PTRACE (measured), so
