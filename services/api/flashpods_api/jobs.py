@@ -45,7 +45,7 @@ class Engine:
 
     def start_next(self) -> list[str]:
         """Start queued jobs FIFO while under the cap; returns the ids claimed."""
-        started = []
+        started: list[str] = []
         while True:
             job_id = self.store.claim(self.config.max_concurrent_jobs)
             if job_id is None:
@@ -174,6 +174,7 @@ class Engine:
         """
         job_id = ids.checked_job_id(job["id"])
         cap = self.config.limits["log_bytes"]
+        log_bytes: int | None
         if failure is None:
             # A full disk must not stop the steps below: free the workspace first (job_limits).
             cleared = job_limits.clear_before_finish(self, job)

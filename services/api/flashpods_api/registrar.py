@@ -156,6 +156,7 @@ class SpireRegistrar:
 
     def register(self, job_id: str, kind: str) -> None:
         role = _check(job_id, kind)
+        assert role is not None  # _check returns the role of the kind it was given
         out = self._run(
             "create",
             "-parentID", self.parent_id,

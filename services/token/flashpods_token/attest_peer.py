@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from .identity import IdentityError, JobIdentity, identity_for_kind
-from .podman import PodmanClient, PodmanError, is_live_job
+from .podman import PodmanClient, PodmanError, RunningContainer, is_live_job
 from .ratelimit import RateLimiter
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Python 3.11 lacks the constant
@@ -139,15 +139,15 @@ class PeerAttestor:
         for cid, c in running.items():
             if cid in known:
                 continue
-            entry = self._open(c)
-            if entry is not None:
+            opened = self._open(c)
+            if opened is not None:
                 with self._lock:
                     old = self._entries.pop(cid, None)
                     if old:
                         self._close(old)
-                    self._entries[cid] = entry
+                    self._entries[cid] = opened
 
-    def _open(self, c) -> _Entry | None:
+    def _open(self, c: RunningContainer) -> _Entry | None:
         if c.job in self._dead_jobs or c.name != c.job:
             return None  # a finished job, or not the API's container (named after its job)
         try:
