@@ -127,7 +127,8 @@ class Enforcer:
         A disk filled by something else than jobs is the operator's to fix: killing jobs
         that store next to nothing would not help, so none is killed then.
         """
-        largest, most = None, -1
+        largest: dict[str, Any] | None = None
+        most = -1
         for job in self.store.jobs_in(("running",)):  # a read: works on a full disk
             if job["stop_reason"] == "disk_full":
                 return None  # already on its way out; its finish frees the space
@@ -292,7 +293,7 @@ def error_for(reason: str, job: dict[str, Any], config: Config) -> str:
 def oom_killed(runtime: Any, job_id: str) -> bool:
     """Whether the kernel's OOM killer ended the container (cgroup v2 enforces --memory)."""
     try:
-        return runtime.oom_killed(job_id)
+        return bool(runtime.oom_killed(job_id))
     except Exception as exc:  # noqa: BLE001 - unknown: the exit code is still recorded
         log.warning("could not ask podman whether %s was OOM-killed: %s", job_id, exc)
         return False

@@ -28,7 +28,7 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ROLE_OF_KIND = {"worker": "worker", "sub_agent": "agent"}
@@ -83,7 +83,7 @@ class SpireRegistrar:
 
     # -- the CLI ---------------------------------------------------------------------
 
-    def _run(self, *args: str) -> dict:
+    def _run(self, *args: str) -> dict[str, Any]:
         argv = [
             self.server_cli,
             "entry",
@@ -195,7 +195,7 @@ class SpireRegistrar:
                 self._delete(e["id"])
 
 
-def make_registrar(config: dict) -> SpireRegistrar | NoopRegistrar:
+def make_registrar(config: Any) -> SpireRegistrar | NoopRegistrar:
     """The registrar for an API config (its `attestation` and `spire` keys): the JSON dict,
     or the API's Config object, whose `.raw` is that dict."""
     config = getattr(config, "raw", config)

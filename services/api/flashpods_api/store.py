@@ -354,7 +354,7 @@ class Store:
                 i=self.instance,
                 **params,
             ).rowcount
-        return count == 1
+        return bool(count == 1)
 
     def expired_files(self, now: float) -> list[dict[str, Any]]:
         return [

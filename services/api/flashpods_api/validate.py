@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import artifacts, ids, job_limits
+from . import artifacts, ids, job_disk
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
 from .store import KINDS, STATUSES
@@ -115,7 +115,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
         _text(glob, "artifacts_glob", MAX_GLOB)
     record["artifacts_glob"] = glob
     # Last: a valid request on a host below its disk reserve gets 507, not a queue slot.
-    job_limits.DiskGuard(config).refuse_if_low()
+    job_disk.DiskGuard(config).refuse_if_low()
     return record
 
 
