@@ -1,6 +1,6 @@
-# SPIRE server + agent (08-spire.md) as the module's own units,
+# SPIRE server + agent (docs/spire.md) as the module's own units,
 # flashpods-spire-server and flashpods-spire-agent, run from pkgs.spire, with the
-# `flashpods` workload attestor plugin (spire/attestor, docs/spire.md) built by
+# `flashpods` workload attestor plugin (spire/attestor) built by
 # modules/pkgs/spire-attestor.nix.
 #
 # nixos-25.11 has no services.spire (NixOS/nixpkgs#481447 came after the

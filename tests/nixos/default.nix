@@ -1,6 +1,7 @@
 # The NixOS VM tests (checks.<system>.vm-*), run by `nix flake check` on a
 # machine with Nix and KVM. Each is named for the behaviour it proves; the
-# V-numbers of 14-validation.md are in each file's subtests.
+# V-numbers of docs/security.md ("Which test proves what") are in each
+# file's subtests.
 { pkgs, self }:
 let
   test = file: pkgs.testers.runNixOSTest (import file { inherit self; });
