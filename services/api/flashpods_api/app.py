@@ -179,7 +179,7 @@ def create_app(
             raise bad_request("bad_status", f"'status' must be one of {', '.join(STATUSES)}.")
         kind = request.args.get("kind")
         if kind is not None and kind not in KINDS:
-            raise bad_request("bad_kind", "'kind' must be worker or sub_agent.")
+            raise bad_request("bad_kind", validate.kind_error(kind))
         limit = validate.query_int(request.args, "limit", 50, 1, 500)
         cursor = request.args.get("cursor")
         before = None

@@ -9,7 +9,7 @@ import os
 import re
 from typing import Any
 
-from . import ids, job_limits
+from . import ids, job_limits, kinds
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
 
@@ -65,8 +65,8 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
             f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(JOB_FIELDS))}.",
         )
     kind = body.get("kind")
-    if kind not in ("worker", "sub_agent"):
-        raise bad_request("bad_kind", '\'kind\' must be "worker" or "sub_agent".')
+    if kind not in kinds.KINDS:
+        raise bad_request("bad_kind", kind_error(kind))
     record: dict[str, Any] = {"kind": kind, "command": None, "prompt": None}
     if kind == "worker":
         if "prompt" in body:
@@ -100,7 +100,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
             raise bad_request(
                 "reserved_env",
                 f"Environment variable {steered[0]} is set by the host for sub_agent jobs "
-                "(its agent.env), so the agent's key cannot be sent elsewhere; remove it.",
+                "(its sub_agent.env), so the agent's key cannot be sent elsewhere; remove it.",
             )
     record["timeout_s"] = timeout(
         body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
@@ -225,3 +225,10 @@ def query_int(args: Any, name: str, default: int, low: int, high: int) -> int:
             f"bad_{name}", f"Query parameter '{name}' must be a whole number from {low} to {high}."
         )
     return int(raw)
+
+
+def kind_error(kind: Any) -> str:
+    """What to write instead of a wrong job kind (an old sub-agent spelling named)."""
+    if kinds.is_old_sub_agent_name(kind):
+        return kinds.renamed(kind, "'kind'")
+    return '\'kind\' must be "worker" or "sub_agent".'

@@ -22,7 +22,7 @@ from pathlib import Path
 from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
-ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 MCP_LINE = "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp"
 RESTART_LIMIT = 5
 

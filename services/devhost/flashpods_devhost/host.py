@@ -43,13 +43,14 @@ class HostSettings:
     api_port: int = 0  # 0 = pick a free port
     rsync_host: str = "127.0.0.1"
     rsync_port: int = 0
-    max_concurrent_jobs: int = 4
-    queue_limit: int = 1000
+    # From the packaged defaults (configs.API_DEFAULTS), like every API key not set here.
+    max_concurrent_jobs: int = configs.API_DEFAULTS["max_concurrent_jobs"]
+    queue_limit: int = configs.API_DEFAULTS["queue_limit"]
     retention: dict[str, int] = field(
-        default_factory=lambda: {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600}
+        default_factory=lambda: dict(configs.API_DEFAULTS["retention"])
     )
     secrets: dict[str, str] = field(default_factory=dict)
-    roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "agent": []})
+    roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "sub_agent": []})
     api_overrides: dict[str, Any] = field(default_factory=dict)
     netns: str | None = None  # run every service inside this network namespace
     firewall: bool = False  # load the project's nftables table (root; in netns for tests)
@@ -218,15 +219,7 @@ class DevHost:
                 self.rsync_port = probes.free_port(s.rsync_host, s.netns)
         self.api_token = layout.api_token()
         secret_files = layout.write_secrets(s.secrets)
-        self.api_config = configs.api_config(
-            paths=paths,
-            instance=s.instance,
-            rsync_url=self.rsync_url,
-            max_concurrent_jobs=s.max_concurrent_jobs,
-            queue_limit=s.queue_limit,
-            retention=s.retention,
-            overrides=s.api_overrides,
-        )
+        self.api_config = self.render_api_config()
         self.token_config = configs.token_config(
             paths=paths,
             instance=s.instance,
@@ -241,6 +234,19 @@ class DevHost:
         if s.firewall:
             self._load_firewall()
         self._services = {name: self._define(name) for name in SERVICE_ORDER}
+
+    def render_api_config(self) -> dict[str, Any]:
+        """The API's JSON config for these settings (the packaged defaults overlaid)."""
+        s = self.settings
+        return configs.api_config(
+            paths=self.paths,
+            instance=s.instance,
+            rsync_url=self.rsync_url,
+            max_concurrent_jobs=s.max_concurrent_jobs,
+            queue_limit=s.queue_limit,
+            retention=s.retention,
+            overrides=s.api_overrides,
+        )
 
     def _rsyncd_config(self) -> str:
         acc, paths, s = self.accounts, self.paths, self.settings

@@ -22,7 +22,7 @@ from .host import DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
 TEST_BASE = Path(os.environ.get("FLASHPODS_TEST_BASE", "/var/tmp/flashpods-test"))
 TEST_SECRETS = {"ANTHROPIC_API_KEY": "sk-test-anthropic", "GITHUB_TOKEN": "ghp-test-github"}
-TEST_ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+TEST_ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 
 
 def new_settings(**overrides: object) -> HostSettings:

@@ -43,7 +43,7 @@ def api(devhost_factory):
     host = devhost_factory(
         api_overrides={"warm_pool": {"worker": 1}},
         secrets={"GITHUB_TOKEN": SECRET, "ANTHROPIC_API_KEY": "sk-unused"},
-        roles={"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY"]},
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY"]},
     )
     api = Api(host)
     _ready(api)
