@@ -67,11 +67,14 @@ def api_config(
     queue_limit: int,
     retention: dict[str, int],
     overrides: dict[str, Any],
+    warm_pool: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     base = platform_config(paths=paths, instance=instance, rsync_url=rsync_url)
     base["max_concurrent_jobs"] = max_concurrent_jobs
     base["queue_limit"] = queue_limit
     base["retention"].update(retention)
+    if warm_pool is not None:
+        base["warm_pool"] = dict(warm_pool)
     return deep_merge(base, overrides)
 
 

@@ -51,6 +51,9 @@ class HostSettings:
     )
     secrets: dict[str, str] = field(default_factory=dict)
     roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "sub_agent": []})
+    # Warm containers per kind; None = the packaged default (a small pool: the first
+    # spawn takes the warm path). {} starts every job cold.
+    warm_pool: dict[str, int] | None = None
     api_overrides: dict[str, Any] = field(default_factory=dict)
     netns: str | None = None  # run every service inside this network namespace
     firewall: bool = False  # load the project's nftables table (root; in netns for tests)
@@ -245,6 +248,7 @@ class DevHost:
             max_concurrent_jobs=s.max_concurrent_jobs,
             queue_limit=s.queue_limit,
             retention=s.retention,
+            warm_pool=s.warm_pool,
             overrides=s.api_overrides,
         )
 

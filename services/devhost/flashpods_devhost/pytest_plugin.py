@@ -39,6 +39,10 @@ def new_settings(**overrides: object) -> HostSettings:
         "roles": {role: list(names) for role, names in TEST_ROLES.items()},
         # Short retention and a fast reaper keep tests quick; tests override freely.
         "api_overrides": {"reaper": {"interval_s": 0.2}},
+        # Test hosts start cold: the packaged default pool (on for users) would start
+        # containers in each of the suite's hundreds of hosts, on a 2-core CI machine.
+        # Tests of the warm path ask for a pool (warm_pool= or api_overrides).
+        "warm_pool": {},
     }
     values.update(overrides)
     return HostSettings(**values)  # type: ignore[arg-type]

@@ -419,7 +419,7 @@ def test_warm_pool_and_control_dir_reach_the_api_config(valid, evaluated):
     from flashpods_api import config as api_config
 
     default = api_config.from_dict(valid["apiConfig"])
-    assert default.raw["warm_pool"] == {}
+    assert default.raw["warm_pool"] == {"worker": 1, "sub_agent": 1}  # on by default
     assert str(default.control_dir) == "/var/lib/flashpods/control"
     warm = evaluated["overrides"]["warm"]
     assert warm["failedAssertions"] == []

@@ -89,6 +89,15 @@ def test_the_dev_host_changes_only_its_platform_keys():
     host_config = cli_host().render_api_config()
     assert_changes_only(host_config, DEVHOST_MAY_CHANGE, "the dev host")
     assert host_config["network_mode"] == "slirp4netns"
+    # The warm pool is on by default: the first spawn of each kind takes the warm path.
+    assert (
+        host_config["warm_pool"]
+        == api_settings.DEFAULTS["warm_pool"]
+        == {
+            "worker": 1,
+            "sub_agent": 1,
+        }
+    )
 
 
 def cli_host():
@@ -107,6 +116,7 @@ def test_nixos_changes_only_its_platform_keys(nixos):
     rendered = nixos["valid"]["apiConfig"]
     assert_changes_only(rendered, NIXOS_MAY_CHANGE, "the NixOS module")
     assert rendered["network_mode"] == "pasta"
+    assert rendered["warm_pool"] == {"worker": 1, "sub_agent": 1}
     assert_changes_only(nixos["example"]["apiConfig"], NIXOS_MAY_CHANGE, "modules/hosts/example")
 
 
