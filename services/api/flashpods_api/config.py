@@ -22,9 +22,8 @@ CONFIG_ENV = "FLASHPODS_API_CONFIG"
 # reads with lib.importJSON (modules/flashpods/lib.nix), so the three cannot drift;
 # tests/unit/nix/test_settings_platforms.py lists the keys each platform may change.
 DEFAULTS_FILE = "defaults.json"
-DEFAULTS: dict[str, Any] = json.loads(
-    resources.files(__package__).joinpath(DEFAULTS_FILE).read_text(encoding="utf-8")
-)
+DEFAULTS_PATH = resources.files(__package__).joinpath(DEFAULTS_FILE)
+DEFAULTS: dict[str, Any] = json.loads(DEFAULTS_PATH.read_text(encoding="utf-8"))
 
 WARM_POOL_MAX = 32
 

@@ -17,6 +17,7 @@ from .layout import Paths
 # tests/unit/nix/test_settings_platforms.py). network_mode stays slirp4netns, the
 # default: Debian 12's Podman 4.3 has no working pasta.
 API_DEFAULTS: dict[str, Any] = api_settings.DEFAULTS
+DEFAULTS_PATH = api_settings.DEFAULTS_PATH
 TRUST_DOMAIN = API_DEFAULTS["spire"]["trust_domain"]
 
 

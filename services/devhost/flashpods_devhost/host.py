@@ -232,6 +232,14 @@ class DevHost:
             overrides=s.token_overrides,
         )
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
+        # Where this host answers, for `flashpods-devhost check` (doctor.py).
+        endpoints = {
+            "api_url": self.api_url,
+            "rsync_url": self.rsync_url,
+            "token_socket": str(paths.token_socket),
+            "netns": s.netns,
+        }
+        layout.write_public(paths.run / "endpoints.json", json.dumps(endpoints) + "\n")
         layout.write_public(paths.token_config, json.dumps(self.token_config, indent=2) + "\n")
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
         if s.firewall:
@@ -451,6 +459,8 @@ class DevHost:
             except Exception as error:  # keep going: the root must still be removed
                 errors.append(f"removing the firewall table: {error}")
             self._firewall_loaded = False
+        # `check` then says no host runs here, rather than probing dead services.
+        (self.paths.run / "endpoints.json").unlink(missing_ok=True)
         if remove_root:
             self._remove_root()
         if errors:
