@@ -330,6 +330,8 @@ def detach(args: argparse.Namespace) -> int:
     if pid := _running_pid(root):
         raise RuntimeError(f"a dev host already runs on {root} (pid {pid}): stop it first")
     checked_host(args)  # a wrong setting fails here, not in the child's log
+    for line in args.sources:
+        print(f"flashpods-devhost: {line}")
     # The same command line in the foreground: the child reads the same settings file.
     argv = [sys.executable, "-m", "flashpods_devhost.cli"]
     argv += [arg for arg in args.argv if arg != "--detach"]

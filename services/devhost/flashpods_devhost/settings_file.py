@@ -118,7 +118,12 @@ def check(data: dict[str, Any], where: str) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     unknown: list[str] = []
     for name, value in data.items():
-        if name in SECTIONS and isinstance(value, dict):
+        if name in SECTIONS and not isinstance(value, dict):
+            inner = next(k.name for k in KEYS if k.name.startswith(f"{name}."))
+            raise SettingsFileError(
+                f"{where}: {name} must be a table of keys like {inner} ([{name}] in TOML)"
+            )
+        if name in SECTIONS:
             for inner, inner_value in value.items():
                 flat[f"{name}.{inner}"] = inner_value
         else:

@@ -153,6 +153,7 @@ def test_a_flag_wins_over_the_file_which_wins_over_the_environment(
         ("firewall = 1\n", "firewall must be true or false, not 1"),
         ("api_port = true\n", "api_port must be a whole number, not True"),
         ("api_port = \n", "is not valid TOML"),
+        ("warm_pool = 2\n", r"warm_pool must be a table of keys like warm_pool.worker"),
     ],
 )
 def test_a_wrong_key_or_value_is_an_error_naming_it(tmp_path, clean_env, text, message):
