@@ -119,7 +119,7 @@ def _new_work() -> Path:
 
 
 BENCH_SECRETS = {"GITHUB_TOKEN": "ghp-bench-" + secrets.token_hex(4)}
-BENCH_ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["GITHUB_TOKEN"]}
+BENCH_ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["GITHUB_TOKEN"]}
 # The benchmark is one identity hammering the socket: lift the rate limit.
 NO_RATE_LIMIT = {"rate_limit": {"per_s": 1e6, "burst": 1_000_000}}
 

@@ -38,7 +38,7 @@ def topology() -> Iterator[Topology]:
 # shell script (the rows about sub-agents need what it can do, not Claude Code).
 JOB_IMAGES = {
     "images": {"worker": WORKER_IMAGE, "sub_agent": WORKER_IMAGE, "allowed": [WORKER_IMAGE]},
-    "agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+    "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
 }
 
 

@@ -45,7 +45,7 @@ from token_support import (
 pytestmark = pytest.mark.slow
 
 SECRETS = unique_secrets()
-ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 WAIT_FOR_DONE = "while [ ! -e /workspace/probe.done ]; do sleep 0.1; done"
 # The sub_agent's "agent" is a shell script in the busybox image: it proves what the
 # helper put into its environment, by hash (the log must never hold a value).
@@ -94,7 +94,7 @@ def host(request, devhost_factory):
                 "sub_agent": WORKER_IMAGE,
                 "allowed": [WORKER_IMAGE],
             },
-            "agent": {"command": ["/bin/sh", "-c", AGENT_SCRIPT], "env": {}},
+            "sub_agent": {"command": ["/bin/sh", "-c", AGENT_SCRIPT], "env": {}},
         },
     )
 

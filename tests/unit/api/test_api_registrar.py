@@ -9,14 +9,10 @@ replaced the stand-in spire-server executable these tests used to drive).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "services" / "api"))
-
-from flashpods_api.registrar import (  # noqa: E402
+from flashpods_api.registrar import (
     NoopRegistrar,
     RegistrarError,
     SpireRegistrar,
