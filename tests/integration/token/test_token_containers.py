@@ -140,10 +140,13 @@ def test_worker_gets_exactly_its_roles_tokens_and_403_for_an_agent_token(host, p
         assert value not in inspected and value not in log
 
     lines = [a for a in audit(host) if a["job"] == job_id]
-    assert [a["outcome"] for a in lines] == ["granted", "granted", "forbidden"]
+    # flashpods-init's grant and the probe's two exchanges; in spire mode the helper may
+    # still wait for its entry while the probe already asks, so the order is not fixed.
+    assert sorted(a["outcome"] for a in lines) == ["forbidden", "granted", "granted"]
     assert all(a["spiffe_id"] == spiffe_id(job_id, "worker") for a in lines)
     assert all(a["mode"] == host.settings.attestation for a in lines)
-    assert lines[2]["refused"] == ["ANTHROPIC_API_KEY"]
+    [refused] = [a for a in lines if a["outcome"] == "forbidden"]
+    assert refused["refused"] == ["ANTHROPIC_API_KEY"]
 
 
 def test_sub_agent_starts_its_agent_with_the_agent_tokens(host):
