@@ -112,10 +112,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.config is not None:
         args.config = args.config.resolve()
         args.file_settings = settings_file.read(args.config)
-    given, from_file = [], []
+    given = []
     for name in settings_file.FLAGS:
         if not hasattr(args, name):
-            continue  # stop/check take --root only
+            continue  # `stop` takes --root only
         if getattr(args, name) is not None:
             given.append("--" + name.replace("_", "-"))
         elif name in args.file_settings:
@@ -123,8 +123,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, Path(value) if name in ("root", "env_file") else value)
         else:
             setattr(args, name, defaults[name])
-    from_file = sorted(args.file_settings)
-    args.sources = _sources(args.config, from_file, given)
+    args.sources = _sources(args.config, sorted(args.file_settings), given)
     return args
 
 
