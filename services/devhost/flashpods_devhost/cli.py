@@ -367,12 +367,23 @@ def stop(root: Path) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while _running_pid(root) == pid:
+    # Until the process itself has exited, not only removed its pid file: its Python
+    # teardown after that (it has imported the API's config checks) takes a moment.
+    while _running_pid(root) == pid or not _exited(pid):
         if time.monotonic() > deadline:
             raise RuntimeError(f"dev host pid {pid} did not stop within 60 s")
-        time.sleep(0.2)
+        time.sleep(0.1)
     print(f"flashpods-devhost: stopped the dev host on {root}")
     return 0
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it was started in a session of its own)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
 
 
 if __name__ == "__main__":
