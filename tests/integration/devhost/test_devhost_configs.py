@@ -13,8 +13,8 @@ PATHS = Paths(Path("/var/tmp/flashpods-test/cfg"))
 API_KEYS = {
     "instance", "token_file", "db_path", "storage", "podman_url", "rsync_url",
     "allowed_peers", "max_concurrent_jobs", "queue_limit", "default_timeout_s",
-    "max_timeout_s", "kill_grace_s", "images", "agent", "network_mode", "helper_path",
-    "token_socket", "attestation", "spire", "retention", "limits", "reaper",
+    "max_timeout_s", "kill_grace_s", "images", "sub_agent", "network_mode", "helper_path",
+    "token_socket", "attestation", "spire", "retention", "limits", "reaper", "warm_pool",
 }  # fmt: skip
 TOKEN_KEYS = {
     "socket", "socket_group", "mode", "trust_domain", "podman_url", "instance", "roles",
@@ -58,7 +58,7 @@ def test_token_config_has_the_design_keys() -> None:
         paths=PATHS,
         instance="t-cfg",
         socket_group="flashpods",
-        roles={"worker": ["GITHUB_TOKEN"], "agent": []},
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": []},
         secret_files={"GITHUB_TOKEN": "/x/GITHUB_TOKEN"},
         overrides={},
     )
