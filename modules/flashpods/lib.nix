@@ -78,7 +78,9 @@ rec {
     serverRuntime = "/run/flashpods-spire/server";
     serverSocket = "${serverRuntime}/api.sock";
     agentRuntime = "/run/flashpods-spire/agent";
-    agentSocket = "${agentRuntime}/public/api.sock";
+    # Named agent.sock, alone in public/: the API mounts that directory into jobs
+    # (a restarted agent's new socket stays reachable) and looks for that name.
+    agentSocket = "${agentRuntime}/public/agent.sock";
     serverState = "/var/lib/flashpods-spire/server";
     agentState = "/var/lib/flashpods-spire/agent";
     bootstrapState = "/var/lib/flashpods-spire-bootstrap";

@@ -34,6 +34,14 @@ def topology() -> Iterator[Topology]:
         t.down()
 
 
+# What both dev hosts' APIs run: a sub-agent is the busybox image running its prompt as a
+# shell script (the rows about sub-agents need what it can do, not Claude Code).
+JOB_IMAGES = {
+    "images": {"worker": WORKER_IMAGE, "sub_agent": WORKER_IMAGE, "allowed": [WORKER_IMAGE]},
+    "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+}
+
+
 @pytest.fixture(scope="session")
 def devhost(topology: Topology) -> Iterator[DevHost]:
     values = firewall_values(topology)
@@ -50,14 +58,7 @@ def devhost(topology: Topology) -> Iterator[DevHost]:
         api_overrides={
             "allowed_peers": [topo.LAPTOP_TUNNEL],
             "reaper": {"interval_s": 0.2},
-            # A sub-agent here is the busybox image running its prompt as a shell
-            # script: the rows about sub-agents need what it can do, not Claude Code.
-            "images": {
-                "worker": WORKER_IMAGE,
-                "sub_agent": WORKER_IMAGE,
-                "allowed": [WORKER_IMAGE],
-            },
-            "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+            **JOB_IMAGES,
         },
     )
     host = DevHost(settings)
@@ -66,6 +67,39 @@ def devhost(topology: Topology) -> Iterator[DevHost]:
         yield host
     finally:
         host.stop(remove_root=True)
+
+
+@pytest.fixture(scope="session")
+def spire_devhost(topology: Topology, devhost: DevHost) -> Iterator[DevHost]:
+    """A second dev host in the host's namespace, in spire mode: real spire-server and
+    spire-agent with the flashpods attestor (docs/spire.md). Started only when a spire
+    row asks for it. Its API listens on the namespace's loopback (the tunnel ports are
+    the first host's); the first host's firewall table already holds every job uid,
+    and so this host's jobs too."""
+    settings = new_settings(
+        netns=topology.ns["host"],
+        attestation="spire",
+        api_host="127.0.0.1",
+        rsync_host="127.0.0.1",
+        api_overrides={"allowed_peers": ["127.0.0.1"], "reaper": {"interval_s": 0.2}, **JOB_IMAGES},
+    )
+    host = DevHost(settings)
+    try:
+        host.start()
+        yield host
+    finally:
+        host.stop(remove_root=True)
+
+
+@pytest.fixture(params=["peer", "spire"])
+def token_host(request: pytest.FixtureRequest) -> tuple[ApiJobs, DevHost]:
+    """(api_jobs, devhost) of the peer-mode host, then of the spire-mode host: the token
+    rows (V8-V12, V15) run against both attestation modes."""
+    if request.param == "peer":
+        return request.getfixturevalue("api_jobs"), request.getfixturevalue("devhost")
+    host = request.getfixturevalue("spire_devhost")
+    # The spire host's API is on the namespace's loopback: call it from the host itself.
+    return ApiJobs(request.getfixturevalue("topology"), host, role="host"), host
 
 
 @pytest.fixture(scope="session")

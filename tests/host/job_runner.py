@@ -115,13 +115,15 @@ FINAL = {"succeeded", "failed", "timed_out", "killed", "lost"}
 class ApiJobs:
     """Jobs started the real way: the laptop calls the API through the tunnel."""
 
-    def __init__(self, t: Topology, host) -> None:
+    def __init__(self, t: Topology, host, role: str = "laptop") -> None:
         self.t = t
         self.host = host  # the DevHost: its podman() shares the API's image store
         self.api_url = host.api_url
         self.token = host.api_token
+        self.role = role  # the namespace the calls come from
 
-    def http(self, method: str, path: str, body=None, token: str | None = "", role="laptop"):
+    def http(self, method: str, path: str, body=None, token: str | None = "", role=None):
+        role = role or self.role
         spec = {
             "method": method,
             "url": self.api_url + path,

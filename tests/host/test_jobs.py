@@ -55,7 +55,10 @@ def test_V14_sub_agent_cannot_spawn_agents(api_jobs):
     assert _job_ids(api_jobs) - before == {job_id}, "the sub-agent created a job"
 
 
-def test_V15_no_secret_leaks(api_jobs, devhost):
+def test_V15_no_secret_leaks(token_host):
+    # In both attestation modes (tests/host/conftest.py, token_host): in spire mode the
+    # secrets travel the same way, behind a JWT-SVID from the real agent.
+    api_jobs, devhost = token_host
     secret_using = (
         'test -n "$GITHUB_TOKEN" && test -n "$ANTHROPIC_API_KEY" && echo have-secrets; '
         "echo result > /artifacts/out.txt; echo changed > /workspace/new.txt; sleep 4"

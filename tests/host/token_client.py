@@ -1,6 +1,6 @@
 """One token exchange on the token service's unix socket (run as the caller to attest).
 
-    token_client.py SOCKET '{"tokens": ["NAME"]}'
+    token_client.py SOCKET '{"tokens": ["NAME"]}' [JWT-SVID]
 
 Prints {"status": N, "body": text}. Used to ask for a token the helper would never
 ask for, from inside a job's namespaces, and from processes outside any container.
@@ -15,8 +15,11 @@ import sys
 
 def main() -> None:
     path, body = sys.argv[1], sys.argv[2].encode()
+    # Spire mode: the caller's SVID, sent as flashpods-init sends it.
+    bearer = f"Authorization: Bearer {sys.argv[3]}\r\n".encode() if len(sys.argv) > 3 else b""
     request = (
         b"POST /v1/exchange HTTP/1.1\r\nHost: token\r\nContent-Type: application/json\r\n"
+        + bearer
         + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
         + body
     )

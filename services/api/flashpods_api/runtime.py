@@ -30,6 +30,10 @@ TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
 TOKEN_DIR_IN_CONTAINER = os.path.dirname(TOKEN_SOCKET_IN_CONTAINER)
 TOKEN_SOCKET_NAME = os.path.basename(TOKEN_SOCKET_IN_CONTAINER)
 AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
+# Likewise the SPIRE agent's socket: a restarted spire-agent creates a new socket file,
+# which a bind mount of the old file never sees (measured: "connection refused").
+AGENT_DIR_IN_CONTAINER = os.path.dirname(AGENT_SOCKET_IN_CONTAINER)
+AGENT_SOCKET_NAME = os.path.basename(AGENT_SOCKET_IN_CONTAINER)
 INPUT_IN_CONTAINER = "/flashpods/input"
 CONTROL_IN_CONTAINER = "/flashpods/control"
 TMPFS_MB = 1024
@@ -120,7 +124,7 @@ def run_args(spec: RunSpec) -> list[str]:
     args += bind(spec.helper_path, HELPER_IN_CONTAINER, ro=True)
     args += bind(token_socket_dir(spec.token_socket), TOKEN_DIR_IN_CONTAINER, ro=True)
     if spec.agent_socket:
-        args += bind(spec.agent_socket, AGENT_SOCKET_IN_CONTAINER)
+        args += bind(agent_socket_dir(spec.agent_socket), AGENT_DIR_IN_CONTAINER, ro=True)
     if spec.agent_cli:
         args += bind(spec.agent_cli, AGENT_CLI_IN_CONTAINER, ro=True)
     for name, value in spec.env.items():
@@ -156,6 +160,33 @@ def check_token_socket_dir(token_socket: str) -> None:
             f"the token socket's directory {directory} is mounted into every job container "
             f"but also holds {', '.join(others[:5])}; give token_socket a directory of its "
             f"own (e.g. {directory}/token/{TOKEN_SOCKET_NAME})"
+        )
+
+
+def agent_socket_dir(agent_socket: str) -> str:
+    """The directory containers mount to reach the SPIRE agent's Workload API socket."""
+    if os.path.basename(agent_socket) != AGENT_SOCKET_NAME:
+        raise PodmanError(
+            f"spire.agent_socket {agent_socket} must be named {AGENT_SOCKET_NAME}, in a "
+            "directory of its own: containers mount that directory and look for that name"
+        )
+    return os.path.dirname(agent_socket)
+
+
+def check_agent_socket_dir(agent_socket: str) -> None:
+    """Refuse to mount an agent socket directory that holds anything else (SPIRE keeps
+    its admin socket elsewhere; anything here would be visible to every job)."""
+    directory = agent_socket_dir(agent_socket)
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, PermissionError):
+        return  # nothing to see here, or nothing we may see: podman run will say more
+    others = sorted(n for n in names if n != AGENT_SOCKET_NAME)
+    if others:
+        raise PodmanError(
+            f"the SPIRE agent socket's directory {directory} is mounted into every job "
+            f"container but also holds {', '.join(others[:5])}; give spire.agent_socket a "
+            f"directory of its own"
         )
 
 
@@ -203,6 +234,8 @@ class Runtime:
     def run(self, spec: RunSpec) -> tuple[str, str | None]:
         """Start a job container; returns (container id, a note when limits were not applied)."""
         check_token_socket_dir(spec.token_socket)
+        if spec.agent_socket:
+            check_agent_socket_dir(spec.agent_socket)
         with self._creating():
             out, err = self._call("run", *run_args(spec))
         return out.strip(), self.limits_note(spec.resources, err)

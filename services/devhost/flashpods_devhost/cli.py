@@ -24,7 +24,7 @@ from typing import Any
 from flashpods_api import config as api_settings
 
 from . import configs, doctor, settings_file
-from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
+from .host import ATTESTATION_MODES, DEFAULT_ROOT, DEFAULT_VENV, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
 ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
@@ -51,6 +51,7 @@ def _flag_defaults() -> dict[str, Any]:
         "laptop_if": "lo",
         "laptop_addr": "127.0.0.1",
         "env_file": Path(env_file) if env_file else None,
+        "attestation": "peer",
     }
 
 
@@ -92,6 +93,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             help="interface the laptop's traffic arrives on (WireGuard interface; lo on loopback)",
         )
         p.add_argument("--laptop-addr", default=None, help="the laptop's address")
+        p.add_argument(
+            "--attestation",
+            choices=ATTESTATION_MODES,
+            default=None,
+            help="spire: also run a real spire-server and spire-agent with the flashpods "
+            "attestor, the registrar and the token service in spire mode (docs/spire.md)",
+        )
         p.add_argument(
             "--env-file",
             type=Path,
@@ -180,6 +188,7 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         rsync_host=args.rsync_host,
         rsync_port=args.rsync_port,
         max_concurrent_jobs=args.max_concurrent_jobs,
+        attestation=args.attestation,
         queue_limit=flat.get("queue_limit", defaults["queue_limit"].default),
         retention=retention,
         api_workers=flat.get("api_workers", defaults["api_workers"].default),
@@ -273,10 +282,10 @@ def run(args: argparse.Namespace) -> int:
 
 def supervise(host: DevHost, stopping: Callable[[], bool]) -> None:
     """Restart a service that died (a few times), so a crash does not end the host."""
-    restarts = dict.fromkeys(SERVICE_ORDER, 0)
+    restarts = dict.fromkeys(host.service_names, 0)
     while not stopping():
         time.sleep(0.5)
-        for name in SERVICE_ORDER:
+        for name in host.service_names:
             service = host._services[name]
             if stopping() or service.running:
                 continue

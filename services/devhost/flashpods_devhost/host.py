@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import configs, probes, render
+from . import spire as spire_mod
 from .accounts import Account, Accounts, subordinate_ids
 from .layout import Layout, Paths
 from .process import SYSTEM_PATH, Service, as_user, tail
@@ -25,6 +26,10 @@ from .process import SYSTEM_PATH, Service, as_user, tail
 DEFAULT_ROOT = Path("/var/lib/flashpods-dev")
 DEFAULT_VENV = Path("/opt/flashpods/venv")
 SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
+# Spire mode adds a real spire-server and spire-agent between Podman (the agent's
+# plugin asks it about jobs) and the token service (which streams the agent's bundle).
+SPIRE_SERVICES = ("spire-server", "spire-agent")
+ATTESTATION_MODES = ("peer", "spire")
 # Stopped first so nothing starts new containers while the rest goes down.
 STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
 LOOPBACK = "127.0.0.1"
@@ -65,6 +70,11 @@ class HostSettings:
     venv: Path = DEFAULT_VENV
     api_workers: int = 2
     healthz_timeout_s: float = 60.0
+    # "spire": real spire-server and spire-agent (flashpods_devhost.spire), the API's
+    # registrar and the token service in spire mode; "peer": kernel facts, no SPIRE.
+    attestation: str = "peer"
+    spire_bundle: str = "workload_api"  # or "file": the token service's key source
+    spire_binaries: spire_mod.SpireBinaries | None = None  # None: scripts/lib/spire.sh
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -74,6 +84,15 @@ class HostSettings:
         if not self.instance or not all(c.isalnum() or c in "-_." for c in self.instance):
             raise ValueError(
                 f"instance {self.instance!r} must be non-empty letters, digits, '-', '_' or '.'"
+            )
+        if self.attestation not in ATTESTATION_MODES:
+            raise ValueError(
+                f"attestation {self.attestation!r} must be one of {', '.join(ATTESTATION_MODES)}"
+            )
+        if self.spire_bundle not in spire_mod.BUNDLE_SOURCES:
+            raise ValueError(
+                f"spire_bundle {self.spire_bundle!r} must be one of "
+                f"{', '.join(spire_mod.BUNDLE_SOURCES)}"
             )
 
 
@@ -91,6 +110,14 @@ class DevHost:
         self.api_token = ""
         self.api_config: dict[str, Any] = {}
         self.token_config: dict[str, Any] = {}
+        self.spire: spire_mod.Spire | None = None  # spire mode: the host's SPIRE
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The services this host runs, in start order."""
+        if self.settings.attestation != "spire":
+            return SERVICE_ORDER
+        return (SERVICE_ORDER[0], *SPIRE_SERVICES, *SERVICE_ORDER[1:])
 
     # ---- what tests and scripts use -------------------------------------------------
 
@@ -177,7 +204,7 @@ class DevHost:
             return
         try:
             self._prepare()
-            for service_name in SERVICE_ORDER:
+            for service_name in self.service_names:
                 self._launch(service_name)
             self._wait_healthy()
         except BaseException:
@@ -187,7 +214,7 @@ class DevHost:
     def _restart(self, names: tuple[str, ...]) -> None:
         for name in names:
             self._service(name)  # unknown names fail before anything is restarted
-        ordered = [name for name in SERVICE_ORDER if name in names]
+        ordered = [name for name in self.service_names if name in names]
         for name in ordered:
             service = self._services[name]
             if service.running:
@@ -222,6 +249,14 @@ class DevHost:
                 self.rsync_port = probes.free_port(s.rsync_host, s.netns)
         self.api_token = layout.api_token()
         secret_files = layout.write_secrets(s.secrets)
+        token_overrides = s.token_overrides
+        if s.attestation == "spire":
+            self.spire = self._new_spire()
+            self.spire.prepare()
+            # The test's or the operator's own overrides still win.
+            token_overrides = configs.deep_merge(
+                self.spire.token_overrides(s.spire_bundle), token_overrides
+            )
         self.api_config = self.render_api_config()
         self.token_config = configs.token_config(
             paths=paths,
@@ -229,7 +264,7 @@ class DevHost:
             socket_group=acc.sandbox_group,
             roles=s.roles,
             secret_files=secret_files,
-            overrides=s.token_overrides,
+            overrides=token_overrides,
         )
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
         # Where this host answers, for `flashpods-devhost check` (doctor.py).
@@ -244,7 +279,24 @@ class DevHost:
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
         if s.firewall:
             self._load_firewall()
-        self._services = {name: self._define(name) for name in SERVICE_ORDER}
+        self._services = {name: self._define(name) for name in self.service_names}
+
+    def _new_spire(self) -> spire_mod.Spire:
+        s, acc = self.settings, self.accounts
+        bins = s.spire_binaries or spire_mod.install()
+        return spire_mod.Spire(
+            bins,
+            spire_mod.SpirePaths(self.paths.root / "spire"),
+            podman_socket=self.paths.podman_socket,
+            instance=s.instance,
+            # The registrar (API) drives the server's admin socket; the agent shares
+            # the token service's account (its groups reach the Podman socket).
+            server_account=acc.api,
+            agent_account=acc.token,
+            switch=acc.separated,
+            netns=s.netns,
+            server_port=probes.free_port("127.0.0.1", s.netns),
+        )
 
     def render_api_config(self) -> dict[str, Any]:
         """The API's JSON config for these settings (the packaged defaults overlaid)."""
@@ -257,8 +309,14 @@ class DevHost:
             queue_limit=s.queue_limit,
             retention=s.retention,
             warm_pool=s.warm_pool,
-            overrides=s.api_overrides,
+            overrides=self._api_overrides(),
         )
+
+    def _api_overrides(self) -> dict[str, Any]:
+        """Spire mode's settings (the running SPIRE's paths), then the given overrides."""
+        if self.spire is None:
+            return self.settings.api_overrides
+        return configs.deep_merge(self.spire.api_overrides(), self.settings.api_overrides)
 
     def _rsyncd_config(self) -> str:
         acc, paths, s = self.accounts, self.paths, self.settings
@@ -282,6 +340,13 @@ class DevHost:
         base_env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
         caps: tuple[str, ...] = ()
         umask = 0o027
+        if name in SPIRE_SERVICES:
+            assert self.spire is not None
+            if name == "spire-server":
+                return self.spire.server_service(paths.service_log(name), paths.root)
+            # Exactly what the flashpods attestor needs: other uids' /proc/<pid>/ns/pid.
+            caps = ("sys_ptrace",) if acc.separated else ()
+            return self.spire.agent_service(paths.service_log(name), paths.root, caps)
         if name == "podman":
             account: Account | None = acc.podman
             argv = ["podman", "system", "service", "--time=0", self.podman_url]
@@ -295,7 +360,9 @@ class DevHost:
                 "XDG_RUNTIME_DIR": str(paths.token_runtime),
                 "FLASHPODS_TOKEN_CONFIG": str(paths.token_config),
             }
-            # Peer attestation reads another uid's pid namespace through a pidfd.
+            # Peer attestation reads another uid's pid namespace through a pidfd; in
+            # both modes the per-job connection cap reads it at accept (peer_key.py,
+            # docs/security.md): without it, spire mode on cgroup v1 has no per-job cap.
             caps = ("sys_ptrace",) if acc.separated else ()
             umask = 0o007
         elif name == "rsyncd":
@@ -326,7 +393,7 @@ class DevHost:
                 argv = [str(venv_bin / "flashpods-reaper")]
                 env = api_env
         else:
-            raise KeyError(f"unknown service {name!r}: one of {', '.join(SERVICE_ORDER)}")
+            raise KeyError(f"unknown service {name!r}: one of {', '.join(self.service_names)}")
         if account is not None:
             argv = as_user(argv, account, switch=acc.separated, netns=s.netns, ambient_caps=caps)
         elif s.netns:
@@ -359,8 +426,23 @@ class DevHost:
         stale = {"podman": paths.podman_socket, "token": paths.token_socket}.get(name)
         if stale is not None:
             stale.unlink(missing_ok=True)
+        if name == "spire-agent":
+            assert self.spire is not None
+            self.spire.before_agent_start()
         service.start()
-        if name == "podman":
+        if name == "spire-server":
+            assert self.spire is not None
+            probes.wait_until(
+                "spire-server healthcheck", self.spire.server_healthy, 60, service.check_alive
+            )
+            if s.spire_bundle == "file":
+                self.spire.write_bundle_file()
+        elif name == "spire-agent":
+            assert self.spire is not None
+            probes.wait_until(
+                "spire-agent healthcheck", self.spire.agent_healthy, 60, service.check_alive
+            )
+        elif name == "podman":
             probes.wait_until(
                 "podman service socket",
                 lambda: probes.unix_socket_answers(paths.podman_socket),
@@ -451,7 +533,7 @@ class DevHost:
             self.remove_containers()
         except Exception as error:  # keep stopping the rest
             errors.append(f"removing containers: {error}")
-        for name in ("token", "rsyncd", "podman"):
+        for name in ("token", "rsyncd", *reversed(SPIRE_SERVICES), "podman"):
             _collect(errors, self._services.get(name))
         if self._firewall_loaded:
             try:
@@ -499,7 +581,7 @@ class DevHost:
 
     def _service(self, name: str) -> Service:
         if name not in self._services:
-            raise KeyError(f"unknown or not started service {name!r}: one of {SERVICE_ORDER}")
+            raise KeyError(f"unknown or not started service {name!r}: one of {self.service_names}")
         return self._services[name]
 
 

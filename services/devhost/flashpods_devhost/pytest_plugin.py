@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from . import render, stale
-from .host import DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
+from .host import DEFAULT_VENV, DevHost, HostSettings
 
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
 TEST_BASE = Path(os.environ.get("FLASHPODS_TEST_BASE", "/var/tmp/flashpods-test"))
@@ -54,6 +54,9 @@ def pytest_configure(config: pytest.Config) -> None:
     templates = Path(config.rootpath) / "modules" / "flashpods"
     if templates.is_dir():
         os.environ.setdefault(render.TEMPLATE_DIR_ENV, str(templates))
+    # Spire mode builds or finds SPIRE with the checkout's scripts/lib/spire.sh.
+    if (Path(config.rootpath) / "scripts" / "lib" / "spire.sh").is_file():
+        os.environ.setdefault("FLASHPODS_REPO", str(config.rootpath))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -95,7 +98,7 @@ def devhost_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., De
     problems = []
     for host in reversed(hosts):
         if failed:
-            for name in SERVICE_ORDER:
+            for name in host.service_names:
                 print(f"--- {host.settings.root} {name}.log ---\n{host.log(name)}", file=sys.stderr)
         if keep and host.settings.root.is_dir():
             (host.settings.root / stale.KEPT_MARKER).touch()

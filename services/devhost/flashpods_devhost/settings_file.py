@@ -64,6 +64,7 @@ def _keys() -> tuple[Key, ...]:
         Key("laptop_if", text, "interface the laptop's traffic arrives on", flag=True),
         Key("laptop_addr", text, "the laptop's address", flag=True),
         Key("env_file", text, "where the client settings are written", flag=True),
+        Key("attestation", text, "peer, or spire: real SPIRE (docs/spire.md)", flag=True),
         Key("api_workers", integer, "gunicorn worker processes"),
         Key("queue_limit", integer, "queued jobs accepted before 429"),
         Key("default_timeout_s", seconds, "timeout of a job that asks for none"),

@@ -8,6 +8,13 @@ a registered workload, so the agent needs `allow_unauthenticated_verifiers = tru
 
 The two messages are simple enough to encode by hand, so only grpcio is needed (no
 generated stubs, no protobuf runtime). The keys in these JWKS carry no `use`.
+
+A real SPIRE agent (1.13.3, measured in tests/integration/spire/
+test_spire_bundle_rotation.py) sends an unauthenticated verifier the bundle once, when
+the stream opens, and never again: a key added or revoked afterwards does not arrive on
+that stream. So the stream is reopened every REFRESH_S seconds (its first message is
+the current bundle); an update the agent does push is taken at once. A revoked key is
+trusted for at most REFRESH_S seconds after the agent learnt of it.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from .verify_spire import BundleKey, parse_jwks
 
 METHOD = "/SpiffeWorkloadAPI/FetchJWTBundles"
 SECURITY_HEADER = (("workload.spiffe.io", "true"),)
+# How long one stream is kept before it is reopened for the current bundle. Cheap: the
+# agent attests the token service (a host process: the flashpods attestor answers
+# without asking Podman) and sends one small message.
+REFRESH_S = 5.0
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -90,7 +101,7 @@ def _len_field(number: int, payload: bytes) -> bytes:
 
 
 def encode_bundles(bundles: dict[str, bytes]) -> bytes:
-    """The inverse of decode_bundles (for stand-in agents in tests)."""
+    """The inverse of decode_bundles (the codec's round-trip test uses it)."""
     return b"".join(
         _len_field(1, _len_field(1, k.encode()) + _len_field(2, v)) for k, v in bundles.items()
     )
@@ -99,8 +110,15 @@ def encode_bundles(bundles: dict[str, bytes]) -> bytes:
 class WorkloadApiBundle:
     """JWT keys of one trust domain, kept current from the agent's stream."""
 
-    def __init__(self, agent_socket: str, trust_domain: str, wait_s: float = 30.0):
+    def __init__(
+        self,
+        agent_socket: str,
+        trust_domain: str,
+        wait_s: float = 30.0,
+        refresh_s: float = REFRESH_S,
+    ):
         path = agent_socket.removeprefix("unix://").removeprefix("unix:")
+        self._refresh_s = refresh_s
         self._target = "unix:" + path
         self._td_id = f"spiffe://{trust_domain}"
         self._keys: dict[str, BundleKey] = {}
@@ -132,7 +150,8 @@ class WorkloadApiBundle:
                     request_serializer=lambda _req: b"",  # JWTBundlesRequest has no fields
                     response_deserializer=decode_bundles,
                 )
-                for response in fetch(None, metadata=SECURITY_HEADER):
+                stream = fetch(None, metadata=SECURITY_HEADER, timeout=self._refresh_s)
+                for response in stream:
                     jwks = response.get(self._td_id)
                     if jwks is None:
                         self.last_error = f"the agent sent no bundle for {self._td_id}"
@@ -146,6 +165,8 @@ class WorkloadApiBundle:
                     delay = 0.2
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._ready.is_set():
+                    continue  # the planned reopen (REFRESH_S), not a failure: no delay
                 self.last_error = f"Workload API: {code.name if code else exc}"
             except ValueError as exc:
                 self.last_error = f"Workload API answer unreadable: {exc}"

@@ -87,7 +87,9 @@ def write(tmp_path: Path, text: str, name: str = "flashpods.toml") -> Path:
 def test_every_key_of_the_file_reaches_the_host_settings(tmp_path, clean_env):
     # FULL sets every key but these: a key added to settings_file.KEYS lands here.
     in_full = settings_file.check(tomllib.loads(FULL.replace("@SECRET@", "/x")), "FULL")
+    # attestation: its own test below (spire mode would build and start SPIRE).
     left_out = {"warm_pool.sub_agent", "retention.artifacts_s", "retention.uploads_s"}
+    left_out |= {"attestation"}
     left_out |= {f"limits.{n}" for n in settings_file.API_LIMITS} - {
         "limits.log_bytes",
         "limits.job_pids",
@@ -116,6 +118,16 @@ def test_every_key_of_the_file_reaches_the_host_settings(tmp_path, clean_env):
     assert api["limits"]["log_bytes"] == 1048576 and api["limits"]["job_pids"] == 256
     assert api["allowed_peers"] == ["127.0.0.2"]
     assert any("settings file" in line and "sub_agent.model" in line for line in args.sources)
+
+
+def test_attestation_comes_from_the_file_and_a_wrong_mode_is_named(tmp_path, clean_env):
+    path = tmp_path / "flashpods.json"
+    path.write_text(json.dumps({"attestation": "spire"}))
+    assert cli.settings_from(cli.parse(["run", "--config", str(path)])).attestation == "spire"
+    assert cli.settings_from(cli.parse(["run"])).attestation == "peer"
+    path.write_text(json.dumps({"attestation": "docker"}))
+    with pytest.raises(ValueError, match="attestation 'docker' must be one of peer, spire"):
+        cli.settings_from(cli.parse(["run", "--config", str(path)]))
 
 
 def test_a_json_file_takes_the_same_keys(tmp_path, clean_env):

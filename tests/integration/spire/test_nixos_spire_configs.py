@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from spire_support import AGENT_ID, free_port, install, wait_for
+from flashpods_devhost.probes import free_port as free_port_in
+from flashpods_devhost.spire import AGENT_ID, install
+from token_support import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(REPO / "tests" / "unit"))
@@ -42,9 +44,18 @@ def generated() -> dict:
     return json.loads(out.stdout)["spire"]
 
 
+def free_port() -> int:
+    return free_port_in("127.0.0.1", None)
+
+
 @pytest.fixture(scope="module")
 def bins() -> dict[str, Path]:
-    return install()
+    installed = install()  # the dev host's SPIRE (flashpods_devhost.spire)
+    return {
+        "spire_server": installed.server,
+        "spire_agent": installed.agent,
+        "attestor": installed.attestor,
+    }
 
 
 def relocate(text: str, moves: dict[str, str]) -> str:

@@ -4,6 +4,7 @@
  * Needed because the real helper, flashpods-init, always asks for everything its
  * role allows, and busybox `nc` cannot talk to unix sockets.
  * With COUNT, it floods: COUNT exchanges, then how many got each status.
+ * PROBE_BEARER=<JWT-SVID> in the environment adds Authorization: Bearer (spire mode).
  * usage: probe SOCKET [BODY [COUNT]] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +19,15 @@ static int exchange(const char *sock, const char *body, char *buf, size_t cap) {
     struct sockaddr_un a = {.sun_family = AF_UNIX};
     strncpy(a.sun_path, sock, sizeof a.sun_path - 1);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) { perror("connect"); close(fd); return -1; }
-    char req[8192];
+    /* Spire mode: the JWT-SVID the test fetched inside the job, as the helper sends it. */
+    const char *bearer = getenv("PROBE_BEARER");
+    char auth[4096] = "";
+    if (bearer && *bearer) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", bearer);
+    char req[16384];
     int n = snprintf(req, sizeof req,
                      "POST /v1/exchange HTTP/1.1\r\nHost: localhost\r\nAccept: text/plain\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s", strlen(body), body);
+                     "%sContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     auth, strlen(body), body);
     if (write(fd, req, n) != n) { perror("write"); close(fd); return -1; }
     size_t got = 0;
     ssize_t r;

@@ -7,7 +7,9 @@
   the audit log, every one is still counted, and every grant is still logged.
 - Restart: the token service restarts while a running job and a warm container exist;
   both still get their secrets afterwards, and the directory mounted into containers
-  holds nothing but the token socket.
+  holds nothing but the token socket. In both attestation modes: in spire mode the
+  warm container's entry is registered when it is created, and the claimed job's
+  flashpods-init fetches its SVID from the real agent after the restart.
 
 Everything runs through the real API, real rootless containers and the checkout's own
 flashpods-init; the attack tools are small static C programs run with `podman exec`
@@ -65,8 +67,9 @@ def tools(tmp_path_factory) -> dict[str, Path]:
     shutil.rmtree(helper_dir, ignore_errors=True)
 
 
-def make_host(devhost_factory, tools, token_limits=None, **api):
+def make_host(devhost_factory, tools, token_limits=None, attestation="peer", **api):
     return devhost_factory(
+        attestation=attestation,
         api_overrides={"helper_path": str(tools["helper"]), "reaper": {"interval_s": 0.2}, **api},
         token_overrides={"limits": {"read_timeout_s": READ_TIMEOUT_S, **(token_limits or {})}},
     )
@@ -192,8 +195,11 @@ def test_audit_flood_is_bounded_and_every_grant_is_logged(devhost_factory, tools
     assert [a["job"] for a in grants].count(other) == 4
 
 
-def test_token_service_restart_keeps_running_and_warm_containers_served(devhost_factory, tools):
-    host = make_host(devhost_factory, tools, warm_pool={"worker": 1})
+@pytest.mark.parametrize("attestation", ["peer", "spire"])
+def test_token_service_restart_keeps_running_and_warm_containers_served(
+    devhost_factory, tools, attestation
+):
+    host = make_host(devhost_factory, tools, attestation=attestation, warm_pool={"worker": 1})
     api = Api(host)
 
     def warm_ready(taken: str | None = None) -> str | None:

@@ -3,6 +3,7 @@ podman as the flashpods user through the dev host."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import subprocess
@@ -101,8 +102,41 @@ def place_probe(host, job_id: str, probe: Path) -> None:
     dest.chmod(0o755)
 
 
+AGENT_CLI_IN_JOB = "/flashpods/bin/spire-agent"
+AGENT_SOCKET_IN_JOB = "/run/spire/sockets/agent.sock"
+SVID_RE = re.compile(r"token\((spiffe://[^)]*)\):\s+(\S+)")
+
+
+def fetch_svid_in(host, job_id: str, *extra: str) -> subprocess.CompletedProcess:
+    """`spire-agent api fetch jwt` inside a job's container (spire mode: the API mounted
+    the agent's socket and the static CLI), i.e. as that job's PID namespace."""
+    return host.podman(
+        "exec", job_id, AGENT_CLI_IN_JOB, "api", "fetch", "jwt", "-audience", "flashpods-token",
+        "-socketPath", AGENT_SOCKET_IN_JOB, "-timeout", "5s", *extra,
+    )  # fmt: skip
+
+
+def svid_in(host, job_id: str, timeout_s: float = 60) -> str:
+    """The job's own JWT-SVID from the real agent (retried: a new entry reaches the
+    agent on its next sync)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = fetch_svid_in(host, job_id)
+        found = SVID_RE.search(out.stdout)
+        if out.returncode == 0 and found:
+            return found.group(2)
+        assert time.monotonic() < deadline, f"no SVID for {job_id}: {out.stderr}"
+        time.sleep(0.3)
+
+
+def is_spire(host) -> bool:
+    return host.settings.attestation == "spire"
+
+
 def probe_in(host, job_id: str, body: str = "") -> dict[str, list[str]]:
-    out = host.podman("exec", job_id, "/workspace/probe", "/run/flashpods/token.sock", body)
+    """The probe inside the job; in spire mode it sends the job's own JWT-SVID."""
+    env = ["-e", f"PROBE_BEARER={svid_in(host, job_id)}"] if is_spire(host) else []
+    out = host.podman("exec", *env, job_id, "/workspace/probe", "/run/flashpods/token.sock", body)
     assert out.returncode == 0, out.stderr
     parsed: dict[str, list[str]] = {}
     for line in out.stdout.splitlines():
@@ -125,3 +159,14 @@ def grep_tree(root: Path, needles: list[str], skip: set[Path]) -> list[str]:
                 continue
             hits += [f"{path}: {n.decode()}" for n in raw if n in data]
     return hits
+
+
+def wait_for(what: str, check, timeout_s: float = 60, logs: list[Path] = ()) -> None:
+    """Poll check() until true; on timeout fail with `what` and the tails of logs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"{what} within {timeout_s:.0f} s\n{tails}")

@@ -1,12 +1,16 @@
-"""V8-V12, V15 in peer mode (SPIRE is not packaged for Debian, so the dev host's kernel
-peer attestation stands in; the forged-SVID suite in tests/unit/token covers spire mode).
+"""V8-V12, V15 on a real dev host, in both attestation modes: `peer` (kernel facts about
+the socket's peer) and `spire` (real spire-server and spire-agent with the flashpods
+workload attestor: the job's flashpods-init fetches a JWT-SVID, the token service
+verifies it against the agent's bundle). The forged-SVID suite in tests/unit/token
+covers the SVIDs SPIRE will not mint.
 
 Every job here is started through the real API of a real dev host (DevHost launcher:
-podman service, token service as flashpods-token with CAP_SYS_PTRACE, gunicorn API,
-reaper), runs as a rootless Podman container, and gets its secrets through the real
-static helper /flashpods/bin/flashpods-init. Requests the helper does not make (asking
-for one named token) come from a small static probe run with `podman exec` inside
-the job's container.
+podman service, token service as flashpods-token, gunicorn API, reaper; in spire mode
+also spire-server and spire-agent), runs as a rootless Podman container, and gets its
+secrets through the real static helper /flashpods/bin/flashpods-init. Requests the
+helper does not make (asking for one named token) come from a small static probe run
+with `podman exec` inside the job's container; in spire mode it sends the SVID that the
+real agent issued to that container.
 """
 
 from __future__ import annotations
@@ -20,14 +24,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from flashpods_devhost.configs import TRUST_DOMAIN
+from flashpods_token.identity import identity_for_kind
 from token_support import (
+    AGENT_CLI_IN_JOB,
+    AGENT_SOCKET_IN_JOB,
     FINAL,
     WORKER_IMAGE,
     Api,
     build_probe,
     grep_tree,
+    is_spire,
     place_probe,
     probe_in,
+    svid_in,
     unique_secrets,
     wait_container_running,
 )
@@ -44,13 +54,17 @@ AGENT_SCRIPT = (
     'echo "prompt=$FLASHPODS_PROMPT"'
 )
 
+# A host process's exchange; argv[2], when given, is sent as the bearer SVID.
 HOST_CLIENT = r"""
 import http.client, json, socket, sys
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX); self.sock.connect(sys.argv[1])
 c = C("t", timeout=10)
-c.request("POST", "/v1/exchange", body=b"", headers={"Content-Length": "0"})
+headers = {"Content-Length": "0"}
+if len(sys.argv) > 2:
+    headers["Authorization"] = "Bearer " + sys.argv[2]
+c.request("POST", "/v1/exchange", body=b"", headers=headers)
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
 """
@@ -65,9 +79,14 @@ def probe(tmp_path_factory) -> Path:
     return build_probe(tmp_path_factory.mktemp("probe"))
 
 
-@pytest.fixture
-def host(devhost_factory):
+def spiffe_id(job_id: str, kind: str) -> str:
+    return identity_for_kind(TRUST_DOMAIN, job_id, kind).spiffe_id
+
+
+@pytest.fixture(params=["peer", "spire"])
+def host(request, devhost_factory):
     return devhost_factory(
+        attestation=request.param,
         secrets=dict(SECRETS),
         roles={r: list(n) for r, n in ROLES.items()},
         api_overrides={
@@ -120,11 +139,14 @@ def test_worker_gets_exactly_its_roles_tokens_and_403_for_an_agent_token(host, p
     for value in SECRETS.values():
         assert value not in inspected and value not in log
 
-    spiffe_id = f"spiffe://flashpods.internal/job/{job_id}/worker"
     lines = [a for a in audit(host) if a["job"] == job_id]
-    assert [a["outcome"] for a in lines] == ["granted", "granted", "forbidden"]
-    assert all(a["spiffe_id"] == spiffe_id for a in lines)
-    assert lines[2]["refused"] == ["ANTHROPIC_API_KEY"]
+    # flashpods-init's grant and the probe's two exchanges; in spire mode the helper may
+    # still wait for its entry while the probe already asks, so the order is not fixed.
+    assert sorted(a["outcome"] for a in lines) == ["forbidden", "granted", "granted"]
+    assert all(a["spiffe_id"] == spiffe_id(job_id, "worker") for a in lines)
+    assert all(a["mode"] == host.settings.attestation for a in lines)
+    [refused] = [a for a in lines if a["outcome"] == "forbidden"]
+    assert refused["refused"] == ["ANTHROPIC_API_KEY"]
 
 
 def test_sub_agent_starts_its_agent_with_the_agent_tokens(host):
@@ -137,8 +159,17 @@ def test_sub_agent_starts_its_agent_with_the_agent_tokens(host):
     assert sha(SECRETS["GITHUB_TOKEN"]) in log
     assert "prompt=say hi" in log
     [line] = [a for a in audit(host) if a["job"] == job_id]
-    assert line["spiffe_id"] == f"spiffe://flashpods.internal/job/{job_id}/sub_agent"
+    assert line["spiffe_id"] == spiffe_id(job_id, "sub_agent")
     assert line["granted"] == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]
+
+
+def host_exchange(host, user: str, *bearer: str) -> dict:
+    argv = [sys.executable, "-c", HOST_CLIENT, str(host.token_socket), *bearer]
+    if user != "root":
+        argv = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 @pytest.mark.parametrize("user", ["root", "flashpods"])
@@ -146,14 +177,16 @@ def test_host_process_outside_any_container_gets_401(host, probe, user):
     api = Api(host)
     job_id = api.create({"kind": "worker", "command": WAIT_FOR_DONE})
     wait_container_running(host, job_id)  # a job runs: the attestor has something to match
-    argv = [sys.executable, "-c", HOST_CLIENT, str(host.token_socket)]
-    if user != "root":
-        argv = ["setpriv", "--reuid", user, "--regid", user, "--init-groups", *argv]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    answer = json.loads(out.stdout)
+    if is_spire(host):
+        # The real agent issues the host process no SVID (the flashpods attestor finds
+        # no job container for it), even while a job's entry exists...
+        svid_in(host, job_id)  # ...and has reached the agent
+        fetched = host.spire.fetch_jwt(runuser=None if user == "root" else user)
+        assert fetched.returncode != 0 and "token(" not in fetched.stdout, fetched.stdout
+        assert "no identity issued" in fetched.stderr + fetched.stdout, fetched.stderr
+    answer = host_exchange(host, user)
     assert answer["status"] == 401
-    assert answer["body"]["check"] == "peer_container"
+    assert answer["body"]["check"] == ("authorization" if is_spire(host) else "peer_container")
     (Path(host.api_config["storage"]["workspaces"]) / job_id / "probe.done").touch()
     api.wait(job_id, FINAL)
 
@@ -164,26 +197,42 @@ def test_finished_jobs_identity_gets_nothing(host, probe):
     wait_container_running(host, job_id)
     place_probe(host, job_id, probe)
     assert probe_in(host, job_id)["status"] == ["200"]
+    # Spire mode: the job's own, valid SVID, kept for after its end.
+    svid = svid_in(host, job_id) if is_spire(host) else None
     (Path(host.api_config["storage"]["workspaces"]) / job_id / "probe.done").touch()
     assert api.wait(job_id, FINAL)["status"] == "succeeded"
 
     # Its container is not running any more: nothing can exec into it.
     assert host.podman("exec", job_id, "true").returncode != 0
+    if svid:
+        # Its SVID has not expired, but the job has ended: refused.
+        replayed = host_exchange(host, "flashpods", svid)
+        assert replayed["status"] == 401 and replayed["body"]["check"] == "job_running"
 
     # Re-create a container that claims the finished job (same name and labels, the
-    # helper and the token socket mounted as the API would): the helper is refused.
+    # helper and the token socket mounted as the API would; in spire mode the agent's
+    # socket and CLI too): the helper is refused.
     host.podman("rm", "-f", "-t", "0", job_id)
     # The reaper removes containers of a final job on sight (a defence of its own);
-    # pause it so the token service's refusal is what this test sees.
+    # pause it so the token service's (or SPIRE's) refusal is what this test sees.
     host.kill("reaper", signal.SIGSTOP)
     helper = host.api_config["helper_path"]
+    spire_args = []
+    if is_spire(host):
+        spire_args = [
+            "-v", f"{host.spire.paths.agent_socket}:{AGENT_SOCKET_IN_JOB}",
+            "-v", f"{host.spire.bins.agent}:{AGENT_CLI_IN_JOB}:ro",
+            "-e", "FLASHPODS_ATTESTATION=spire",
+            "-e", f"SPIFFE_ENDPOINT_SOCKET=unix://{AGENT_SOCKET_IN_JOB}",
+            "-e", "FLASHPODS_SVID_WAIT_S=3",
+        ]  # fmt: skip
     rerun = host.podman(
         "run", "--name", job_id, "--userns=keep-id", "--init",
         "--label", f"flashpods.job={job_id}", "--label", "flashpods.kind=worker",
         "--label", f"flashpods.instance={host.settings.instance}",
         "-v", f"{helper}:/flashpods/bin/flashpods-init:ro",
         "-v", f"{host.token_socket}:/run/flashpods/token.sock",
-        "-e", "FLASHPODS_TOKEN_SOCKET=/run/flashpods/token.sock",
+        "-e", "FLASHPODS_TOKEN_SOCKET=/run/flashpods/token.sock", *spire_args,
         WORKER_IMAGE, "/flashpods/bin/flashpods-init", "--", "sh", "-c",
         'echo "got=${GITHUB_TOKEN:+yes}"',
     )  # fmt: skip
@@ -194,8 +243,15 @@ def test_finished_jobs_identity_gets_nothing(host, probe):
     finally:
         host.podman("rm", "-f", "-t", "0", job_id)
         host.kill("reaper", signal.SIGCONT)
-    refused = [a for a in audit(host) if a["outcome"] == "unauthenticated"]
-    assert refused and refused[-1]["check"] == "peer_container"
+    if is_spire(host):
+        # SPIRE issued the impostor nothing (the plugin never lets a second container
+        # speak for a job): it never even reached the token service.
+        assert "could not fetch a JWT-SVID" in rerun.stderr, rerun.stderr
+        refused = [a for a in audit(host) if a["outcome"] == "unauthenticated"]
+        assert [a["check"] for a in refused] == ["job_running"]
+    else:
+        refused = [a for a in audit(host) if a["outcome"] == "unauthenticated"]
+        assert refused and refused[-1]["check"] == "peer_container"
 
 
 def test_no_secret_value_leaks_anywhere(host, probe):
