@@ -8,14 +8,14 @@ CFS quota/period pair the CLI computes.
 Podman 4.x and 5.x: the fields written here keep their JSON names in 5.x
 (pkg/specgen/specgen.go). What changed between them, and how this module follows:
 - 5.0 turned several flags into pointers (`init`, `read_only_filesystem`,
-  `no_new_privileges`, `read_write_tmpfs`): the JSON is the same; they are always
-  written here, never left to a default that differs between versions;
+  `no_new_privileges`): the JSON is the same; they are always written here, never left
+  to a default that differs between versions;
 - 4.x fills in the keep-id user (`uid:gid` of the service's user) on the server when
   `user` is empty; 5.x does the same through `userns` options: both are left to the
   server, as the CLI does;
-- `read_write_tmpfs` (the /run and /var/tmp tmpfs that `--read-only` adds by default)
-  exists from 4.2 on; older Podman ignores it, which `KNOWN_MAJORS` in podman_rest
-  keeps out (the CLI serves those);
+- the /run and /var/tmp tmpfs that the CLI's `--read-only` adds: 4.3's service does
+  not add them for a REST create (`read_write_tmpfs` is not read there), 5.x adds them
+  unless a mount of that destination is given: so they are given, the same on both;
 - `netns` "pasta" exists from 4.4 on; on 4.3 it is refused and the probe's CLI
   fallback does not help either: network_mode must be slirp4netns there.
 """
@@ -36,6 +36,16 @@ def _bind(source: str, destination: str, ro: bool = False) -> dict[str, Any]:
         "type": "bind",
         "source": source,
         "options": ["rbind", "ro" if ro else "rw"],
+    }
+
+
+def _tmpfs(destination: str, *options: str) -> dict[str, Any]:
+    # Podman adds rprivate, nosuid, nodev and tmpcopyup itself, as for the CLI's tmpfs.
+    return {
+        "destination": destination,
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["rw", *options],
     }
 
 
@@ -75,12 +85,12 @@ def payload(spec: RunSpec, major: int) -> dict[str, Any]:
     if spec.control_dir:
         labels["flashpods.warm"] = "1"
     mounts: list[dict[str, Any]] = [
-        {
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["rw", f"size={_tmp_mb(spec.resources)}m", "mode=1777", "nosuid", "nodev"],
-        },
+        _tmpfs("/tmp", f"size={_tmp_mb(spec.resources)}m", "mode=1777"),
+        # What the CLI's --read-only adds (--read-only-tmpfs, on by default): written out,
+        # since 4.3's service does not add them for a REST create (read_write_tmpfs is
+        # ignored there; the path test caught it) and 5.x adds none twice.
+        _tmpfs("/run"),
+        _tmpfs("/var/tmp"),
         _bind(spec.workspace, "/workspace"),
         _bind(spec.artifacts, "/artifacts"),
     ]
@@ -116,7 +126,6 @@ def payload(spec: RunSpec, major: int) -> dict[str, Any]:
         "no_new_privileges": True,
         "cap_drop": ["ALL"],
         "read_only_filesystem": True,
-        "read_write_tmpfs": True,
         "mounts": mounts,
         "log_configuration": {"driver": "k8s-file", "path": spec.log_path},
         "r_limits": _rlimits(ULIMITS),

@@ -421,7 +421,11 @@ def _rest_failure(what: str, exc: RestError) -> PodmanError:
 
 
 def _gone(stderr: str) -> bool:
-    return "no such container" in stderr.lower() or "no container with name or id" in stderr.lower()
+    said = stderr.lower()
+    # "no such object": `podman inspect` of a name no container has (4.3).
+    return any(
+        s in said for s in ("no such container", "no container with name or id", "no such object")
+    )
 
 
 def _client_env() -> dict[str, str]:
