@@ -8,6 +8,7 @@ which the second test proves by freezing and killing the reaper around a job's e
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -73,3 +74,24 @@ def test_an_end_the_watch_missed_is_recorded_by_the_tick(devhost_factory):
 def _container_state(host, name: str) -> str:
     out = host.podman("inspect", "--format", "{{.State.Status}}", name, in_netns=False)
     return out.stdout.strip()
+
+
+def test_forged_log_closes_do_not_end_a_running_job(devhost_factory):
+    """An escaped process (the container uid) opens and closes running jobs' live logs
+    and plants live-log names of its own: every close is only a hint, checked with
+    Podman, so the running job stays running and is recorded when it really ends."""
+    host = devhost_factory(api_overrides=SLOW_TICK)
+    api = Api(host)
+    job = api.submit("sleep 4; echo real-end")
+    api.wait(job["id"], timeout=30, statuses=("running",))
+    logs = host.api_config["storage"]["logs"]
+    forge = (
+        f"for i in $(seq 200); do : >> {logs}/{job['id']}.ctr.log; "
+        f": > {logs}/job_aaaaaaaaaaaa.ctr.log; done"
+    )
+    subprocess.run(["runuser", "-u", "flashpods", "--", "sh", "-c", forge], check=True, timeout=60)
+    assert api.job(job["id"])["status"] == "running"
+    ended = _until_final(api, job["id"], SOON_S + 5)
+    assert ended["status"] == "succeeded", ended
+    assert api.log_text(job["id"]) == "real-end\n"
+    assert "Traceback" not in host.log("reaper", 200)
