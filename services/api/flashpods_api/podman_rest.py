@@ -5,7 +5,7 @@ these machines); the service itself answers a create and a start in tens of ms. 
 module speaks HTTP/1.1 over the unix socket with the standard library, one connection
 per call (the service closes idle ones, and a call must not inherit another's state).
 
-Only what the runtime needs: the version probe, inspect, create, start. The payloads
+Only what the runtime needs: the version probe, inspect, create, start, kill, remove. The payloads
 are the libpod API's (`/v4.0.0/libpod/...`); the version prefix is the oldest this
 code was written for, which Podman 4.x and 5.x both serve. Where 4.3 and 5.x read a
 field differently, `spec_payload` says so (runtime.py picks the CLI when the probe
@@ -118,6 +118,30 @@ class PodmanRest:
         if status not in (204, 304):  # 304: it runs already (a retried start)
             cause = _cause(raw)
             raise RestError(f"podman start {name} answered {status}: {cause}", status, cause)
+
+    def kill(self, name: str, signal: str) -> bool:
+        """Send `signal` (e.g. "TERM"); False if there is no such container."""
+        route = f"/containers/{quote(name, safe='')}/kill?signal={quote(signal, safe='')}"
+        status, raw = self.call("POST", route, timeout=30)
+        if status == 404:
+            return False
+        if status == 409:  # not running: nothing to signal, as the CLI path ignores too
+            return True
+        if status >= 300:
+            cause = _cause(raw)
+            raise RestError(f"podman kill {name} answered {status}: {cause}", status, cause)
+        return True
+
+    def remove(self, name: str) -> bool:
+        """Remove a container, running or not, at once; False if there was none."""
+        route = f"/containers/{quote(name, safe='')}?force=true&timeout=0"
+        status, raw = self.call("DELETE", route, timeout=60)
+        if status == 404:
+            return False
+        if status >= 300:
+            cause = _cause(raw)
+            raise RestError(f"podman rm {name} answered {status}: {cause}", status, cause)
+        return True
 
 
 def _cause(raw: bytes) -> str:

@@ -111,9 +111,15 @@ def test_rest_and_cli_create_the_same_job_container(devhost_factory):
     try:
         _compare(host, rest, cli, by_rest, by_cli)
     finally:
+        # Each path removes the other's container; a second removal or a signal to a
+        # gone container is no error on either path.
+        rest.runtime.remove(by_cli)
+        cli.runtime.remove(by_rest)
+    for engine in (rest, cli):
         for name in (by_rest, by_cli):
-            cli.runtime.remove(name)
-    assert rest.runtime.state(by_rest) is None and cli.runtime.state(by_cli) is None
+            engine.runtime.remove(name)
+            engine.runtime.signal(name, "TERM")
+            assert engine.runtime.state(name) is None
 
 
 def _compare(host, rest: Engine, cli: Engine, by_rest: str, by_cli: str) -> None:
