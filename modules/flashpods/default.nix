@@ -287,10 +287,10 @@ in
         default = false;
         description = ''
           Attest job containers with SPIRE instead of the token service's
-          kernel `peer` attestation (the default, which works on every
-          supported nixpkgs). Needs SPIRE 1.15.0 or newer in `package`: older
-          docker workload attestors cannot see rootless Podman jobs, and
-          nixos-25.11 ships 1.13.x (asserted).
+          kernel `peer` attestation (the default, which needs no SPIRE). The
+          agent identifies jobs with the `flashpods` workload attestor plugin
+          (`package.spireAttestor`), which works with SPIRE 1.13 and later,
+          so with nixos-25.11's `pkgs.spire`.
         '';
       };
       package = lib.mkPackageOption pkgs "spire" { };

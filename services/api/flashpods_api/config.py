@@ -164,7 +164,9 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check(cfg: dict[str, Any]) -> None:
-    def positive(path: str, value: Any, kind: type | tuple[type, ...] = int) -> None:
+    def positive(
+        path: str, value: Any, kind: type[int | float] | tuple[type[int | float], ...] = int
+    ) -> None:
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
             raise ConfigError(f"Configuration key {path} must be a positive number, not {value!r}.")
 

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def supervise(host: DevHost, stopping) -> None:
+def supervise(host: DevHost, stopping: Callable[[], bool]) -> None:
     """Restart a service that died (a few times), so a crash does not end the host."""
     restarts = dict.fromkeys(SERVICE_ORDER, 0)
     while not stopping():

@@ -34,7 +34,7 @@ def api_config(
     retention: dict[str, int],
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
-    base = {
+    base: dict[str, Any] = {
         "instance": instance,
         "token_file": str(paths.api_token),
         "db_path": str(paths.db),

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .identity import TOKEN_NAME_RE
 
@@ -106,7 +107,7 @@ def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
         )
 
 
-def _sub(where: str, data: object, cls):
+def _sub(where: str, data: object, cls: Any) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):

@@ -22,10 +22,14 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, cast
 
 from .config import Limits
 from .exchange import Reply, TokenService, error
 from .peer_key import PeerKeys
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 EXCHANGE_PATH = "/v1/exchange"
 
@@ -46,7 +50,7 @@ class _DeadlineReader(io.RawIOBase):
     and then cannot stretch the connection: the deadline is hard, not checked after a
     read returns."""
 
-    def __init__(self, sock: socket.socket, deadline: float, per_read_s: float):
+    def __init__(self, sock: socket.socket, deadline: float, per_read_s: float) -> None:
         self._sock = sock
         self._deadline = deadline
         self._per_read_s = per_read_s
@@ -54,7 +58,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise _TooSlow()
@@ -70,7 +74,7 @@ class _DeadlineReader(io.RawIOBase):
 class _CappedReader:
     """Wraps the connection's reader: at most `budget` bytes."""
 
-    def __init__(self, raw, budget: int):
+    def __init__(self, raw: io.BufferedReader, budget: int) -> None:
         self._raw = raw
         self.budget = budget
 
@@ -116,10 +120,18 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     # Answer even malformed/HTTP-0.9 requests with a status line and JSON.
     default_request_version = "HTTP/1.1"
 
+    server: TokenServer  # what BaseRequestHandler keeps of the server that made it
+
     def version_string(self) -> str:
         return "flashpods-token"
 
-    def __init__(self, request, client_address, server, peer_key: str | None = None):
+    def __init__(
+        self,
+        request: socket.socket,
+        client_address: Any,
+        server: TokenServer,
+        peer_key: str | None = None,
+    ) -> None:
         self.peer_key = peer_key
         super().__init__(request, client_address, server)
 
@@ -128,12 +140,14 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         self.connection = self.request
         deadline = time.monotonic() + 2 * limits.read_timeout_s
         raw = _DeadlineReader(self.connection, deadline, limits.read_timeout_s)
-        self.rfile = _CappedReader(io.BufferedReader(raw), limits.max_header_bytes)
+        self.capped = _CappedReader(io.BufferedReader(raw), limits.max_header_bytes)
+        # http.server only calls readline and read on it.
+        self.rfile = cast(io.BufferedIOBase, self.capped)
         self.wfile = self.connection.makefile("wb")
         # What an answer needs when the request line itself never arrived (408, 431).
         self.requestline = ""
         self.request_version = self.default_request_version
-        self.command = None
+        self.command = None  # type: ignore[assignment]  # as http.server's parse_request does
 
     def handle(self) -> None:
         # One request per connection: attestation belongs to the connection, and
@@ -148,13 +162,13 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         except (ConnectionError, OSError):
             pass
 
-    def log_request(self, code="-", size="-") -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # every exchange goes to the audit log instead; nothing else is logged
 
-    def send_error(self, code, message=None, explain=None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed request lines etc.: answer JSON, never echo the caller's bytes.
         self._reply(error(code, "bad_request", "malformed HTTP request"))
 
@@ -200,7 +214,7 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         if length > limits.max_body_bytes:
             self._reply(error(413, "too_large", f"body over {limits.max_body_bytes} bytes"))
             return
-        self.rfile.budget = length
+        self.capped.budget = length
         body = self.rfile.read(length) if length else b""
         if len(body) != length:
             self._reply(error(400, "bad_request", "body shorter than Content-Length"))
@@ -228,7 +242,8 @@ class TokenServer(socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_queue_size = 128
 
-    def __init__(self, path: str, service: TokenService, limits: Limits, group: str | None):
+    def __init__(self, path: str, service: TokenService, limits: Limits, group: str | None) -> None:
+        self.socket_path = path
         self.service = service
         self.limits = limits
         self._group = group
@@ -247,7 +262,7 @@ class TokenServer(socketserver.UnixStreamServer):
         Containers mount the socket's directory, not the socket (a file bind mount
         would keep the old inode after a restart), so nothing but sockets of this
         service is ever created there: the temporary name is a dot-name beside it."""
-        path = self.server_address
+        path = self.socket_path
         parent = os.path.dirname(os.path.abspath(path))
         if os.path.exists(path):
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -298,7 +313,10 @@ class TokenServer(socketserver.UnixStreamServer):
     def server_activate(self) -> None:
         pass  # already listening: server_bind listens before it renames into place
 
-    def process_request(self, request, client_address) -> None:
+    # A stream server's request is its socket (the base also allows a datagram's tuple).
+    def process_request(  # type: ignore[override]
+        self, request: socket.socket, client_address: Any
+    ) -> None:
         key = self._peer_keys.of(request)
         refusal = None
         with self._active_lock:
@@ -326,7 +344,7 @@ class TokenServer(socketserver.UnixStreamServer):
             self._release(key)
             self.shutdown_request(request)
 
-    def _serve_one(self, request, client_address, key: str | None) -> None:
+    def _serve_one(self, request: socket.socket, client_address: Any, key: str | None) -> None:
         try:
             ExchangeHandler(request, client_address, self, peer_key=key)
         except Exception:
@@ -347,7 +365,7 @@ class TokenServer(socketserver.UnixStreamServer):
     def server_close(self) -> None:
         super().server_close()
         try:
-            if self._ino is not None and os.stat(self.server_address).st_ino == self._ino:
-                os.unlink(self.server_address)
+            if self._ino is not None and os.stat(self.socket_path).st_ino == self._ino:
+                os.unlink(self.socket_path)
         except OSError:
             pass

@@ -71,7 +71,7 @@ def test_agent_env_wins_for_anthropic_names_even_past_validation(make_host):
         "resources": {},
         "env": {"ANTHROPIC_BASE_URL": "https://evil", "ANTHROPIC_MODEL": "m", "OTHER": "2"},
     }  # fmt: skip
-    env = host.engine.spec(job, None).env
+    env = host.engine.specs.spec(job, None).env
     assert env["ANTHROPIC_BASE_URL"] == "https://host"
     assert "ANTHROPIC_MODEL" not in env
     assert env["OTHER"] == "2"  # non-ANTHROPIC names: the request's own setting

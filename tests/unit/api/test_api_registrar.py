@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "services" / "api"))
-
-from flashpods_api.registrar import (  # noqa: E402
+from flashpods_api.registrar import (
     NoopRegistrar,
     RegistrarError,
     SpireRegistrar,
