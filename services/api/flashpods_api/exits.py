@@ -71,7 +71,7 @@ class ExitWatch:
         self.logs_dir = logs_dir
         self._ended = ended
         self._overflow = overflow
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop_r = self._stop_w = -1  # a pipe while the thread runs: its stop signal
         self._fd: int | None = None
         self._thread: threading.Thread | None = None
 
@@ -95,15 +95,21 @@ class ExitWatch:
             os.close(fd)
             return False
         self._fd = fd
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="exit-watch", daemon=True)
         self._thread.start()
         return True
 
     def stop(self) -> None:
+        if self._thread is None:
+            return
         with contextlib.suppress(OSError):
             os.write(self._stop_w, b"x")
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._thread.join(timeout=10)
+        self._thread = None
+        for fd in (self._stop_r, self._stop_w):
+            os.close(fd)
+        self._stop_r = self._stop_w = -1
 
     def _run(self) -> None:
         assert self._fd is not None

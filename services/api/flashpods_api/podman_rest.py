@@ -106,7 +106,10 @@ class PodmanRest:
         if status >= 300:
             cause = _cause(raw)
             raise RestError(f"podman inspect {name} answered {status}: {cause}", status, cause)
-        return json.loads(raw)
+        record = json.loads(raw)
+        if not isinstance(record, dict):
+            raise RestError(f"podman inspect {name} answered something other than an object")
+        return record
 
     def create(self, payload: dict[str, Any]) -> tuple[str, list[str]]:
         """Create a container; (its id, Podman's warnings)."""

@@ -47,20 +47,46 @@ def budget() -> int:
     return max(1, threads // 2)
 
 
-@contextlib.contextmanager
-def slot() -> Iterator[bool]:
-    """Take a waiting slot of this process; yields False (do not wait) when none is free."""
+def take() -> bool:
+    """Take a waiting slot of this process; False (do not wait) when none is free."""
     global _waiting
     with _lock:
-        free = _waiting < budget()
-        if free:
-            _waiting += 1
+        if _waiting >= budget():
+            return False
+        _waiting += 1
+        return True
+
+
+def give_back() -> None:
+    global _waiting
+    with _lock:
+        _waiting -= 1
+
+
+class Held:
+    """A slot taken for a streamed response: given back once, whichever closes it first
+    (the stream's end, or the server closing a response never read)."""
+
+    def __init__(self) -> None:
+        self._once = threading.Lock()
+        self._held = True
+
+    def __call__(self) -> None:
+        with self._once:
+            if self._held:
+                self._held = False
+                give_back()
+
+
+@contextlib.contextmanager
+def slot() -> Iterator[bool]:
+    """A waiting slot for the block; yields False (do not wait) when none is free."""
+    free = take()
     try:
         yield free
     finally:
         if free:
-            with _lock:
-                _waiting -= 1
+            give_back()
 
 
 def query_wait(args: Any) -> float:
