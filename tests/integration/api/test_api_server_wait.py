@@ -64,7 +64,7 @@ def test_many_waiting_clients_do_not_starve_a_spawn(devhost_factory):
     api = Api(host)
     sleeper = api.submit("sleep 600")
     api.wait(sleeper["id"], timeout=30, statuses=("running",))
-    clients = 160
+    clients = 300
     answers: list[tuple[float, dict]] = []
     lock = threading.Lock()
 
