@@ -60,8 +60,8 @@ def _result(rid: str, what: str, ours: list[float], bare: list[float], target: f
 
 
 def cold(samples: int) -> Result:
-    # The pool off explicitly: a default-on warm pool would make this a warm start.
-    with bench_host(max_concurrent_jobs=4, api_overrides={"warm_pool": {}}) as host:
+    # The cold path: an empty warm pool, explicitly (users' hosts have one by default).
+    with bench_host(max_concurrent_jobs=4, warm_pool={}) as host:
         api = Api(host)
         _measure(host, api, 2)  # warm the image cache and the API's connections
         ours, bare = _measure(host, api, samples)

@@ -391,11 +391,12 @@ in
 
     environment.systemPackages = [ spire ];
 
+    # The API's settings.spire (server_cli from this package, the sockets) are
+    # set once, in services.nix.
+
     services.flashpods.token.settings.spire = {
       bundle_file = paths.bundleFile;
       agent_socket = null;
     };
-
-    services.flashpods.api.settings.spire.server_cli = serverBin;
   };
 }

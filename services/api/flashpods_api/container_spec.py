@@ -18,12 +18,12 @@ class ContainerSpecs:
     def command_argv(self, job: dict[str, Any]) -> list[str]:
         if job["kind"] == "worker":
             return ["sh", "-c", job["command"]]
-        return list(self.config.agent["command"])
+        return list(self.config.sub_agent["command"])
 
     def request_env(self, job: dict[str, Any]) -> dict[str, str]:
         """What a job adds to its container's fixed environment: its prompt and its `env`.
 
-        For a sub_agent the host's agent.env wins for every ANTHROPIC_* name and a request's
+        For a sub_agent the host's sub_agent.env wins for every ANTHROPIC_* name and a request's
         own ANTHROPIC_* names are dropped: a request must not point the agent's key at
         another endpoint (validate.py refuses them already; this holds even so).
         """
@@ -33,7 +33,7 @@ class ContainerSpecs:
         env.update(job.get("env") or {})
         if job["kind"] == "sub_agent":
             env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")}
-            agent_env = self.config.agent["env"]
+            agent_env = self.config.sub_agent["env"]
             env.update({k: v for k, v in agent_env.items() if k.startswith("ANTHROPIC_")})
         return env
 
@@ -52,7 +52,7 @@ class ContainerSpecs:
             "TMPDIR": "/tmp",
         }
         if job["kind"] == "sub_agent":
-            env = {**cfg.agent["env"], **env}
+            env = {**cfg.sub_agent["env"], **env}
         if control:
             argv = [HELPER_IN_CONTAINER, "--wait-command"]
         else:

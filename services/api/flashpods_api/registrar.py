@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ROLE_OF_KIND = {"worker": "worker", "sub_agent": "agent"}
+_ROLE_OF_KIND = {"worker": "worker", "sub_agent": "sub_agent"}
 _OK, _NOT_FOUND, _ALREADY_EXISTS = 0, 5, 6
 
 
@@ -185,7 +185,8 @@ class SpireRegistrar:
 
     def sweep(self, live_job_ids: set[str]) -> None:
         out = self._run("show", "-parentID", self.parent_id)
-        pattern = re.compile(r"^/job/([^/]+)/(worker|agent)$")
+        # /agent: entries made before the role was spelled sub_agent are swept too.
+        pattern = re.compile(r"^/job/([^/]+)/(worker|sub_agent|agent)$")
         for e in out.get("entries") or []:
             sid = e.get("spiffe_id") or {}
             m = pattern.match(str(sid.get("path", "")))

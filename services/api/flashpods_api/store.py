@@ -20,13 +20,13 @@ import dataset
 from sqlalchemy import event, text
 from sqlalchemy.pool import QueuePool
 
-from . import endnotice
+from . import endnotice, kinds
 
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 ACTIVE = ("starting", "running")
 LIVE = ("queued", *ACTIVE)  # every status a job has before it ends
 STATUSES = (*LIVE, *FINAL)
-KINDS = ("worker", "sub_agent")
+KINDS = kinds.KINDS
 POOL_SIZE = 16  # SQLite connections kept open per process; busier moments open more
 
 _SCHEMA = (

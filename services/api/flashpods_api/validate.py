@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import artifacts, ids, job_disk
+from . import artifacts, ids, job_disk, kinds
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
-from .store import KINDS, STATUSES
+from .kinds import KINDS
+from .store import STATUSES
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Names Flashpods sets or that would change how every program in the container behaves.
@@ -70,7 +71,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
         )
     kind = body.get("kind")
     if kind not in KINDS:
-        raise bad_request("bad_kind", '\'kind\' must be "worker" or "sub_agent".')
+        raise bad_request("bad_kind", kind_error(kind))
     record: dict[str, Any] = {"kind": kind, "command": None, "prompt": None}
     if kind == "worker":
         if "prompt" in body:
@@ -104,7 +105,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
             raise bad_request(
                 "reserved_env",
                 f"Environment variable {steered[0]} is set by the host for sub_agent jobs "
-                "(its agent.env), so the agent's key cannot be sent elsewhere; remove it.",
+                "(its sub_agent.env), so the agent's key cannot be sent elsewhere; remove it.",
             )
     record["timeout_s"] = timeout(
         body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
@@ -279,7 +280,7 @@ def jobs_query(args: Mapping[str, str]) -> JobsQuery:
         raise bad_request("bad_status", f"'status' must be one of {', '.join(STATUSES)}.")
     kind = args.get("kind")
     if kind is not None and kind not in KINDS:
-        raise bad_request("bad_kind", "'kind' must be worker or sub_agent.")
+        raise bad_request("bad_kind", kind_error(kind))
     limit = query_int(args, "limit", 50, 1, 500)
     cursor = args.get("cursor")
     before = None
@@ -321,3 +322,10 @@ def artifact_path(path: str) -> str:
             "Artifact paths are relative, without '.', '..', empty parts or NUL bytes.",
         )
     return path
+
+
+def kind_error(kind: Any) -> str:
+    """What to write instead of a wrong job kind (an old sub-agent spelling named)."""
+    if kinds.is_old_sub_agent_name(kind):
+        return kinds.renamed(kind, "'kind'")
+    return '\'kind\' must be "worker" or "sub_agent".'

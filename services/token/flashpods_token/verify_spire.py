@@ -193,8 +193,8 @@ class SpireVerifier:
         svid = self.verify_token(token)
         if self._liveness is not None:
             kind = self._liveness.kind_if_running(svid.identity.job_id)
-            expected = "sub_agent" if svid.identity.role == "agent" else "worker"
-            if kind != expected:
+            # The role is the job's kind (identity.ROLES).
+            if kind != svid.identity.role:
                 raise VerificationError("job_role", "the SVID's role does not match the job's kind")
         return svid
 

@@ -13,8 +13,8 @@ PATHS = Paths(Path("/var/tmp/flashpods-test/cfg"))
 API_KEYS = {
     "instance", "token_file", "db_path", "storage", "podman_url", "rsync_url",
     "allowed_peers", "max_concurrent_jobs", "queue_limit", "default_timeout_s",
-    "max_timeout_s", "kill_grace_s", "images", "agent", "network_mode", "helper_path",
-    "token_socket", "attestation", "spire", "retention", "limits", "reaper",
+    "max_timeout_s", "kill_grace_s", "images", "sub_agent", "network_mode", "helper_path",
+    "token_socket", "attestation", "spire", "retention", "limits", "reaper", "warm_pool",
 }  # fmt: skip
 TOKEN_KEYS = {
     "socket", "socket_group", "mode", "trust_domain", "podman_url", "instance", "roles",
@@ -58,7 +58,7 @@ def test_token_config_has_the_design_keys() -> None:
         paths=PATHS,
         instance="t-cfg",
         socket_group="flashpods",
-        roles={"worker": ["GITHUB_TOKEN"], "agent": []},
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": []},
         secret_files={"GITHUB_TOKEN": "/x/GITHUB_TOKEN"},
         overrides={},
     )
@@ -89,3 +89,15 @@ def test_a_role_granting_an_unknown_secret_is_refused_with_the_name() -> None:
 def test_bad_settings_say_what_to_change(field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HostSettings(**{field: value})
+
+
+def test_an_old_sub_agent_role_is_refused_naming_the_new() -> None:
+    with pytest.raises(ValueError, match="roles.agent is an old name .* write roles.sub_agent"):
+        configs.token_config(
+            paths=PATHS,
+            instance="t-cfg",
+            socket_group="flashpods",
+            roles={"worker": [], "agent": []},
+            secret_files={},
+            overrides={},
+        )

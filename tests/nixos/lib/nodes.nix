@@ -82,7 +82,7 @@ let
           subAgent = "localhost/flashpods-worker:latest";
           load = [ self.packages.${pkgs.stdenv.hostPlatform.system}.worker-image ];
         };
-        api.settings.agent.command = [
+        api.settings.sub_agent.command = [
           "/bin/sh"
           "-c"
           "eval \"$FLASHPODS_PROMPT\""
@@ -90,7 +90,7 @@ let
         token = {
           policy = {
             worker = [ "GITHUB_TOKEN" ];
-            agent = [
+            subAgent = [
               "ANTHROPIC_API_KEY"
               "GITHUB_TOKEN"
             ];

@@ -112,6 +112,7 @@ def make_config(root: Path, **overrides: Any) -> dict[str, Any]:
         "max_concurrent_jobs": 2,
         "helper_path": str(helper),
         "token_socket": str(root / "token.sock"),
+        "warm_pool": {},  # cold unless a test asks: the packaged default fills a pool
     }
     cfg.update(overrides)
     for path in [root / "db", *(Path(p) for p in cfg["storage"].values())]:

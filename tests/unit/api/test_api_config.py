@@ -19,7 +19,7 @@ from flashpods_api.config import ConfigError, from_dict, load
         ({"network_mode": "host"}, "network_mode"),
         ({"attestation": "none"}, "attestation"),
         ({"images": {"worker": "evil:1"}}, "images.allowed"),
-        ({"agent": {"command": "claude -p"}}, "agent.command"),
+        ({"sub_agent": {"command": "claude -p"}}, "sub_agent.command"),
         ({"allowed_peers": "10.0.0.2"}, "allowed_peers"),
         ({"retention": {"logs_s": -1}}, "retention.logs_s"),
     ],

@@ -62,7 +62,7 @@ def test_register_runs_entry_create_with_the_exact_flags_standin(standin):
         [
             "entry", "create",
             "-parentID", PARENT,
-            "-spiffeID", "spiffe://flashpods.internal/job/job_aaaabbbbcccc/agent",
+            "-spiffeID", "spiffe://flashpods.internal/job/job_aaaabbbbcccc/sub_agent",
             "-selector", "flashpods:job:job_aaaabbbbcccc",
             "-selector", "flashpods:kind:sub_agent",
             "-selector", "flashpods:instance:dev",
@@ -72,7 +72,7 @@ def test_register_runs_entry_create_with_the_exact_flags_standin(standin):
         ]
     ]  # fmt: skip
     [entry] = entries(standin)
-    assert entry["spiffe_id"]["path"] == "/job/job_aaaabbbbcccc/agent"
+    assert entry["spiffe_id"]["path"] == "/job/job_aaaabbbbcccc/sub_agent"
 
 
 def test_worker_gets_the_worker_path_and_a_retry_is_idempotent_standin(standin):

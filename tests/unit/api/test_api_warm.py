@@ -146,7 +146,7 @@ def test_sub_agent_warm_container_gets_prompt_and_host_agent_env(make_host):
     host = _filled(
         make_host,
         warm_pool={"sub_agent": 1},
-        agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host.example"}},
+        sub_agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host.example"}},
     )
     row = host.store.warm_rows()[0]
     assert host.runtime.specs[row["id"]].env["ANTHROPIC_BASE_URL"] == "https://host.example"

@@ -42,7 +42,7 @@ let
       token = {
         policy = {
           worker = [ "GITHUB_TOKEN" ];
-          agent = [
+          subAgent = [
             "ANTHROPIC_API_KEY"
             "GITHUB_TOKEN"
           ];
@@ -300,6 +300,10 @@ in
     }));
     badWarmKind = failedAssertions (evaluate (withFlashpods {
       api.warmPool.agent = 1;
+    }));
+    # The sub-agent role is spelled subAgent (sub_agent in the JSON).
+    oldPolicyName = failedAssertions (evaluate (withFlashpods {
+      token.policy.agent = [ "GITHUB_TOKEN" ];
     }));
     # Jobs mount the token socket's directory: never the one of the Podman socket.
     tokenSocketBesidePodman = failedAssertions (evaluate (withFlashpods {

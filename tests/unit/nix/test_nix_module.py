@@ -18,34 +18,18 @@ import re
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 
-from .nixlib import NIX, NIX_LIB, REPO, SKIP_REASON
+from .nixlib import NIX, NIX_LIB, REPO, SKIP_REASON, evaluate_module, nix_eval
 
 LIB = NIX_LIB
 pytestmark = pytest.mark.skipif(NIX is None or LIB is None, reason=SKIP_REASON)
 
 
-def nix_eval(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [NIX or "nix-instantiate", "--eval", "--strict", "--json", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def evaluated() -> dict:
-    result = nix_eval("tests/unit/nix/eval-module.nix", "--arg", "nixpkgsLib", str(LIB))
-    # An option the module sets or reads that the typed stubs (nixpkgs) lack fails
-    # here: "The option `services.spire' does not exist" / "attribute 'spire' missing".
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return evaluate_module()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +84,7 @@ def test_token_config_is_accepted_by_the_token_service_itself(valid):
     assert parsed.mode == "peer"
     assert parsed.roles == {
         "worker": ["GITHUB_TOKEN"],
-        "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
+        "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
     }
     # Secrets only by path, and only from systemd's credentials directory.
     assert set(parsed.secrets.values()) == {
@@ -521,7 +505,7 @@ def test_warm_pool_and_control_dir_reach_the_api_config(valid, evaluated):
     from flashpods_api import config as api_config
 
     default = api_config.from_dict(valid["apiConfig"])
-    assert default.raw["warm_pool"] == {}
+    assert default.raw["warm_pool"] == {"worker": 1, "sub_agent": 1}  # on by default
     assert str(default.control_dir) == "/var/lib/flashpods/control"
     warm = evaluated["overrides"]["warm"]
     assert warm["failedAssertions"] == []
@@ -550,6 +534,7 @@ BROKEN_CASES = {
     "samePorts": ["services.flashpods.rsync.port"],
     "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
     "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
+    "oldPolicyName": ["token.policy.agent was renamed", "services.flashpods.token.policy.subAgent"],
     "tokenSocketBesidePodman": [
         "services.flashpods.token.socket",
         "/run/flashpods/token/token.sock",

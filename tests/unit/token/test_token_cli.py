@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import base_config, exchange
 
-VENV_BIN = Path("/opt/flashpods/venv/bin")
+VENV_BIN = Path(os.environ.get("FLASHPODS_VENV", "/opt/flashpods/venv")) / "bin"
 TOKEN_USER = "flashpods-token"
 
 
@@ -40,6 +40,16 @@ def test_unknown_key_stops_with_a_sentence(tmp_path, secret_files, podman):
     out = run(path)
     assert out.returncode == 2
     assert "unknown key 'sokcet'" in out.stderr
+
+
+def test_an_old_sub_agent_role_stops_with_the_new_name(tmp_path, secret_files, podman):
+    cfg = base_config(tmp_path, secret_files, podman, mode="peer")
+    cfg["roles"] = {"worker": [], "agent": ["GITHUB_TOKEN"]}
+    path = tmp_path / "token.json"
+    path.write_text(json.dumps(cfg))
+    out = run(path)
+    assert out.returncode == 2
+    assert "roles.agent is an old name of the sub-agent role; write roles.sub_agent" in out.stderr
 
 
 def test_missing_config_variable_says_what_to_set():
