@@ -46,8 +46,8 @@ def _start(engine: Engine, resources: dict) -> str:
         "env": {"EXTRA": "1"},
         "resources": resources,
     }
-    engine.prepare_dirs(job_id)
-    spec = engine.spec(job, None)
+    engine.files.prepare_dirs(job_id)
+    spec = engine.specs.spec(job, None)
     # Not through flashpods-init: its token would be refused (this instance is not the
     # token service's), and what is compared here is the container, not the helper.
     spec.argv = ["sh", "-c", PROBE]
@@ -156,7 +156,7 @@ def _refusals(host, engine: Engine, job_id: str) -> None:
         "resources": {},
     }
     with pytest.raises(Exception) as taken:
-        engine.runtime.run(engine.spec(job, None))
+        engine.runtime.run(engine.specs.spec(job, None))
     assert "already in use" in getattr(taken.value, "stderr", ""), taken.value
     gone = Runtime(f"unix://{host.paths.root}/no-such.sock", "x", api="auto")
     assert not gone.uses_rest()  # the probe found no REST service: the CLI is used
