@@ -24,6 +24,8 @@ from .errors import FlashpodsError
 JOB_ID_RE = re.compile(r"^job_[a-z0-9]{12}$")
 UPLOAD_ID_RE = re.compile(r"^up_[a-z0-9]{16}$")
 CONNECT_TIMEOUT_S = 5.0
+# The longest wait the API holds a request for (flashpods_api.waiting.MAX_WAIT_S).
+SERVER_MAX_WAIT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -161,12 +163,25 @@ class ApiClient:
         answer = self._json("POST", f"/jobs/{check_job_id(job_id)}/kill", job_id=job_id)
         return answer.get("job", answer)
 
-    def logs(self, job_id: str, offset: int = 0, limit: int | None = None) -> LogChunk:
+    def logs(
+        self, job_id: str, offset: int = 0, limit: int | None = None, wait_s: float = 0.0
+    ) -> LogChunk:
+        """A page of the log; with `wait_s` the host answers once there are bytes past
+        `offset` or the job is final (a server-side wait, at most SERVER_MAX_WAIT_S)."""
         params: dict[str, Any] = {"offset": offset}
         if limit:
             params["limit"] = limit
+        read_timeout = None
+        if wait_s > 0:
+            wait_s = min(wait_s, SERVER_MAX_WAIT_S)
+            params["wait_s"] = f"{wait_s:g}"
+            read_timeout = self.settings.http_timeout_s + wait_s
         response = self._request(
-            "GET", f"/jobs/{check_job_id(job_id)}/logs", job_id=job_id, params=params
+            "GET",
+            f"/jobs/{check_job_id(job_id)}/logs",
+            job_id=job_id,
+            params=params,
+            read_timeout=read_timeout,
         )
         return parse_log_chunk(response, offset)
 

@@ -24,6 +24,7 @@ ProgressFn = Callable[[int, int | None, str], None]
 LOG_CHUNK = 256 * 1024
 MAX_WAIT_S = 300.0
 POLL_INTERVAL_S = 0.5
+FOLLOW_WAIT_S = 25.0  # one server-side wait per request while following
 TAIL_WINDOW = 256 * 1024
 MAX_TAIL_SCAN = 64 * 1024 * 1024
 FINAL_STATES = {"succeeded", "failed", "timed_out", "killed", "lost"}
@@ -181,7 +182,11 @@ class Flashpods:
         start = offset or 0
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
         while True:
-            chunk = self.api.logs(job_id, start, max_bytes)
+            # The host waits (issue 18): it answers when bytes arrive or the job ends, at
+            # most its own maximum per request; this loop only covers a longer wait_s.
+            left = deadline - time.monotonic()
+            asked = time.monotonic()
+            chunk = self.api.logs(job_id, start, max_bytes, wait_s=max(left, 0.0))
             if chunk.data or chunk.final or time.monotonic() >= deadline:
                 return Output(
                     job_id=job_id,
@@ -190,7 +195,10 @@ class Flashpods:
                     next_offset=chunk.next_offset,
                     final=chunk.final,
                 )
-            time.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0.01)))
+            if time.monotonic() - asked < min(left, 1.0) / 2:
+                # Answered early with nothing: a host that does not wait (older, or
+                # all its waiting slots taken). Poll it, gently.
+                time.sleep(min(POLL_INTERVAL_S, max(deadline - time.monotonic(), 0.01)))
 
     def _read_from(self, job_id: str, start: int) -> tuple[bytes, int, bool]:
         data = bytearray()
@@ -228,14 +236,15 @@ class Flashpods:
         """Write the log as it grows until the job is final; returns the next offset."""
         check_job_id(job_id)
         while True:
-            chunk = self.api.logs(job_id, offset, LOG_CHUNK)
+            asked = time.monotonic()
+            chunk = self.api.logs(job_id, offset, LOG_CHUNK, wait_s=FOLLOW_WAIT_S)
             if chunk.data:
                 write(chunk.data)
             offset = chunk.next_offset
             if chunk.final and not chunk.data:
                 return offset
-            if not chunk.data:
-                time.sleep(POLL_INTERVAL_S)
+            if not chunk.data and time.monotonic() - asked < 1.0:
+                time.sleep(POLL_INTERVAL_S)  # a host that did not wait: poll it, gently
 
     # -- artifacts ----------------------------------------------------------------
 

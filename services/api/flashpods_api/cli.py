@@ -31,6 +31,8 @@ def api_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    # Server-side waits leave threads free for everything else (waiting.budget).
+    os.environ["FLASHPODS_API_THREADS"] = str(args.threads)
     try:
         load()  # fail here, with the reason, rather than in every worker
     except ConfigError as exc:

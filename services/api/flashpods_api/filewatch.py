@@ -1,7 +1,8 @@
-"""Wait for a file to change: inotify through ctypes, or an adaptive poll without it.
+"""Wait for files to change: inotify through ctypes, or an adaptive poll without it.
 
-`follow=1` log readers sleep here between reads. inotify wakes them as soon as conmon
-appends to the job's `.ctr.log` (or the reaper unlinks it), without a busy loop. If no
+`follow=1` log readers and server-side waits (waiting.py) sleep here. inotify wakes them
+as soon as conmon appends to the job's `.ctr.log` (or the reaper unlinks it), or a job's
+end touches the end notice (endnotice.py), without a busy loop. If no
 inotify instance is available (fs.inotify.max_user_instances is per user, 128 by
 default), the watch polls: 10 ms right after a change, backing off to 200 ms when idle.
 """
@@ -39,12 +40,12 @@ _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 
 
 class FileWatch:
-    """Sleeps until the watched file changes or a timeout passes; one per follower."""
+    """Sleeps until a watched file changes or a timeout passes; one per follower."""
 
     def __init__(self) -> None:
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         self.fd: int | None = fd if fd >= 0 else None
-        self._watched: str | None = None
+        self._watched: dict[int, str] = {}  # watch descriptor -> path
         self._poll_s = POLL_MIN_S
 
     @property
@@ -52,13 +53,14 @@ class FileWatch:
         return self.fd is not None
 
     def watch(self, path: str | os.PathLike[str]) -> bool:
-        """Watch `path` (replacing nothing: one file per follower). False if it is missing."""
+        """Watch `path` too (a few files per waiter at most). False if it is missing."""
         if self.fd is None:
             return os.path.exists(path)
         key = os.fspath(path)
-        if self._watched == key:
+        if key in self._watched.values():
             return True
-        if _libc.inotify_add_watch(self.fd, os.fsencode(key), MASK) < 0:
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(key), MASK)
+        if wd < 0:
             err = ctypes.get_errno()
             if err == errno.ENOENT:
                 return False
@@ -66,7 +68,7 @@ class FileWatch:
             log.warning("inotify_add_watch %s: %s; polling instead", key, os.strerror(err))
             self.close()
             return os.path.exists(key)
-        self._watched = key
+        self._watched[wd] = key
         return True
 
     def changed(self) -> None:
@@ -75,7 +77,7 @@ class FileWatch:
 
     def wait(self, timeout: float) -> None:
         """Return after the watched file changed, or after `timeout` seconds."""
-        if self.fd is None or self._watched is None:
+        if self.fd is None or not self._watched:
             time.sleep(min(timeout, self._poll_s))
             self._poll_s = min(POLL_MAX_S, self._poll_s * 2)
             return
@@ -93,10 +95,10 @@ class FileWatch:
                 return
             pos = 0
             while pos + _EVENT.size <= len(events):
-                _wd, mask, _cookie, name_len = _EVENT.unpack_from(events, pos)
+                wd, mask, _cookie, name_len = _EVENT.unpack_from(events, pos)
                 pos += _EVENT.size + name_len
                 if mask & IN_IGNORED:
-                    self._watched = None  # watch the next file this follower names
+                    self._watched.pop(wd, None)  # gone: watched again when named again
 
     def close(self) -> None:
         if self.fd is not None:

@@ -10,6 +10,12 @@ there is logged and counted, and after MAX_JOB_FAILURES ticks in a row the job i
 as `failed` with that error. Each tick records its start (`reaper` heartbeat: alive) and,
 when it got through, its end (`reaper_done`: progress); /healthz goes red when ticks keep
 starting but none gets through.
+
+A job's end is recorded when it happens (issue 18): the exit watch (exits.py) hands the
+reaper the jobs whose live log conmon just closed, and `ended` records each whose
+container Podman says has stopped. The tick stays the safety net for every end the
+watch did not see (the reaper was down, the kernel dropped events). Both take the job's
+own lock and read its row again under it, so a job is finished once.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, ids, job_limits, jobtree, logs
+from . import artifacts, exits, ids, job_limits, jobtree, logs
 from .jobs import Engine
 from .runtime import PodmanError
 from .store import ACTIVE, FINAL, LIVE
@@ -49,6 +55,10 @@ class Reaper:
         self.config = engine.config
         self.files = engine.files
         self.stop = threading.Event()
+        self._wake = threading.Event()  # a tick now: stop, or the exit watch lost events
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.exit_watch = exits.ExitWatch(self.config.logs_dir, self.ended, self.wake)
         self._decoders: dict[str, logs.Decoder] = {}
         self._artifact_checked: dict[str, float] = {}
         self._last_retention = 0.0
@@ -63,7 +73,16 @@ class Reaper:
         interval = float(self.config.reaper["interval_s"])
         self.limits.start()
         self.sweep_identities()
+        # Watch before the first tick: an end between that tick's listing and the watch
+        # would otherwise wait a whole interval.
+        self.exit_watch.start()
+        # Probe REST or CLI now, not on the first job's end (it cost that end ~0.4 s).
+        try:
+            self.runtime.uses_rest()
+        except PodmanError as exc:
+            log.warning("podman probe failed (retried on first use): %s", exc)
         while not self.stop.is_set():
+            self._wake.clear()
             try:
                 self.tick()
             except PodmanError as exc:
@@ -72,7 +91,58 @@ class Reaper:
             except Exception as exc:  # noqa: BLE001 - one bad tick must not end the reaper
                 log.exception("reaper tick failed")
                 self._record_tick_error(f"{type(exc).__name__}: {exc}")
-            self.stop.wait(interval)
+            self._wake.wait(interval)
+        self.exit_watch.stop()
+
+    def wake(self) -> None:
+        """Tick now (the exit watch lost events, or the reaper is stopping)."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self._wake.set()
+
+    # -- a job's end, as it happens ---------------------------------------------
+
+    def _job_lock(self, job_id: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._locks.get(job_id)
+            if lock is None:
+                lock = self._locks[job_id] = threading.Lock()
+            return lock
+
+    def _drop_lock(self, job_id: str) -> None:
+        with self._locks_guard:
+            self._locks.pop(job_id, None)
+
+    def ended(self, job_ids: set[str]) -> None:
+        """The exit watch saw these jobs' logs closed: record each that really ended."""
+        for job_id in sorted(job_ids):
+            try:
+                self.finish_if_ended(job_id)
+            except PodmanError as exc:
+                log.warning("could not check %s's end now (the tick will): %s", job_id, exc)
+            except Exception:  # noqa: BLE001 - one job must not stop the others
+                log.exception("recording %s's end failed (the tick retries it)", job_id)
+
+    def finish_if_ended(self, job_id: str) -> bool:
+        """Record a running job's end if Podman says its container stopped; True if done.
+
+        A close of the log is only a hint (the logs directory is writable by the job
+        uid): a container still running, or one Podman does not know, is left to the tick.
+        """
+        with self._job_lock(job_id):
+            job = self.store.get_job(job_id)
+            if job is None or job["status"] != "running":
+                return False
+            state = self.runtime.state(job_id)
+            if state is None or state.get("State") not in ("exited", "stopped"):
+                return False
+            job = self.limits.settle(job)  # a limit's kill may have ended it
+            self._forget(job_id)
+            self.engine.finish(job, state.get("ExitCode"))
+        self._drop_lock(job_id)
+        return True
 
     def _record_tick_error(self, detail: str) -> None:
         """What /healthz names when ticks stop getting through."""
@@ -114,6 +184,17 @@ class Reaper:
 
     def _guarded(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
         """One job's step; its error is its own (counted, then the job's end), not the tick's."""
+        job_id = job["id"]
+        with self._job_lock(job_id):
+            fresh = self.store.get_job(job_id)
+            # Final already: the exit watch recorded its end since the tick's listing.
+            if fresh is not None and fresh["status"] not in FINAL:
+                self._step(fresh, container)
+                fresh = self.store.get_job(job_id)
+        if fresh is None or fresh["status"] in FINAL:
+            self._drop_lock(job_id)  # a late waiter still holds the old lock: harmless
+
+    def _step(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:
         job_id = job["id"]
         try:
             if job["status"] == "running":
@@ -352,7 +433,7 @@ def hold_lock(db_path: str) -> int:
 
 def install_signal_handlers(reaper: Reaper) -> None:
     def _stop(_signum: int, _frame: Any) -> None:
-        reaper.stop.set()
+        reaper.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

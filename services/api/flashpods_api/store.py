@@ -20,7 +20,7 @@ import dataset
 from sqlalchemy import event, text
 from sqlalchemy.pool import QueuePool
 
-from . import kinds
+from . import endnotice, kinds
 
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 ACTIVE = ("starting", "running")
@@ -100,6 +100,7 @@ class Store:
     def __init__(self, db_path: str | Path, instance: str) -> None:
         self.instance = instance
         self._local = threading.local()
+        self.end_notice = endnotice.path_for(db_path)
         self.db = dataset.connect(
             f"sqlite:///{db_path}",
             # dataset hands its connection back after every transaction: a pool keeps
@@ -122,6 +123,7 @@ class Store:
         self.jobs = self.db["jobs"]
         self.uploads = self.db["uploads"]
         self.heartbeats = self.db["heartbeats"]
+        endnotice.ensure(self.end_notice)
 
     def _begin(self, conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(self._local, "write", False) else "BEGIN")
@@ -330,8 +332,13 @@ class Store:
         return row[0] if row else None
 
     def transition(self, job_id: str, expected: tuple[str, ...], **fields: Any) -> bool:
-        """Compare-and-set: apply `fields` only if the job's status is one of `expected`."""
-        return self._cas("jobs", job_id, expected, fields, state_col="status")
+        """Compare-and-set: apply `fields` only if the job's status is one of `expected`.
+
+        A job made final wakes the server-side waiters (endnotice), after the commit."""
+        done = self._cas("jobs", job_id, expected, fields, state_col="status")
+        if done and fields.get("status") in FINAL:
+            endnotice.announce(self.end_notice)
+        return done
 
     def _cas(
         self,

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import artifacts, ids, job_json, validate
+from .. import artifacts, ids, job_json, validate, waiting
 from ..errors import ApiError, bad_request, conflict
-from ..store import QueueFull, UploadUnavailable
+from ..store import FINAL, QueueFull, UploadUnavailable
 from . import engine, known_job
 
 bp = Blueprint("jobs", __name__)
@@ -94,7 +94,15 @@ def list_jobs() -> Response:
 
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    return jsonify({"job": job_json.public(engine().store, known_job(job_id))})
+    """The job; with wait_s, once it is final (a server-side wait, waiting.py)."""
+    job = known_job(job_id)
+    wait_s = waiting.query_wait(request.args)
+    store = engine().store
+    if wait_s and job["status"] not in FINAL:
+        with waiting.slot() as may_wait:
+            if may_wait:
+                job = waiting.job_final(store, job_id, wait_s) or job
+    return jsonify({"job": job_json.public(store, job)})
 
 
 @bp.post("/jobs/<job_id>/kill")
