@@ -24,9 +24,9 @@ from .process import SYSTEM_PATH, Service, as_user, tail
 
 DEFAULT_ROOT = Path("/var/lib/flashpods-dev")
 DEFAULT_VENV = Path("/opt/flashpods/venv")
-SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
+SERVICE_ORDER = ("podman", "token", "proxy", "rsyncd", "api", "reaper")
 # Stopped first so nothing starts new containers while the rest goes down.
-STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
+STOP_ORDER = ("api", "reaper", "proxy", "token", "rsyncd", "podman")
 LOOPBACK = "127.0.0.1"
 # Signals after which kill() counts a service as down on purpose until start() brings it
 # back: a stopped or continued process (SIGSTOP, SIGCONT) is still expected to live.
@@ -103,6 +103,11 @@ class DevHost:
         return self.paths.token_socket
 
     @property
+    def proxy_socket(self) -> Path:
+        """The credential proxy's socket, beside the token socket (docs/design.md)."""
+        return self.paths.token_socket.parent / "proxy.sock"
+
+    @property
     def podman_url(self) -> str:
         return f"unix://{self.paths.podman_socket}"
 
@@ -174,7 +179,8 @@ class DevHost:
         try:
             self._prepare()
             for service_name in SERVICE_ORDER:
-                self._launch(service_name)
+                if service_name in self._services:  # "proxy" only with a proxy block
+                    self._launch(service_name)
             self._wait_healthy()
         except BaseException:
             self.stop()
@@ -240,7 +246,11 @@ class DevHost:
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
         if s.firewall:
             self._load_firewall()
-        self._services = {name: self._define(name) for name in SERVICE_ORDER}
+        self._services = {
+            name: self._define(name)
+            for name in SERVICE_ORDER
+            if name != "proxy" or "proxy" in self.token_config
+        }
 
     def _rsyncd_config(self) -> str:
         acc, paths, s = self.accounts, self.paths, self.settings
@@ -269,9 +279,9 @@ class DevHost:
             argv = ["podman", "system", "service", "--time=0", self.podman_url]
             env = self._podman_env()
             umask = 0o007  # socket 0660: group flashpods may drive the sandbox
-        elif name == "token":
+        elif name in ("token", "proxy"):
             account = acc.token
-            argv = [str(venv_bin / "flashpods-token")]
+            argv = [str(venv_bin / f"flashpods-{name}")]
             env = base_env | {
                 "HOME": str(paths.token_home),
                 "XDG_RUNTIME_DIR": str(paths.token_runtime),
@@ -338,7 +348,11 @@ class DevHost:
         service = self._services[name]
         s, paths = self.settings, self.paths
         # A socket left by a killed predecessor would make the readiness probe lie.
-        stale = {"podman": paths.podman_socket, "token": paths.token_socket}.get(name)
+        stale = {
+            "podman": paths.podman_socket,
+            "token": paths.token_socket,
+            "proxy": self.proxy_socket,
+        }.get(name)
         if stale is not None:
             stale.unlink(missing_ok=True)
         service.start()
@@ -350,10 +364,11 @@ class DevHost:
                 service.check_alive,
             )
             os.chmod(paths.podman_socket, 0o660)
-        elif name == "token":
+        elif name in ("token", "proxy"):
+            sock = paths.token_socket if name == "token" else self.proxy_socket
             probes.wait_until(
-                "token service socket",
-                lambda: probes.unix_socket_answers(paths.token_socket),
+                f"{name} service socket",
+                lambda: probes.unix_socket_answers(sock),
                 30,
                 service.check_alive,
             )
@@ -433,7 +448,7 @@ class DevHost:
             self.remove_containers()
         except Exception as error:  # keep stopping the rest
             errors.append(f"removing containers: {error}")
-        for name in ("token", "rsyncd", "podman"):
+        for name in ("proxy", "token", "rsyncd", "podman"):
             _collect(errors, self._services.get(name))
         if self._firewall_loaded:
             try:

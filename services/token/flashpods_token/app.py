@@ -43,7 +43,7 @@ def spire_attest_fn(verifier: SpireVerifier):
 def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
     """The exchange service for this config, and a function that releases what it holds."""
     podman = PodmanClient(config.podman_url, config.instance)
-    policy = Policy(config.roles, config.secrets)
+    policy = Policy(config.roles, config.secrets, config.proxy.rules if config.proxy else ())
     audit = AuditLog(
         config.audit_log,
         failures_per_window=config.limits.audit_failures_per_window,

@@ -18,7 +18,7 @@ API_KEYS = {
 }  # fmt: skip
 TOKEN_KEYS = {
     "socket", "socket_group", "mode", "trust_domain", "podman_url", "instance", "roles",
-    "secrets", "audit_log", "spire",
+    "secrets", "audit_log", "spire", "env_delivery",
 }  # fmt: skip
 
 
@@ -64,6 +64,8 @@ def test_token_config_has_the_design_keys() -> None:
     )
     assert set(config) == TOKEN_KEYS
     assert config["mode"] == "peer"
+    # No proxy block: the dev host opts each secret into environment delivery itself.
+    assert config["env_delivery"] == ["GITHUB_TOKEN"]
 
 
 def test_a_role_granting_an_unknown_secret_is_refused_with_the_name() -> None:

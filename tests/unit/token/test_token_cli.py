@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import base_config, exchange
 
-VENV_BIN = Path("/opt/flashpods/venv/bin")
+VENV_BIN = Path(os.environ.get("FLASHPODS_VENV", "/opt/flashpods/venv")) / "bin"
 TOKEN_USER = "flashpods-token"
 
 

@@ -1,0 +1,447 @@
+"""The credential proxy: puts a job's secrets into its requests on the host side.
+
+docs/design.md, "Credential proxy", is the design; in short: each connection on the
+proxy socket is attested before a byte is read (the token service's peer attestation),
+then it is a CONNECT (HTTPS_PROXY clients, through the in-container relay), a TLS
+ClientHello straight away (SNI names the host), or `GET /ca.pem`. Requests to a host
+that some secret's rule names are intercepted: TLS is terminated with a leaf of this
+host's CA, the request head's placeholders are replaced, bodies and the response are
+spliced through untouched, one request per connection. Everything else is tunnelled
+untouched. Every upstream connection passes the jobs' egress rule (egress.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime
+import json
+import select
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from .attest_peer import AttestationError
+from .egress import Egress, EgressRefused, check_hostname
+from .identity import JobIdentity
+from .placeholder import find
+from .policy import Policy, SecretUnavailable
+from .proxy_ca import HostCA
+from .proxy_config import ProxySettings
+from .server import TokenServer
+
+MAX_HEAD = 65536
+CHUNK = 65536
+# Headers that belong to one hop: never passed on (the proxy ones would tell upstream
+# about us; Connection is set to close: one request per intercepted connection).
+HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te"}
+CA_PATH = "/ca.pem"
+
+
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 502: "Bad Gateway",
+           503: "Service Unavailable"}  # fmt: skip
+
+
+def refusal_bytes(status: int, code: str, message: str) -> bytes:
+    body = json.dumps({"error": message, "code": code, "by": "flashpods-proxy"}).encode() + b"\n"
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Flashpods-Proxy: {code}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def read_head(sock: socket.socket, leftover: bytes, deadline: float) -> tuple[bytes, bytes]:
+    """(the request head up to and without its blank line, the bytes after it)."""
+    data = leftover
+    while b"\r\n\r\n" not in data:
+        if len(data) > MAX_HEAD:
+            raise Refused(400, "head_too_large", f"the request head exceeds {MAX_HEAD} bytes")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Refused(408, "too_slow", "the request head did not arrive in time")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(CHUNK)
+        except (TimeoutError, ssl.SSLWantReadError):
+            raise Refused(408, "too_slow", "the request head did not arrive in time") from None
+        if not chunk:
+            raise ConnectionResetError("the client closed before a request")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    if len(head) > MAX_HEAD:
+        raise Refused(400, "head_too_large", f"the request head exceeds {MAX_HEAD} bytes")
+    return head, rest
+
+
+def parse_head(head: bytes) -> tuple[list[str], list[tuple[str, str]]]:
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise Refused(400, "bad_request", "the request head is not text") from None
+    line, *rest = text.split("\r\n")
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise Refused(400, "bad_request", "the request line must be 'METHOD TARGET HTTP/1.1'")
+    headers = []
+    for raw in rest:
+        name, sep, value = raw.partition(":")
+        if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
+            raise Refused(400, "bad_request", "a request header line is malformed")
+        headers.append((name, value.strip()))
+    return parts, headers
+
+
+def host_of(authority: str) -> tuple[str, int | None]:
+    """('host', port or None) of 'host', 'host:port', '[v6]:port'."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif authority.count(":") == 1:
+        host, _, port = authority.partition(":")
+    else:
+        host, port = authority, ""
+    if port and not port.isdigit():
+        raise Refused(400, "bad_request", f"bad port in {authority[:80]!r}")
+    try:
+        return check_hostname(host), int(port) if port else None
+    except EgressRefused as exc:
+        raise Refused(400, "bad_request", str(exc)) from None
+
+
+def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> None:
+    """Copy bytes both ways until upstream closes (or nothing moves for idle_s).
+
+    One thread: an SSL socket must not be read and written from two threads at once."""
+    for s in (client, upstream):
+        s.settimeout(idle_s)
+    readers = [client, upstream]
+    while readers:
+        ready = [s for s in readers if isinstance(s, ssl.SSLSocket) and s.pending()]
+        if not ready:
+            ready = select.select(readers, [], [], idle_s)[0]
+            if not ready:
+                return
+        for s in ready:
+            other = upstream if s is client else client
+            try:
+                data = s.recv(CHUNK)
+            except ssl.SSLWantReadError:
+                continue
+            except (OSError, ssl.SSLError):
+                return
+            if not data:
+                if s is upstream:
+                    return
+                readers.remove(s)  # the client sent all; keep answering it
+                with contextlib.suppress(OSError):
+                    if not isinstance(upstream, ssl.SSLSocket):
+                        upstream.shutdown(socket.SHUT_WR)
+                continue
+            try:
+                other.sendall(data)
+            except OSError:
+                return
+
+
+class CredentialProxy:
+    """What one connection may do: attest, policy, egress, CA; no socket server here."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        policy: Policy,
+        attest: Callable[[socket.socket], JobIdentity],
+        egress: Egress,
+        ca: HostCA,
+        log: Callable[[dict], None] | None = None,
+    ):
+        self.settings = settings
+        self.policy = policy
+        self.attest = attest
+        self.egress = egress
+        self.ca = ca
+        self._rules = {name: set(hosts) for name, hosts in settings.rules.items()}
+        self._ruled_hosts = set().union(*self._rules.values()) if self._rules else set()
+        self._upstream_ctx = ssl.create_default_context(cafile=settings.upstream_ca_file)
+        self._upstream_ctx.set_alpn_protocols(["http/1.1"])
+        self._sni_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._sni_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._sni_ctx.set_alpn_protocols(["http/1.1"])
+        self._sni_ctx.sni_callback = self._on_sni
+        self._log = log or _stderr_log
+
+    # -- one connection ---------------------------------------------------------------
+
+    def serve(self, conn: socket.socket) -> None:
+        record: dict = {"outcome": "refused"}
+        deadline = time.monotonic() + 2 * self.settings.read_timeout_s
+        client: socket.socket = conn
+        try:
+            ident: JobIdentity | None = None
+            refusal: Refused | None = None
+            try:
+                ident = self.attest(conn)
+                record |= {"job": ident.job_id, "role": ident.role}
+            except AttestationError as exc:
+                record["check"] = exc.check
+                refusal = Refused(403, "unauthenticated", f"not a running job: {exc}")
+            conn.settimeout(self.settings.read_timeout_s)
+            first = conn.recv(1, socket.MSG_PEEK)
+            if not first:
+                return
+            if first == b"\x16":
+                client, host = self._accept_tls(conn)
+                record |= {"host": host, "port": 443, "shape": "tls"}
+                if refusal is not None:
+                    raise refusal
+                assert ident is not None
+                self._intercept(ident, client, host, 443, b"", deadline, record)
+                return
+            head, rest = read_head(conn, b"", deadline)
+            (method, target, _), _headers = parse_head(head)
+            if method == "GET" and target == CA_PATH:
+                # The certificate is public: served also to callers that are no job.
+                body = self.ca.cert_pem
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-pem-file\r\n"
+                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+                record = {}
+                return
+            if refusal is not None:
+                raise refusal
+            assert ident is not None
+            if method != "CONNECT":
+                raise Refused(
+                    400,
+                    "not_connect",
+                    "send CONNECT host:port (HTTPS_PROXY) or TLS straight away; "
+                    "plain-HTTP proxying is not offered",
+                )
+            host, port = host_of(target)
+            record |= {"host": host, "port": port, "shape": "connect"}
+            if port is None:
+                raise Refused(400, "bad_request", "CONNECT needs host:port")
+            if host in self._ruled_hosts:
+                # Check before the client is told the tunnel is up.
+                self._resolve(host, port)
+                conn.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                client = self.ca.server_context(host).wrap_socket(conn, server_side=True)
+                self._intercept(ident, client, host, port, rest, deadline, record)
+                return
+            upstream = self._connect(host, port)
+            try:
+                conn.sendall(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                if rest:
+                    upstream.sendall(rest)
+                record["outcome"] = "tunnelled"
+                self._log_record(record)
+                record = {}
+                splice(conn, upstream, self.settings.idle_timeout_s)
+            finally:
+                upstream.close()
+        except Refused as exc:
+            record |= {"outcome": "refused", "code": exc.code, "error": str(exc)}
+            with contextlib.suppress(OSError, ssl.SSLError):
+                client.settimeout(self.settings.read_timeout_s)
+                client.sendall(refusal_bytes(exc.status, exc.code, str(exc)))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            record |= {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        finally:
+            if record:
+                self._log_record(record)
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def _accept_tls(self, conn: socket.socket) -> tuple[ssl.SSLSocket, str]:
+        holder: dict[str, str] = {}
+        self._pending_sni.name = holder
+        try:
+            tls = self._sni_ctx.wrap_socket(conn, server_side=True)
+        finally:
+            self._pending_sni.name = None
+        return tls, holder["host"]
+
+    _pending_sni = threading.local()
+
+    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, ctx) -> int | None:
+        holder = getattr(self._pending_sni, "name", None)
+        try:
+            host = check_hostname(server_name or "")
+        except EgressRefused:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if holder is not None:
+            holder["host"] = host
+        sslobj.context = self.ca.server_context(host)
+        return None
+
+    def _resolve(self, host: str, port: int) -> None:
+        try:
+            self.egress.resolve(host, port)
+        except EgressRefused as exc:
+            raise Refused(403, "egress_refused", str(exc)) from None
+
+    def _connect(self, host: str, port: int) -> socket.socket:
+        try:
+            return self.egress.connect(host, port)
+        except EgressRefused as exc:
+            raise Refused(403, "egress_refused", str(exc)) from None
+        except OSError as exc:
+            raise Refused(502, "upstream_unreachable", str(exc)) from None
+
+    # -- one intercepted request ------------------------------------------------------
+
+    def _intercept(
+        self,
+        ident: JobIdentity,
+        client: socket.socket,
+        host: str,
+        port: int,
+        leftover: bytes,
+        deadline: float,
+        record: dict,
+    ) -> None:
+        head, rest = read_head(client, leftover, deadline)
+        (method, target, version), headers = parse_head(head)
+        record["method"] = method
+        injected: list[str] = []
+        out: list[tuple[str, str]] = []
+        seen_host = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in HOP_HEADERS:
+                continue
+            if lname == "host":
+                seen_host = True
+                named, _ = host_of(value)
+                if named != host:
+                    raise Refused(
+                        400,
+                        "host_mismatch",
+                        f"Host: {value[:80]} is not {host}, the host this connection is for",
+                    )
+            value = self._rewrite(ident, host, value, injected)
+            if lname == "authorization" and value[:6].lower() == "basic ":
+                value = "Basic " + self._rewrite_basic(ident, host, value[6:].strip(), injected)
+            out.append((name, value))
+        if not seen_host:
+            out.insert(0, ("Host", host if port == 443 else f"{host}:{port}"))
+        out.append(("Connection", "close"))
+        upstream_raw = self._connect(host, port)
+        try:
+            try:
+                upstream = self._upstream_ctx.wrap_socket(upstream_raw, server_hostname=host)
+            except (ssl.SSLError, OSError) as exc:
+                raise Refused(502, "upstream_tls", f"TLS to {host}:{port} failed: {exc}") from None
+            lines = [f"{method} {target} {version}"] + [f"{n}: {v}" for n, v in out]
+            upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + rest)
+            record |= {"outcome": "forwarded", "injected": sorted(set(injected))}
+            self._log_record(dict(record))
+            record.clear()
+            splice(client, upstream, self.settings.idle_timeout_s)
+        finally:
+            upstream_raw.close()
+
+    def _rewrite(self, ident: JobIdentity, host: str, value: str, injected: list[str]) -> str:
+        for found in find(value):
+            if host not in self._rules.get(found.name, ()):
+                continue  # not this secret's host: the placeholder passes unchanged
+            if found.job_id != ident.job_id:
+                raise Refused(
+                    403,
+                    "foreign_placeholder",
+                    f"this request carries the {found.name} placeholder of another job",
+                )
+            if found.name not in self.policy.allowed(ident.role):
+                raise Refused(403, "not_granted", f"role {ident.role} may not use {found.name}")
+            try:
+                secret = self.policy.read(found.name)
+            except SecretUnavailable as exc:
+                raise Refused(503, "secret_unavailable", str(exc)) from None
+            value = value.replace(found.text, secret)
+            injected.append(found.name)
+        return value
+
+    def _rewrite_basic(self, ident: JobIdentity, host: str, b64: str, injected: list[str]) -> str:
+        try:
+            decoded = base64.b64decode(b64, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return b64  # not ours to judge: passed on as sent
+        before = len(injected)
+        rewritten = self._rewrite(ident, host, decoded, injected)
+        if len(injected) == before:
+            return b64
+        return base64.b64encode(rewritten.encode("utf-8")).decode("ascii")
+
+    def _log_record(self, record: dict) -> None:
+        self._log(record)
+
+
+def _stderr_log(record: dict) -> None:
+    line = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")}
+    print(json.dumps(line | record, ensure_ascii=True), file=sys.stderr, flush=True)
+
+
+class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One daemon thread per connection, up to max_connections at once."""
+
+    daemon_threads = True
+    allow_reuse_address = False
+    request_queue_size = 128
+    server_bind = TokenServer.server_bind  # bind aside, chmod 0660, rename into place
+    server_activate = TokenServer.server_activate
+    _server_close_socket = TokenServer.server_close
+
+    def __init__(self, proxy: CredentialProxy, group: str | None):
+        self.proxy = proxy
+        self._group = group
+        self._ino: int | None = None
+        self._active = 0
+        self._lock = threading.Lock()
+        super().__init__(proxy.settings.socket, socketserver.BaseRequestHandler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            full = self._active >= self.proxy.settings.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            with contextlib.suppress(OSError):
+                request.send(
+                    refusal_bytes(503, "busy", "too many proxy connections; retry"),
+                    socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL,
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            self.proxy.serve(request)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            with self._lock:
+                self._active -= 1
+            with contextlib.suppress(OSError):
+                request.close()
+
+    def server_close(self) -> None:
+        self._server_close_socket()

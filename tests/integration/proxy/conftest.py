@@ -1,0 +1,87 @@
+"""Fixtures of the credential proxy's tests (needs root: namespaces, nftables, users).
+
+The dev host runs in its own network namespace with the project's firewall and the
+proxy (netlab.py from the sub-agent tests: `host` and `internet`); stand-in HTTPS
+origins for GitHub, the Messages API and a host with no rule listen on 203.0.113.10
+in the internet namespace, and the proxy pins those names there (`static_hosts`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "subagent"))
+
+from netlab import MODEL_ADDR, Netlab  # noqa: E402
+from proxy_support import (  # noqa: E402
+    FIREWALL_VALUES,
+    GITHUB_HOSTS,
+    MODEL_HOST,
+    OTHER_HOST,
+    unique_keys,
+)
+from standin_https import StandinOrigin  # noqa: E402
+from subagent_support import HostApi  # noqa: E402
+
+
+@pytest.fixture
+def lab() -> Iterator[Netlab]:
+    if os.geteuid() != 0:
+        pytest.fail("the proxy tests need root (network namespaces, nftables, user switching)")
+    with Netlab() as netlab:
+        yield netlab
+
+
+@pytest.fixture
+def origin(lab: Netlab) -> Iterator[StandinOrigin]:
+    with tempfile.TemporaryDirectory(prefix="fp-proxy-origin-", dir="/var/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        server = StandinOrigin(
+            MODEL_ADDR, lab.path(lab.inet), [*GITHUB_HOSTS, MODEL_HOST, OTHER_HOST], Path(tmp)
+        )
+        try:
+            yield server
+        finally:
+            server.close()
+
+
+@pytest.fixture
+def proxy_host(
+    lab: Netlab, origin: StandinOrigin, devhost_factory: Callable
+) -> Iterator[Callable[..., tuple[HostApi, dict[str, str]]]]:
+    """A dev host in the lab with the proxy on; returns (api, the real keys)."""
+    apis: list[HostApi] = []
+
+    def make(**overrides: object) -> tuple[HostApi, dict[str, str]]:
+        keys = unique_keys()
+        host = devhost_factory(
+            netns=lab.host,
+            firewall=True,
+            firewall_values=FIREWALL_VALUES,
+            secrets=keys,
+            roles={"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]},
+            token_overrides={
+                "proxy": {
+                    "rules": {"GITHUB_TOKEN": GITHUB_HOSTS, "ANTHROPIC_API_KEY": [MODEL_HOST]},
+                    "static_hosts": {
+                        name: MODEL_ADDR for name in (*GITHUB_HOSTS, MODEL_HOST, OTHER_HOST)
+                    },
+                    "upstream_ca_file": str(origin.ca_file),
+                }
+            },
+            api_overrides={"reaper": {"interval_s": 0.2}, "kill_grace_s": 2},
+            **overrides,
+        )
+        api = HostApi(host, lab)
+        apis.append(api)
+        return api, keys
+
+    yield make
+    for api in apis:
+        api.close()
