@@ -9,6 +9,7 @@ in the internet namespace, and the proxy pins those names there (`static_hosts`)
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "subagent"))
 
 from netlab import MODEL_ADDR, Netlab  # noqa: E402
 from proxy_support import (  # noqa: E402
+    BUILD_HELPER,
     FIREWALL_VALUES,
     GITHUB_HOSTS,
     MODEL_HOST,
@@ -51,9 +53,19 @@ def origin(lab: Netlab) -> Iterator[StandinOrigin]:
             server.close()
 
 
+@pytest.fixture(scope="session")
+def helper_path() -> Iterator[str]:
+    """flashpods-init of this checkout (the relay is new); traversable by the job user."""
+    with tempfile.TemporaryDirectory(prefix="fp-proxy-helper-", dir="/var/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        out = Path(tmp) / "flashpods-init"
+        subprocess.run([str(BUILD_HELPER), str(out)], check=True, capture_output=True, timeout=300)
+        yield str(out)
+
+
 @pytest.fixture
 def proxy_host(
-    lab: Netlab, origin: StandinOrigin, devhost_factory: Callable
+    lab: Netlab, origin: StandinOrigin, helper_path: str, devhost_factory: Callable
 ) -> Iterator[Callable[..., tuple[HostApi, dict[str, str]]]]:
     """A dev host in the lab with the proxy on; returns (api, the real keys)."""
     apis: list[HostApi] = []
@@ -75,7 +87,11 @@ def proxy_host(
                     "upstream_ca_file": str(origin.ca_file),
                 }
             },
-            api_overrides={"reaper": {"interval_s": 0.2}, "kill_grace_s": 2},
+            api_overrides={
+                "reaper": {"interval_s": 0.2},
+                "kill_grace_s": 2,
+                "helper_path": helper_path,
+            },
             **overrides,
         )
         api = HostApi(host, lab)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 
+BUILD_HELPER = Path(__file__).resolve().parents[3] / "scripts" / "lib" / "build-helper.sh"
 AGENT_IMAGE = "localhost/flashpods-agent:latest"
 FIREWALL_VALUES = {"wg_if": "fpa-nowg", "laptop_addr": "10.0.0.2", "resolvers": []}
 GITHUB_HOSTS = ["github.com", "api.github.com"]

@@ -92,6 +92,15 @@ class StandinOrigin:
                         "body": body,
                     }
                 )
+                if "/info/refs" in self.path and "authorization" not in {
+                    k.lower() for k in self.headers
+                }:
+                    # As GitHub does: git sends its credentials only after a challenge.
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="GitHub"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 out = json.dumps({"ok": True, "path": self.path}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
