@@ -33,7 +33,9 @@ from .placeholder import find
 from .policy import Policy, SecretUnavailable
 from .proxy_ca import HostCA
 from .proxy_config import ProxySettings
+from .proxy_meter import MeterError, clamp, is_metered, read_body, relay_response
 from .server import TokenServer
+from .usage import UsageBook
 
 MAX_HEAD = 65536
 CHUNK = 65536
@@ -50,12 +52,14 @@ class Refused(Exception):
         self.code = code
 
 
-REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 502: "Bad Gateway",
-           503: "Service Unavailable"}  # fmt: skip
+REASONS = {400: "Bad Request", 403: "Forbidden", 408: "Request Timeout", 411: "Length Required",
+           413: "Content Too Large", 502: "Bad Gateway", 503: "Service Unavailable"}  # fmt: skip
 
 
 def refusal_bytes(status: int, code: str, message: str) -> bytes:
-    body = json.dumps({"error": message, "code": code, "by": "flashpods-proxy"}).encode() + b"\n"
+    # The Messages API's error shape, so model clients show the message as it is.
+    record = {"type": "error", "error": {"type": code, "message": message}, "code": code}
+    body = json.dumps(record | {"by": "flashpods-proxy"}).encode() + b"\n"
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         "Content-Type: application/json\r\n"
@@ -124,6 +128,11 @@ def host_of(authority: str) -> tuple[str, int | None]:
         raise Refused(400, "bad_request", str(exc)) from None
 
 
+def _encode_head(request_line: str, headers: list[tuple[str, str]]) -> bytes:
+    lines = [request_line] + [f"{n}: {v}" for n, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> None:
     """Copy bytes both ways until upstream closes (or nothing moves for idle_s).
 
@@ -170,7 +179,9 @@ class CredentialProxy:
         egress: Egress,
         ca: HostCA,
         log: Callable[[dict], None] | None = None,
+        usage: UsageBook | None = None,
     ):
+        self.usage = usage
         self.settings = settings
         self.policy = policy
         self.attest = attest
@@ -343,21 +354,86 @@ class CredentialProxy:
             out.append((name, value))
         if not seen_host:
             out.insert(0, ("Host", host if port == 443 else f"{host}:{port}"))
+        record["injected"] = sorted(set(injected))
+        request_line = f"{method} {target} {version}"
+        if (
+            self.usage is not None
+            and host in self._rules.get(self.settings.model_secret, ())
+            and is_metered(method, target)
+        ):
+            self._forward_metered(ident, client, host, port, request_line, out, rest, record)
+            return
         out.append(("Connection", "close"))
-        upstream_raw = self._connect(host, port)
+        upstream = self._open_upstream(host, port)
         try:
-            try:
-                upstream = self._upstream_ctx.wrap_socket(upstream_raw, server_hostname=host)
-            except (ssl.SSLError, OSError) as exc:
-                raise Refused(502, "upstream_tls", f"TLS to {host}:{port} failed: {exc}") from None
-            lines = [f"{method} {target} {version}"] + [f"{n}: {v}" for n, v in out]
-            upstream.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + rest)
-            record |= {"outcome": "forwarded", "injected": sorted(set(injected))}
+            upstream.sendall(_encode_head(request_line, out) + rest)
+            record["outcome"] = "forwarded"
             self._log_record(dict(record))
             record.clear()
             splice(client, upstream, self.settings.idle_timeout_s)
         finally:
-            upstream_raw.close()
+            upstream.close()
+
+    def _forward_metered(
+        self,
+        ident: JobIdentity,
+        client: socket.socket,
+        host: str,
+        port: int,
+        request_line: str,
+        headers: list[tuple[str, str]],
+        rest: bytes,
+        record: dict,
+    ) -> None:
+        """A Messages API call: max_tokens clamped to the budget, usage read from the answer."""
+        assert self.usage is not None
+        try:
+            body = read_body(client, rest, headers, self.settings.read_timeout_s * 6)
+            _, asked = clamp(body, None)
+        except MeterError as exc:
+            raise Refused(exc.status, exc.code, str(exc)) from None
+        reserved = self.usage.reserve(ident.job_id, asked)
+        if reserved == 0:
+            raise Refused(
+                403,
+                "budget_exhausted",
+                f"job {ident.job_id} has used its model token budget ({self.usage.budget} tokens)",
+            )
+        settled = False
+        try:
+            body, _ = clamp(body, reserved)
+            if reserved is not None and asked != reserved:
+                record["max_tokens"] = {"asked": asked, "sent": reserved}
+            # The usage is read from the answer: ask for it unencoded.
+            dropped = ("content-length", "accept-encoding", "transfer-encoding")
+            headers = [(n, v) for n, v in headers if n.lower() not in dropped] + [
+                ("Content-Length", str(len(body))),
+                ("Accept-Encoding", "identity"),
+                ("Connection", "close"),
+            ]
+            upstream = self._open_upstream(host, port)
+            try:
+                upstream.sendall(_encode_head(request_line, headers) + body)
+                idle = self.settings.idle_timeout_s
+                head, after = read_head(upstream, b"", time.monotonic() + idle)
+                seen = relay_response(upstream, client, head, after, idle)
+            finally:
+                upstream.close()
+            self.usage.settle(ident.job_id, reserved, seen)
+            settled = True
+            self._log_record(record | {"outcome": "forwarded", "usage": seen})
+            record.clear()
+        finally:
+            if not settled:
+                self.usage.release(ident.job_id, reserved)
+
+    def _open_upstream(self, host: str, port: int) -> ssl.SSLSocket:
+        raw = self._connect(host, port)
+        try:
+            return self._upstream_ctx.wrap_socket(raw, server_hostname=host)
+        except (ssl.SSLError, OSError) as exc:
+            raw.close()
+            raise Refused(502, "upstream_tls", f"TLS to {host}:{port} failed: {exc}") from None
 
     def _rewrite(self, ident: JobIdentity, host: str, value: str, injected: list[str]) -> str:
         for found in find(value):

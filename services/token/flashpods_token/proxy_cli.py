@@ -15,6 +15,7 @@ from .policy import Policy
 from .proxy import CredentialProxy, ProxyServer
 from .proxy_ca import HostCA
 from .ratelimit import RateLimiter
+from .usage import UsageBook
 
 
 def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor]:
@@ -50,6 +51,11 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor]:
         attestor.attest,
         Egress(forbidden, settings.static_hosts, settings.connect_timeout_s),
         HostCA(settings.ca_dir),
+        usage=(
+            UsageBook(settings.usage_dir, settings.budget_tokens, config.socket_group)
+            if settings.usage_dir
+            else None
+        ),
     )
     return ProxyServer(proxy, config.socket_group), attestor
 

@@ -29,6 +29,10 @@ class ProxySettings:
     read_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     max_connections: int = 512
+    # Model usage and budget (usage.py): requests to this secret's hosts are metered.
+    model_secret: str = "ANTHROPIC_API_KEY"
+    usage_dir: str | None = None
+    budget_tokens: int | None = None  # input + output tokens per job; None: no cap
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
@@ -88,6 +92,18 @@ def parse_proxy(
                 raise ProxyConfigError(
                     f"token config: {name} is in both proxy.rules and env_delivery; pick one"
                 )
+        budget = data.get("budget_tokens")
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ProxyConfigError("token config proxy.budget_tokens must be a positive integer")
+        usage_dir = data.get("usage_dir")
+        if usage_dir is not None and not (isinstance(usage_dir, str) and os.path.isabs(usage_dir)):
+            raise ProxyConfigError("token config proxy.usage_dir must be an absolute path")
+        if budget is not None and usage_dir is None:
+            raise ProxyConfigError(
+                "token config proxy.budget_tokens needs proxy.usage_dir (where usage is kept)"
+            )
         static = data.get("static_hosts") or {}
         if not isinstance(static, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in static.items()

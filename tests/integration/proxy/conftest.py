@@ -9,6 +9,7 @@ in the internet namespace, and the proxy pins those names there (`static_hosts`)
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -70,7 +71,9 @@ def proxy_host(
     """A dev host in the lab with the proxy on; returns (api, the real keys)."""
     apis: list[HostApi] = []
 
-    def make(**overrides: object) -> tuple[HostApi, dict[str, str]]:
+    def make(
+        proxy: dict | None = None, api: dict | None = None, **overrides: object
+    ) -> tuple[HostApi, dict[str, str]]:
         keys = unique_keys()
         host = devhost_factory(
             netns=lab.host,
@@ -86,12 +89,14 @@ def proxy_host(
                     },
                     "upstream_ca_file": str(origin.ca_file),
                 }
+                | (proxy or {})
             },
             api_overrides={
                 "reaper": {"interval_s": 0.2},
                 "kill_grace_s": 2,
                 "helper_path": helper_path,
-            },
+            }
+            | (api or {}),
             **overrides,
         )
         api = HostApi(host, lab)
@@ -101,3 +106,12 @@ def proxy_host(
     yield make
     for api in apis:
         api.close()
+
+
+@pytest.fixture
+def usage_dir() -> Iterator[Path]:
+    """Where the proxy keeps per-job usage (made by the proxy itself, as the token user)."""
+    with tempfile.TemporaryDirectory(prefix="fp-proxy-usage-", dir="/var/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        os.chown(tmp, pwd.getpwnam("flashpods-token").pw_uid, -1)
+        yield Path(tmp) / "usage"

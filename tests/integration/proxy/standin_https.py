@@ -101,12 +101,54 @@ class StandinOrigin:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if self.path == "/v1/messages":
+                    self._messages(json.loads(body))
+                    return
                 out = json.dumps({"ok": True, "path": self.path}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
                 self.wfile.write(out)
+
+            def _messages(self, request: dict) -> None:
+                """A model that reports usage: 10 input tokens, 30 output (fewer if
+                max_tokens says so); streamed (chunked SSE) when asked to."""
+                output = min(30, int(request.get("max_tokens", 30)))
+                if not request.get("stream"):
+                    out = json.dumps(
+                        {
+                            "type": "message",
+                            "content": [{"type": "text", "text": "hi"}],
+                            "usage": {"input_tokens": 10, "output_tokens": output},
+                        }
+                    ).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                events = [
+                    ("message_start", {"type": "message_start", "message": {
+                        "usage": {"input_tokens": 10, "output_tokens": 1}}}),
+                    ("content_block_delta", {"type": "content_block_delta", "delta": {
+                        "type": "text_delta", "text": "hi"}}),
+                    ("message_delta", {"type": "message_delta", "usage": {
+                        "output_tokens": output}}),
+                    ("message_stop", {"type": "message_stop"}),
+                ]  # fmt: skip
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for name, data in events:
+                    # One event split over two chunks: the proxy must reassemble lines.
+                    text = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                    for part in (text[:7], text[7:]):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
 
             do_GET = do_POST = _any  # noqa: N815 - http.server's names
 

@@ -11,6 +11,8 @@ from conftest import base_config
 from flashpods_token.config import ConfigError, parse_config
 from flashpods_token.egress import Egress, EgressRefused, nonpublic_networks
 from flashpods_token.placeholder import find, placeholder
+from flashpods_token.proxy_meter import ChunkDecoder
+from flashpods_token.usage import ResponseUsage, UsageBook
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "modules" / "flashpods" / "firewall.nft.in"
 
@@ -82,3 +84,46 @@ def test_a_name_pinned_to_a_private_address_is_still_refused():
         egress.resolve("github.com", 443)
     with pytest.raises(EgressRefused, match="not a host name"):
         egress.resolve("evil.com\r\nX: y", 443)
+
+
+def _chunked(parts: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+def test_streamed_usage_is_read_across_chunk_and_line_boundaries():
+    events = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+        b'{"input_tokens":12,"cache_read_input_tokens":3,"output_tokens":1}}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":7}}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":9}}\n\n'
+    )
+    raw = _chunked([events[i : i + 5] for i in range(0, len(events), 5)])
+    decoder, meter = ChunkDecoder(), ResponseUsage("text/event-stream; charset=utf-8")
+    for i in range(0, len(raw), 3):  # the wire delivers any split
+        meter.feed(decoder.feed(raw[i : i + 3]))
+    assert decoder.done
+    assert meter.finish() == {"input_tokens": 12, "cache_read_input_tokens": 3, "output_tokens": 9}
+
+
+def test_a_json_answer_and_hostile_values_are_read_safely():
+    meter = ResponseUsage("application/json")
+    meter.feed(b'{"usage": {"input_tokens": 5, "output_tokens": -4, "x": true}}')
+    assert meter.finish() == {"input_tokens": 5}
+    with pytest.raises(ValueError):
+        ChunkDecoder().feed(b"zz\r\n")
+
+
+def test_the_budget_clamps_reserves_and_then_refuses(tmp_path):
+    book = UsageBook(str(tmp_path / "usage"), budget_tokens=100)
+    first = book.reserve("job_a", 64)
+    second = book.reserve("job_a", 64)  # concurrent: only what the first left over
+    assert (first, second) == (64, 36)
+    book.settle("job_a", first, {"input_tokens": 10, "output_tokens": 64})
+    book.release("job_a", second)
+    assert book.reserve("job_a", None) == 26
+    book.settle("job_a", 26, {"input_tokens": 10, "output_tokens": 16})
+    assert book.reserve("job_a", 5) == 0 and book.get("job_a").budget_exhausted
+    # A restarted proxy goes on from the file.
+    assert UsageBook(str(tmp_path / "usage"), 100).get("job_a").used == 100
+    with pytest.raises(ValueError):
+        book.reserve("../etc", 1)
