@@ -29,6 +29,7 @@ from collections.abc import Callable
 from .attest_peer import AttestationError
 from .egress import Egress, EgressRefused, check_hostname
 from .identity import JobIdentity
+from .peer_key import PeerKeys
 from .placeholder import find
 from .policy import Policy, SecretUnavailable
 from .proxy_ca import HostCA
@@ -490,23 +491,49 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._group = group
         self._ino: int | None = None
         self._active = 0
+        self._per_job: dict[str | None, int] = {}
+        self._peer_keys = PeerKeys()
         self._lock = threading.Lock()
+        self._keys: dict[int, str | None] = {}
         super().__init__(proxy.settings.socket, socketserver.BaseRequestHandler)
 
     def process_request(self, request, client_address) -> None:
+        # Admission from kernel facts in the accepting thread, as in the token service:
+        # the caller's job is its top PID namespace below ours (peer_key.py).
+        key = self._peer_keys.of(request)
+        limits = self.proxy.settings
         with self._lock:
-            full = self._active >= self.proxy.settings.max_connections
-            if not full:
+            if self._active >= limits.max_connections:
+                refusal = "the credential proxy is busy; retry shortly"
+            elif key is not None and self._per_job.get(key, 0) >= limits.max_connections_per_job:
+                refusal = f"this job has {limits.max_connections_per_job} proxy connections open"
+            else:
+                refusal = None
                 self._active += 1
-        if full:
+                self._per_job[key] = self._per_job.get(key, 0) + 1
+                self._keys[id(request)] = key
+        if refusal is not None:
             with contextlib.suppress(OSError):
                 request.send(
-                    refusal_bytes(503, "busy", "too many proxy connections; retry"),
-                    socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL,
+                    refusal_bytes(503, "busy", refusal), socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
                 )
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread to be had: refuse like a full server
+            self._release(request)
+            self.shutdown_request(request)
+
+    def _release(self, request) -> None:
+        with self._lock:
+            key = self._keys.pop(id(request), None)
+            self._active -= 1
+            left = self._per_job.get(key, 1) - 1
+            if left:
+                self._per_job[key] = left
+            else:
+                self._per_job.pop(key, None)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
@@ -514,8 +541,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         except Exception:
             self.handle_error(request, client_address)
         finally:
-            with self._lock:
-                self._active -= 1
+            self._release(request)
             with contextlib.suppress(OSError):
                 request.close()
 

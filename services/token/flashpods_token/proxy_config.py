@@ -29,6 +29,7 @@ class ProxySettings:
     read_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
     max_connections: int = 512
+    max_connections_per_job: int = 64  # per PID namespace, like the token service
     # Model usage and budget (usage.py): requests to this secret's hosts are metered.
     model_secret: str = "ANTHROPIC_API_KEY"
     usage_dir: str | None = None

@@ -126,3 +126,28 @@ def test_placeholder_of_an_ended_job_is_refused(proxy_host, origin, lab):
     assert head.startswith(b"HTTP/1.1 403") and b"unauthenticated" in head, head
     record = json.loads(head.split(b"\r\n\r\n", 1)[1])
     assert record["by"] == "flashpods-proxy"
+
+
+def test_one_job_holding_its_connection_cap_does_not_starve_another(proxy_host, origin):
+    api, keys = proxy_host(proxy={"read_timeout_s": 60, "max_connections_per_job": 16})
+    hog_code = Path(__file__).with_name("hog_job.py").read_text()
+    hog = api.spawn(
+        kind="worker",
+        command=f"cat > /tmp/hog.py <<'PY'\n{hog_code}PY\npython3 /tmp/hog.py 16 40",
+        image=AGENT_IMAGE,
+        timeout_s=300,
+    )
+    api.wait_for("the hog to hold its connections", lambda: b"holding" in api.logs(hog["id"]))
+    assert b"extra:HTTP/1.1 503" in api.logs(hog["id"])
+    other = api.spawn(
+        kind="worker",
+        command='curl -sS -H "Authorization: token $GITHUB_TOKEN" '
+        "https://api.github.com/other-job -o /dev/null -w 'other:%{http_code}\\n'",
+        image=AGENT_IMAGE,
+    )
+    api.wait(other["id"])
+    assert b"other:200" in api.logs(other["id"])
+    assert b"released" not in api.logs(hog["id"])  # it was still holding all along
+    (seen,) = origin.seen("/other-job")
+    assert seen["headers"]["authorization"] == f"token {keys['GITHUB_TOKEN']}"
+    api.kill(hog["id"])
