@@ -58,7 +58,8 @@ class StandinOrigin:
         self.ca_file = workdir / "origin-ca.pem"
         self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         self.ca_file.chmod(0o644)
-        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # Also for other stand-ins on this address (the scripted model).
+        self.tls_context = self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory() as tmp:
             chain, key = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
             chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
