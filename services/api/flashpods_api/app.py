@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from . import artifacts, auth, health, ids, logs, validate
@@ -23,6 +23,7 @@ from .filewatch import FileWatch
 from .jobs import DIR_MODE, Engine, Registrar, default_registrar
 from .runtime import PodmanError, Runtime
 from .store import FINAL, KINDS, STATUSES, QueueFull, Store, UploadUnavailable
+from .usage import read_usage
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def create_app(
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.config["FLASHPODS_USAGE_DIR"] = cfg.raw["storage"].get("usage")
     app.url_map.merge_slashes = False  # "a//b" is a bad artifact path, not a redirect
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = store or Store(cfg.db_path, cfg.instance)
@@ -397,6 +399,9 @@ def _public(store: Store, job: dict[str, Any] | None) -> dict[str, Any]:
     out["logs_available"] = not job.get("logs_deleted")
     if job["status"] == "queued":
         out["queue_position"] = store.queue_position(job)
+    usage_dir = current_app.config.get("FLASHPODS_USAGE_DIR")
+    if usage_dir:  # the credential proxy's metering (docs/token.md)
+        out["usage"] = read_usage(usage_dir, job["id"])
     return out
 
 

@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
         "artifacts": "/var/lib/flashpods/artifacts",
         "logs": "/var/log/flashpods",
         "control": None,  # warm containers' hand-over dirs; None = control beside <workspaces>
+        "usage": None,  # the credential proxy's per-job model usage (its proxy.usage_dir)
     },
     "podman_url": "unix:///run/flashpods/podman/podman.sock",
     "rsync_url": "rsync://10.0.0.1/uploads",

@@ -20,6 +20,7 @@ def test_usage_is_recorded_and_the_budget_clamps_then_refuses(proxy_host, origin
     api, keys = proxy_host(
         proxy={"usage_dir": str(usage_dir), "budget_tokens": BUDGET},
         api={
+            "storage": {"usage": str(usage_dir)},
             "images": {"sub_agent": AGENT_IMAGE},
             "agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
         },
@@ -48,3 +49,6 @@ def test_usage_is_recorded_and_the_budget_clamps_then_refuses(proxy_host, origin
         "budget_tokens": BUDGET,
         "budget_exhausted": True,
     }
+    # The API shows it with the job.
+    assert api.job(job["id"])["usage"] == usage
+    assert any(j["id"] == job["id"] and j["usage"] == usage for j in api.jobs())
