@@ -19,10 +19,22 @@ import sys
 import time
 from pathlib import Path
 
-from .host import DEFAULT_ROOT, DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
+from .host import DEFAULT_ROOT, DEFAULT_VENV, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
 ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+# The credential proxy's host rules (docs/design.md): a job holds only a placeholder,
+# the proxy puts the value into requests to these hosts.
+PROXY_RULES = {
+    "ANTHROPIC_API_KEY": ["api.anthropic.com"],
+    "GITHUB_TOKEN": [
+        "github.com",
+        "api.github.com",
+        "uploads.github.com",
+        "codeload.github.com",
+        "raw.githubusercontent.com",
+    ],
+}
 MCP_LINE = "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp"
 RESTART_LIMIT = 5
 
@@ -108,6 +120,7 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         secrets=secrets,
         roles=roles,
         firewall=args.firewall,
+        token_overrides={"proxy": {"rules": {n: PROXY_RULES[n] for n in secrets}}},
         venv=Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
         api_overrides={"allowed_peers": [args.laptop_addr]},
         firewall_values={
@@ -177,11 +190,10 @@ def run(args: argparse.Namespace) -> int:
 
 def supervise(host: DevHost, stopping) -> None:
     """Restart a service that died (a few times), so a crash does not end the host."""
-    restarts = dict.fromkeys(SERVICE_ORDER, 0)
+    restarts = dict.fromkeys(host._services, 0)  # with "proxy" when it runs
     while not stopping():
         time.sleep(0.5)
-        for name in SERVICE_ORDER:
-            service = host._services[name]
+        for name, service in host._services.items():
             if stopping() or service.running:
                 continue
             if restarts[name] >= RESTART_LIMIT:

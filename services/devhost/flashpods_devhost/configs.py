@@ -125,6 +125,7 @@ def proxy_defaults(config: dict[str, Any], paths: Paths) -> dict[str, Any]:
             "socket": str(paths.token_socket.parent / "proxy.sock"),
             "ca_dir": str(paths.token_state / "proxy-ca"),
             "firewall_template": str(template_dir() / FIREWALL_TEMPLATE),
+            "usage_dir": str(paths.usage),
         } | proxy
     ruled = set((config.get("proxy") or {}).get("rules") or {})
     if "env_delivery" not in config:

@@ -24,9 +24,12 @@ from .process import SYSTEM_PATH, Service, as_user, tail
 
 DEFAULT_ROOT = Path("/var/lib/flashpods-dev")
 DEFAULT_VENV = Path("/opt/flashpods/venv")
-SERVICE_ORDER = ("podman", "token", "proxy", "rsyncd", "api", "reaper")
+SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
+# With the credential proxy (a token config with a `proxy` block) it starts after the
+# token service; it is not in SERVICE_ORDER, which names the services every host has.
+LAUNCH_ORDER = ("podman", "token", "proxy", "rsyncd", "api", "reaper")
 # Stopped first so nothing starts new containers while the rest goes down.
-STOP_ORDER = ("api", "reaper", "proxy", "token", "rsyncd", "podman")
+STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
 LOOPBACK = "127.0.0.1"
 # Signals after which kill() counts a service as down on purpose until start() brings it
 # back: a stopped or continued process (SIGSTOP, SIGCONT) is still expected to live.
@@ -178,7 +181,7 @@ class DevHost:
             return
         try:
             self._prepare()
-            for service_name in SERVICE_ORDER:
+            for service_name in LAUNCH_ORDER:
                 if service_name in self._services:  # "proxy" only with a proxy block
                     self._launch(service_name)
             self._wait_healthy()
@@ -189,7 +192,7 @@ class DevHost:
     def _restart(self, names: tuple[str, ...]) -> None:
         for name in names:
             self._service(name)  # unknown names fail before anything is restarted
-        ordered = [name for name in SERVICE_ORDER if name in names]
+        ordered = [name for name in LAUNCH_ORDER if name in names]
         for name in ordered:
             service = self._services[name]
             if service.running:
@@ -241,6 +244,9 @@ class DevHost:
             secret_files=secret_files,
             overrides=s.token_overrides,
         )
+        proxy = self.token_config.get("proxy")
+        if proxy and proxy.get("usage_dir") and not self.api_config["storage"].get("usage"):
+            self.api_config["storage"]["usage"] = proxy["usage_dir"]  # shown per job
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
         layout.write_public(paths.token_config, json.dumps(self.token_config, indent=2) + "\n")
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
@@ -248,7 +254,7 @@ class DevHost:
             self._load_firewall()
         self._services = {
             name: self._define(name)
-            for name in SERVICE_ORDER
+            for name in LAUNCH_ORDER
             if name != "proxy" or "proxy" in self.token_config
         }
 

@@ -89,7 +89,7 @@ def devhost_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., De
     problems = []
     for host in reversed(hosts):
         if failed:
-            for name in SERVICE_ORDER:
+            for name in host._services or SERVICE_ORDER:  # the proxy's too, when it ran
                 print(f"--- {host.settings.root} {name}.log ---\n{host.log(name)}", file=sys.stderr)
         if keep and host.settings.root.is_dir():
             (host.settings.root / stale.KEPT_MARKER).touch()

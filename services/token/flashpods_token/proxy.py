@@ -17,6 +17,7 @@ import binascii
 import contextlib
 import datetime
 import json
+import os
 import select
 import socket
 import socketserver
@@ -484,7 +485,6 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     request_queue_size = 128
     server_bind = TokenServer.server_bind  # bind aside, chmod 0660, rename into place
     server_activate = TokenServer.server_activate
-    _server_close_socket = TokenServer.server_close
 
     def __init__(self, proxy: CredentialProxy, group: str | None):
         self.proxy = proxy
@@ -546,4 +546,8 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 request.close()
 
     def server_close(self) -> None:
-        self._server_close_socket()
+        super().server_close()
+        # Remove our socket, never a successor's (same rule as the token service).
+        with contextlib.suppress(OSError):
+            if self._ino is not None and os.stat(self.server_address).st_ino == self._ino:
+                os.unlink(self.server_address)
