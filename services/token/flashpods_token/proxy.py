@@ -45,6 +45,9 @@ CHUNK = 65536
 # about us; Connection is set to close: one request per intercepted connection).
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te"}
 CA_PATH = "/ca.pem"
+# Only credential headers get a value put in: a header a server might echo back (into
+# a body, a page, a log the job can read) would hand the job its secret.
+INJECT_HEADERS = {"authorization", "x-api-key"}
 
 
 class Refused(Exception):
@@ -106,6 +109,9 @@ def parse_head(head: bytes) -> tuple[list[str], list[tuple[str, str]]]:
         raise Refused(400, "bad_request", "the request line must be 'METHOD TARGET HTTP/1.1'")
     headers = []
     for raw in rest:
+        if any(c in raw for c in "\n\r\0"):
+            # A bare LF ends a line for some servers: it would smuggle a header past us.
+            raise Refused(400, "bad_request", "a request header holds a bare LF, CR or NUL")
         name, sep, value = raw.partition(":")
         if not sep or not name or name != name.strip() or any(c in name for c in " \t"):
             raise Refused(400, "bad_request", "a request header line is malformed")
@@ -350,7 +356,8 @@ class CredentialProxy:
                         "host_mismatch",
                         f"Host: {value[:80]} is not {host}, the host this connection is for",
                     )
-            value = self._rewrite(ident, host, value, injected)
+            if lname in INJECT_HEADERS:
+                value = self._rewrite(ident, host, value, injected)
             if lname == "authorization" and value[:6].lower() == "basic ":
                 value = "Basic " + self._rewrite_basic(ident, host, value[6:].strip(), injected)
             out.append((name, value))

@@ -67,6 +67,9 @@ def test_worker_curl_gets_token_injected_and_never_holds_it(proxy_host, origin, 
     assert "vhost:400" in lines and "host_mismatch" in text
     assert not origin.seen("/foreign") and not origin.seen("/v1/messages")
     assert not origin.seen("/vhost")
+    (echo,) = origin.seen("/reflect-header")
+    assert echo["headers"]["x-echo"] == placeholder and "authorization" not in echo["headers"]
+    assert "smuggle:400" in lines and not origin.seen("/smuggle")
     for target in ("169.254.169.254:80", "10.99.0.1:443", "192.168.99.1:443",
                    "172.16.99.1:443", "198.51.100.1:8080", "127.0.0.1:80",
                    "[64:ff9b::a9fe:a9fe]:80", "metadata.google.internal:80"):  # fmt: skip

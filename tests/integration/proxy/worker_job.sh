@@ -12,6 +12,16 @@ c -H "Authorization: token fpph.GITHUB_TOKEN.job_aaaaaaaaaaaa" https://api.githu
 c -H "x-api-key: fpph.ANTHROPIC_API_KEY.$FLASHPODS_JOB_ID" https://api.anthropic.com/v1/messages -w '\nnotgranted:%{http_code}\n'
 # The injected request must go to the host the connection is for, not another vhost.
 c -H 'Host: evil.example' -H "Authorization: token $GITHUB_TOKEN" https://api.github.com/vhost -w '\nvhost:%{http_code}\n'
+# A header a server might echo back gets no value put in; a bare LF is refused.
+c -H "X-Echo: $GITHUB_TOKEN" https://api.github.com/reflect-header -o /dev/null -w 'echo:%{http_code}\n'
+python3 - <<'PY'
+import socket, ssl
+s = socket.socket(socket.AF_UNIX)
+s.connect("/run/flashpods/proxy.sock")
+tls = ssl.create_default_context(cafile="/tmp/ca.pem").wrap_socket(s, server_hostname="api.github.com")
+tls.sendall(b"GET /smuggle HTTP/1.1\r\nHost: api.github.com\r\nX-A: 1\nAuthorization: x\r\n\r\n")
+print("smuggle:" + tls.recv(4096).split(b" ")[1].decode())
+PY
 python3 - <<'PY'
 import os, socket, ssl
 def connect(target):
