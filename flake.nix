@@ -59,6 +59,7 @@
             flashpods-token
             flashpods-mcp
             flashpods-init
+            flashpods-spire-attestor
             worker-image
             agent-image
             ;
@@ -115,7 +116,7 @@
             touch $out
           '';
 
-          inherit (own) flashpods-init worker-image;
+          inherit (own) flashpods-init flashpods-spire-attestor worker-image;
         }
         # Every example configuration is also a check (it must build); the
         # example is an x86_64 host.

@@ -114,7 +114,7 @@ def exchange(smoke: bool) -> list[Result]:
     try:
         with bench_host(
             secrets={"GITHUB_TOKEN": "ghp-bench-" + secrets.token_hex(4)},
-            roles={"worker": ["GITHUB_TOKEN"], "agent": ["GITHUB_TOKEN"]},
+            roles={"worker": ["GITHUB_TOKEN"], "sub_agent": ["GITHUB_TOKEN"]},
             # The benchmark is one identity hammering the socket: lift the rate limit.
             token_overrides={"rate_limit": {"per_s": 1e6, "burst": 1_000_000}},
         ) as host:

@@ -18,6 +18,7 @@ import argparse
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from .config import load_settings
 from .confine import confine
 from .errors import FlashpodsError
 from .models import JobInfo
-from .operations import FINAL_STATES, Flashpods
+from .operations import FINAL_STATES, Flashpods, ProgressFn
 from .transfer import ARTIFACTS_DIR_NAME
 
 err = Console(stderr=True, soft_wrap=True)
@@ -47,7 +48,7 @@ EXIT_KILLED = 137
 
 
 @contextmanager
-def progress_bar(label: str):
+def progress_bar(label: str) -> Iterator[ProgressFn]:
     """A rich progress bar on stderr; yields the (done, total, message) callback."""
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -16,6 +16,7 @@ import anyio.from_thread
 from mcp.types import ClientCapabilities, RootsCapability
 
 from .confine import roots_from_uris
+from .operations import ProgressFn
 from .sdk import Context
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def base_dir(roots: list[Path]) -> Path:
     return roots[0] if roots else Path.cwd()
 
 
-def progress_bridge(ctx: Context):
+def progress_bridge(ctx: Context) -> ProgressFn:
     """A thread-side callback(done, total, message) that sends MCP progress."""
     last = [0.0]
 

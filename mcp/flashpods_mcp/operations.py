@@ -153,12 +153,12 @@ class Flashpods:
         if resources:
             request["resources"] = resources
 
-        report = None
+        report: UploadReport | None = None
         if source is not None:
             report = self.upload_dir(source, exclude, include_git, progress)
             request["upload_id"] = report.upload_id
         job = self.api.create_job(request)
-        if report is not None:
+        if source is not None and report is not None:
             # Only an upload a job used is kept on the host as the next basis.
             self.bases.put(self.settings.api_url, source, report.upload_id)
         return job, report

@@ -21,8 +21,9 @@ try:  # mcp 2.x
 
     SDK_MAJOR = 2
 except ImportError:  # mcp 1.x
-    from mcp.server.fastmcp import Context  # type: ignore[no-redef]
-    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef]
+    # A redefinition only where mypy sees mcp 2.x (mypy.ini: the lock's 1.x has no mcpserver).
+    from mcp.server.fastmcp import Context  # type: ignore[no-redef, unused-ignore]
+    from mcp.server.fastmcp import FastMCP as MCPServer  # type: ignore[no-redef, unused-ignore]
 
     SDK_MAJOR = 1
 

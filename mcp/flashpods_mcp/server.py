@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
@@ -34,6 +35,8 @@ from .models import (
 from .operations import Flashpods
 from .sdk import Context, new_server
 from .transfer import ARTIFACTS_DIR_NAME
+
+T = TypeVar("T")
 
 # FastMCP's own settings model trips a pydantic-settings warning about its `lifespan`
 # field on construction (SDK 1.27.1 noise, nothing of ours): keep it out of stderr.
@@ -99,7 +102,7 @@ def ops() -> Flashpods:
     return Flashpods(load_settings())
 
 
-async def run(fn, *args, **kwargs):
+async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Blocking HTTP and rsync in a worker thread: the event loop stays free."""
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
@@ -122,7 +125,7 @@ async def resolve_source(ctx: Context, flashpods: Flashpods, path: str | None) -
     )
 
 
-async def _spawn(ctx: Context, kind: str, path: str | None, **request) -> CallToolResult:
+async def _spawn(ctx: Context, kind: str, path: str | None, **request: Any) -> CallToolResult:
     flashpods = ops()
     source = await resolve_source(ctx, flashpods, path)
     job, upload = await run(

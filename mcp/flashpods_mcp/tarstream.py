@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import tarfile
 import zlib
@@ -105,7 +106,8 @@ class TarStream:
         while self._data_left:
             piece = self._blocks.take(self._data_left)
             if not piece:
-                raise self._truncated(f"inside {self._member.name!r}")
+                name = self._member.name if self._member is not None else "?"
+                raise self._truncated(f"inside {name!r}")
             self._data_left -= len(piece)
             yield piece
 
@@ -293,7 +295,7 @@ def _decompressing(readinto: ReadInto, buffer: memoryview) -> tuple[ReadInto, in
     return readinto, filled
 
 
-def _decompressed_readinto(file) -> ReadInto:
+def _decompressed_readinto(file: io.BufferedIOBase) -> ReadInto:
     def readinto(buffer: memoryview) -> int:
         try:
             return file.readinto(buffer)

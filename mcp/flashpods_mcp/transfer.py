@@ -11,6 +11,7 @@ what is measured is exactly what would be sent.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from .errors import FlashpodsError
 
@@ -155,11 +157,12 @@ def upload(
     ) as process:
         assert process.stdout is not None and process.stderr is not None
         stderr_pipe = process.stderr
+        stdout = cast(io.BufferedReader, process.stdout)  # bytes, buffered: read1 is there
         # Drain stderr on the side so a chatty rsync can never block on a full pipe.
         drain = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
         drain.start()
         pending = b""
-        while chunk := process.stdout.read1(65536):
+        while chunk := stdout.read1(65536):
             output += chunk
             pending += chunk
             *lines, pending = re.split(rb"[\r\n]", pending)

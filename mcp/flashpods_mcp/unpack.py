@@ -506,7 +506,7 @@ def _move_into_dest(staged: _Staged, staging_dirs: _DirCache, dest: Path) -> lis
                     "not written: something in dest that is not a plain directory or "
                     f"file is in the way ({in_the_way})",
                 )
-            else:
+            elif staged_file is not None:  # a directory that failed to open is no file
                 written.append(WrittenFile(shown, staged_file.size, staged_file.exec_bit_dropped))
     finally:
         dest_dirs.close()

@@ -13,6 +13,10 @@ let
   fpLib = import ./lib.nix { inherit lib; };
   flashpodsPkgs = import ../pkgs { inherit pkgs lib; };
   jsonFormat = pkgs.formats.json { };
+  # The API's packaged defaults (flashpods_api/defaults.json): the options
+  # below that render an API key take their defaults from it.
+  defaults = fpLib.apiDefaults;
+  duration = fpLib.secondsToDuration;
 
   # What the flashpods user's subordinate range may not hold: any user's uid
   # (the firewall would treat that user's sockets as a job's) or another user's
@@ -146,7 +150,7 @@ in
       };
       warmPool = lib.mkOption {
         type = lib.types.attrsOf lib.types.ints.unsigned;
-        default = { };
+        default = defaults.warm_pool;
         example = {
           worker = 2;
           sub_agent = 0;
@@ -159,33 +163,33 @@ in
       };
       maxConcurrentJobs = lib.mkOption {
         type = lib.types.ints.positive;
-        default = 4;
+        default = defaults.max_concurrent_jobs;
         description = "Jobs running at once; further jobs queue.";
       };
       queueLimit = lib.mkOption {
         type = lib.types.ints.positive;
-        default = 1000;
+        default = defaults.queue_limit;
         description = "Queued jobs accepted before the API answers 429.";
       };
       defaultTimeout = lib.mkOption {
         type = fpLib.durationType;
-        default = "1h";
+        default = duration defaults.default_timeout_s;
         description = "Timeout of a job that does not ask for one.";
       };
       maxTimeout = lib.mkOption {
         type = fpLib.durationType;
-        default = "24h";
+        default = duration defaults.max_timeout_s;
         description = "Largest timeout a job may ask for.";
       };
       images = {
         worker = lib.mkOption {
           type = lib.types.str;
-          default = "localhost/flashpods-worker:latest";
+          default = defaults.images.worker;
           description = "Image of `spawn_worker` jobs.";
         };
         subAgent = lib.mkOption {
           type = lib.types.str;
-          default = "localhost/flashpods-agent:latest";
+          default = defaults.images.sub_agent;
           description = "Image of `spawn_sub_agent` jobs.";
         };
         allowed = lib.mkOption {
@@ -245,17 +249,24 @@ in
               default = [ ];
               description = "Secret names a worker job may receive.";
             };
-            agent = lib.mkOption {
+            subAgent = lib.mkOption {
               type = lib.types.listOf lib.types.str;
               default = [ ];
-              description = "Secret names a sub-agent job may receive.";
+              description = "Secret names a sub-agent job may receive (the token service's role `sub_agent`).";
+            };
+            # The old name: set, it fails an assertion that names subAgent.
+            agent = lib.mkOption {
+              type = lib.types.nullOr (lib.types.listOf lib.types.str);
+              default = null;
+              visible = false;
+              description = "Renamed to subAgent.";
             };
           };
         };
         default = { };
         example = {
           worker = [ "GITHUB_TOKEN" ];
-          agent = [
+          subAgent = [
             "ANTHROPIC_API_KEY"
             "GITHUB_TOKEN"
           ];
@@ -287,21 +298,21 @@ in
         default = false;
         description = ''
           Attest job containers with SPIRE instead of the token service's
-          kernel `peer` attestation (the default, which works on every
-          supported nixpkgs). Needs SPIRE 1.15.0 or newer in `package`: older
-          docker workload attestors cannot see rootless Podman jobs, and
-          nixos-25.11 ships 1.13.x (asserted).
+          kernel `peer` attestation (the default, which needs no SPIRE). The
+          agent identifies jobs with the `flashpods` workload attestor plugin
+          (`package.spireAttestor`), which works with SPIRE 1.13 and later,
+          so with nixos-25.11's `pkgs.spire`.
         '';
       };
       package = lib.mkPackageOption pkgs "spire" { };
       trustDomain = lib.mkOption {
         type = lib.types.str;
-        default = "flashpods.internal";
+        default = defaults.spire.trust_domain;
         description = "SPIFFE trust domain of job identities.";
       };
       jwtSvidTtl = lib.mkOption {
         type = fpLib.durationType;
-        default = "5m";
+        default = duration defaults.spire.jwt_svid_ttl_s;
         description = "Lifetime of the JWT-SVIDs job containers present to the token service.";
       };
       serverPort = lib.mkOption {
@@ -314,17 +325,17 @@ in
     retention = {
       artifacts = lib.mkOption {
         type = fpLib.durationType;
-        default = "1h";
+        default = duration defaults.retention.artifacts_s;
         description = "How long artifacts of a finished job are kept.";
       };
       logs = lib.mkOption {
         type = fpLib.durationType;
-        default = "24h";
+        default = duration defaults.retention.logs_s;
         description = "How long logs of a finished job are kept.";
       };
       uploads = lib.mkOption {
         type = fpLib.durationType;
-        default = "1h";
+        default = duration defaults.retention.uploads_s;
         description = "How long an unused upload (or kept upload base) is kept.";
       };
     };
@@ -425,7 +436,7 @@ in
       }
       (
         let
-          granted = lib.unique (cfg.token.policy.worker ++ cfg.token.policy.agent);
+          granted = lib.unique (cfg.token.policy.worker ++ cfg.token.policy.subAgent);
           missing = lib.filter (name: !(cfg.token.secrets ? ${name})) granted;
         in
         {
@@ -449,7 +460,11 @@ in
         assertion = lib.all (kind: kind == "worker" || kind == "sub_agent") (
           builtins.attrNames cfg.api.warmPool
         );
-        message = "services.flashpods.api.warmPool: keys must be job kinds, worker or sub_agent.";
+        message = "services.flashpods.api.warmPool: keys must be job kinds, worker or sub_agent (the sub-agent kind is spelled sub_agent, not agent, subagent or sub-agent).";
+      }
+      {
+        assertion = cfg.token.policy.agent == null;
+        message = "services.flashpods.token.policy.agent was renamed: write services.flashpods.token.policy.subAgent (the token service's role sub_agent).";
       }
       {
         assertion =

@@ -61,7 +61,7 @@ in
     networking.nftables.enable = true;
 
     # Podman's netavark keeps its own tables; a `flush ruleset` on reload
-    # would delete them under running containers (firewall-findings.md).
+    # would delete them under running containers (docs/security.md).
     # nixpkgs sets its own mkDefault (true for stateVersion < 23.11 or with a
     # raw ruleset); 900 wins over that and still yields to a plain setting.
     networking.nftables.flushRuleset = lib.mkOverride 900 false;

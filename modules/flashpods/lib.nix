@@ -22,6 +22,26 @@ rec {
     else
       lib.toInt (builtins.elemAt parsed 0) * unitSeconds.${builtins.elemAt parsed 1};
 
+  # Seconds -> the shortest duration text that says them exactly, in h, m or
+  # s (3600 -> "1h", 86400 -> "24h", 300 -> "5m"): option defaults taken from
+  # apiDefaults read like the durations users write.
+  secondsToDuration =
+    seconds:
+    let
+      fits = unit: lib.mod seconds unitSeconds.${unit} == 0;
+      unit = lib.findFirst fits "s" [
+        "h"
+        "m"
+      ];
+    in
+    "${toString (seconds / unitSeconds.${unit})}${unit}";
+
+  # The API's defaults: one packaged file (flashpods_api/defaults.json) that
+  # the API loads, the dev host overlays and this module renders, so the three
+  # cannot drift. Inside the flake's source, as the module is (flake.nix
+  # nixosModules.flashpods = ./modules/flashpods); git must track it.
+  apiDefaults = lib.importJSON ../../services/api/flashpods_api/defaults.json;
+
   # Option type for durations, checked when the configuration is evaluated so
   # a typo fails `nixos-rebuild` with the option's name, not at service start.
   durationType = lib.types.addCheck lib.types.str (

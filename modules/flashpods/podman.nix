@@ -1,8 +1,8 @@
 # Rootless Podman for the user `flashpods`, which runs every job container
 # and nothing else. Its Podman API is served by a system unit at
 # /run/flashpods/podman/podman.sock (group flashpods): the API drives it from
-# its own user, and the SPIRE agent's docker attestor inspects containers
-# through it.
+# its own user, and the SPIRE agent's flashpods attestor plugin asks it which
+# job containers run (spire.nix).
 {
   config,
   lib,

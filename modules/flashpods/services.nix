@@ -88,65 +88,65 @@ in
       description = "Flashpods token exchange service";
     };
 
-    # The API configuration (design.md, FLASHPODS_API_CONFIG). mkDefault so
-    # services.flashpods.api.settings can override any key.
-    services.flashpods.api.settings = lib.mapAttrsRecursive (_: lib.mkDefault) {
-      instance = config.networking.hostName;
-      db_path = "${cfg.storage.db}/flashpods.db";
-      storage = {
-        inherit (cfg.storage)
-          uploads
-          workspaces
-          artifacts
-          logs
-          control
-          ;
-      };
-      warm_pool = cfg.api.warmPool;
-      podman_url = "unix://${cfg.podman.socket}";
-      rsync_url = "rsync://${hostIp}:${toString cfg.rsync.port}/uploads";
-      # Second layer behind the firewall: only the laptop's address.
-      allowed_peers = [ cfg.wireguard.laptopAddress ];
-      max_concurrent_jobs = cfg.api.maxConcurrentJobs;
-      queue_limit = cfg.api.queueLimit;
-      default_timeout_s = seconds cfg.api.defaultTimeout;
-      max_timeout_s = seconds cfg.api.maxTimeout;
-      kill_grace_s = 10;
-      images = {
-        inherit (cfg.api.images) worker allowed;
-        sub_agent = cfg.api.images.subAgent;
-      };
-      agent = {
-        command = [ "/flashpods/agent/entrypoint" ];
-        env = { };
-      };
-      # NixOS's Podman 5 defaults to pasta; the firewall's owner match covers
-      # it like slirp4netns (tests/nixos run the invariants with it).
-      network_mode = "pasta";
-      helper_path = lib.getExe cfg.package.init;
-      token_socket = cfg.token.socket;
-      attestation = if cfg.spire.enable then "spire" else "peer";
-      # Read by the API only in spire mode; spire.nix sets server_cli.
-      spire = {
-        server_cli = "spire-server";
-        server_socket = fpLib.spire.serverSocket;
-        trust_domain = cfg.spire.trustDomain;
-        parent_id = fpLib.hostAgentId cfg.spire.trustDomain;
-        jwt_svid_ttl_s = seconds cfg.spire.jwtSvidTtl;
-        agent_socket = fpLib.spire.agentSocket;
-      };
-      retention = {
-        artifacts_s = seconds cfg.retention.artifacts;
-        logs_s = seconds cfg.retention.logs;
-        uploads_s = seconds cfg.retention.uploads;
-      };
-      limits = {
-        log_bytes = 67108864;
-        artifact_bytes = 1073741824;
-        upload_bytes = 1073741824;
-      };
-      reaper.interval_s = 1.0;
-    };
+    # The API configuration (design.md, FLASHPODS_API_CONFIG): the packaged
+    # defaults (fpLib.apiDefaults, the file the API itself loads) with what a
+    # NixOS host must change (paths, pasta, the tunnel) and what the options
+    # above set; the options' defaults come from the same file.
+    # tests/unit/nix/test_nix_module.py lists the keys this may change. mkDefault
+    # so services.flashpods.api.settings can override any key.
+    services.flashpods.api.settings = lib.mapAttrsRecursive (_: lib.mkDefault) (
+      lib.recursiveUpdate fpLib.apiDefaults {
+        instance = config.networking.hostName;
+        db_path = "${cfg.storage.db}/flashpods.db";
+        storage = {
+          inherit (cfg.storage)
+            uploads
+            workspaces
+            artifacts
+            logs
+            control
+            ;
+        };
+        warm_pool = cfg.api.warmPool;
+        podman_url = "unix://${cfg.podman.socket}";
+        rsync_url = "rsync://${hostIp}:${toString cfg.rsync.port}/uploads";
+        # Second layer behind the firewall: only the laptop's address.
+        allowed_peers = [ cfg.wireguard.laptopAddress ];
+        max_concurrent_jobs = cfg.api.maxConcurrentJobs;
+        queue_limit = cfg.api.queueLimit;
+        default_timeout_s = seconds cfg.api.defaultTimeout;
+        max_timeout_s = seconds cfg.api.maxTimeout;
+        images = {
+          inherit (cfg.api.images) worker allowed;
+          sub_agent = cfg.api.images.subAgent;
+        };
+        # NixOS's Podman 5 defaults to pasta; the firewall's owner match covers
+        # it like slirp4netns (tests/nixos run the invariants with it).
+        network_mode = "pasta";
+        helper_path = lib.getExe cfg.package.init;
+        token_socket = cfg.token.socket;
+        attestation = if cfg.spire.enable then "spire" else "peer";
+        # Read by the API only in spire mode: the module's own SPIRE units
+        # (spire.nix) and their sockets.
+        spire = {
+          server_cli =
+            if cfg.spire.enable then
+              lib.getExe' cfg.spire.package.server "spire-server"
+            else
+              fpLib.apiDefaults.spire.server_cli;
+          server_socket = fpLib.spire.serverSocket;
+          trust_domain = cfg.spire.trustDomain;
+          parent_id = fpLib.hostAgentId cfg.spire.trustDomain;
+          jwt_svid_ttl_s = seconds cfg.spire.jwtSvidTtl;
+          agent_socket = fpLib.spire.agentSocket;
+        };
+        retention = {
+          artifacts_s = seconds cfg.retention.artifacts;
+          logs_s = seconds cfg.retention.logs;
+          uploads_s = seconds cfg.retention.uploads;
+        };
+      }
+    );
 
     # The token service configuration (design.md, FLASHPODS_TOKEN_CONFIG).
     services.flashpods.token.settings = lib.mapAttrsRecursive (_: lib.mkDefault) {
@@ -158,7 +158,8 @@ in
       # Must match the API's: the service finds a job's container by this label.
       inherit (cfg.api.settings) instance;
       roles = {
-        inherit (cfg.token.policy) worker agent;
+        inherit (cfg.token.policy) worker;
+        sub_agent = cfg.token.policy.subAgent;
       };
       secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
       # No credential proxy in the module yet (issue 15): every secret is opted into

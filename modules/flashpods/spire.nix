@@ -1,5 +1,7 @@
-# SPIRE server + agent (08-spire.md) as the module's own units,
-# flashpods-spire-server and flashpods-spire-agent, run from pkgs.spire.
+# SPIRE server + agent (docs/spire.md) as the module's own units,
+# flashpods-spire-server and flashpods-spire-agent, run from pkgs.spire, with the
+# `flashpods` workload attestor plugin (spire/attestor) built by
+# modules/pkgs/spire-attestor.nix.
 #
 # nixos-25.11 has no services.spire (NixOS/nixpkgs#481447 came after the
 # branch-off), so nothing here sets or reads it; the units are shaped after
@@ -8,11 +10,14 @@
 # under names of their own, so they never clash with it on unstable.
 #
 # - Off by default: peer attestation (the token service reads the caller's
-#   container from the kernel) is what works on 25.11. SPIRE's docker
-#   workload attestor recognises rootless Podman containers
-#   (user-<uid>.slice/.../libpod-<id>.scope) only from 1.15.0 on, and
-#   25.11 ships 1.13.x: enabling SPIRE with an older package fails an
-#   assertion that says so, rather than giving every job no identity.
+#   container from the kernel) needs no SPIRE at all.
+# - Workload attestation: only the flashpods plugin. SPIRE's own docker
+#   attestor cannot see a rootless Podman job on 25.11's SPIRE 1.13.x (rootless
+#   cgroups from 1.15.0 only) nor on any SPIRE on a cgroup-v1 host; the plugin
+#   reads PID namespaces through pidfds and the job's labels from the flashpods
+#   user's Podman API, so it works with SPIRE 1.13 and later, cgroup v1 and v2.
+#   Its selectors are what the API's registrar registers:
+#   flashpods:job:<id>, flashpods:kind:<kind>, flashpods:instance:<instance>.
 # - Node attestation: a join token made by flashpods-spire-bootstrap before
 #   each start of the agent, handed over as a systemd credential with the
 #   server's trust bundle (the pattern of nixpkgs' nixos/tests/spire.nix).
@@ -31,25 +36,39 @@
 let
   cfg = config.services.flashpods;
   fpLib = import ./lib.nix { inherit lib; };
+  flashpodsPkgs = import ../pkgs { inherit pkgs lib; };
   paths = fpLib.spire;
-  jsonFormat = pkgs.formats.json { };
+  # SPIRE reads its config with HCL 1, which also parses JSON. Its check for
+  # unknown keys (v1.13.3) misreads a JSON file whose first key is `plugins`:
+  # it reports the first plugin's keys as unknown top-level keys and refuses
+  # the file ("unknown configuration detected"; spire-server validate shows it,
+  # tests/integration/spire/test_nixos_spire_configs.py runs it). toJSON sorts
+  # keys, and "plugins" < "server", so the file is written with its own section
+  # first, by hand.
+  spireConfigFile =
+    name: section: value:
+    pkgs.writeText name ''{"${section}": ${builtins.toJSON value.${section}}, "plugins": ${builtins.toJSON value.plugins}}'';
   td = cfg.spire.trustDomain;
   hostId = fpLib.hostAgentId td;
   spire = cfg.spire.package;
   version = spire.version;
 
-  # Versions at which SPIRE gained what this file relies on.
-  rootlessPodmanVersion = "1.15.0";
+  # The version at which SPIRE gained what this file relies on.
   joinTokenFileVersion = "1.13.3";
   hasJoinTokenFile = lib.versionAtLeast version joinTokenFileVersion;
 
   serverBin = lib.getExe' spire.server "spire-server";
   agentBin = lib.getExe' spire.agent "spire-agent";
-  podmanByUid = "/run/flashpods/podman-by-uid";
+  attestorBin = lib.getExe cfg.package.spireAttestor;
+  # The label the API puts on this host's containers, and the plugin's
+  # `instance`: it answers only for containers that carry it. Same rule as
+  # the plugin's (spire/attestor/attest.go jobIDRe), which refuses to start on
+  # anything else.
+  instance = cfg.api.settings.instance;
+  instanceIsValid = builtins.match "[A-Za-z0-9][A-Za-z0-9_.-]{0,127}" instance != null;
 
-  # SPIRE reads its config with HCL 1, which also parses JSON; -expandEnv
-  # fills $STATE_DIRECTORY and $CREDENTIALS_DIRECTORY at start.
-  serverConfig = jsonFormat.generate "flashpods-spire-server.json" {
+  # -expandEnv fills $STATE_DIRECTORY and $CREDENTIALS_DIRECTORY at start.
+  serverConfig = spireConfigFile "flashpods-spire-server.json" "server" {
     server = {
       trust_domain = td;
       data_dir = "$STATE_DIRECTORY";
@@ -71,7 +90,7 @@ let
     };
   };
 
-  agentConfig = jsonFormat.generate "flashpods-spire-agent.json" {
+  agentConfig = spireConfigFile "flashpods-spire-agent.json" "agent" {
     agent = {
       trust_domain = td;
       data_dir = "$STATE_DIRECTORY";
@@ -94,18 +113,19 @@ let
       # single use, so the agent must not need a new one after a restart.
       KeyManager.disk.plugin_data.directory = "$STATE_DIRECTORY";
       NodeAttestor.join_token.plugin_data = { };
-      WorkloadAttestor.docker.plugin_data = {
-        docker_socket_path = "unix://${cfg.podman.socket}";
-      }
-      # From 1.15.0 the attestor finds a rootless container's Podman socket
-      # from a template with the owner's uid (default /run/user/%d/..., which
-      # is 0700 and closed to the agent). It points at a uid-named link to
-      # the flashpods user's socket (tmpfiles below). Older versions do not
-      # know the key (and cannot attest rootless jobs at all: assertion).
-      // lib.optionalAttrs (lib.versionAtLeast version rootlessPodmanVersion) {
-        podman_socket_path_template = "unix://${podmanByUid}/%d/podman.sock";
+      # The only workload attestor (see the top of this file). No
+      # plugin_checksum: the binary is a store path, read-only and root's, and
+      # the config names that exact path; SPIRE logs "Plugin checksum not
+      # configured" at start, which is expected here.
+      WorkloadAttestor.flashpods = {
+        plugin_cmd = attestorBin;
+        plugin_data = {
+          # The flashpods user's Podman API, served for group flashpods by
+          # flashpods-podman.service (podman.nix); see the agent's unit below.
+          podman_socket = "unix://${cfg.podman.socket}";
+          inherit instance;
+        };
       };
-      WorkloadAttestor.unix.plugin_data = { };
     };
   };
 
@@ -130,11 +150,19 @@ let
   '';
 in
 {
+  # Declared here, beside its only user; the other packages are in default.nix.
+  options.services.flashpods.package.spireAttestor = lib.mkOption {
+    type = lib.types.package;
+    default = flashpodsPkgs.flashpods-spire-attestor;
+    defaultText = lib.literalExpression "flashpods-spire-attestor built from spire/attestor";
+    description = "The `flashpods` SPIRE workload attestor plugin spire-agent loads (only with `spire.enable`).";
+  };
+
   config = lib.mkIf (cfg.enable && cfg.spire.enable) {
     assertions = [
       {
-        assertion = lib.versionAtLeast version rootlessPodmanVersion;
-        message = "services.flashpods.spire.enable: SPIRE ${version} (services.flashpods.spire.package) cannot attest rootless Podman jobs: its docker workload attestor recognises rootless Podman containers only from ${rootlessPodmanVersion} on (podman_socket_path_template), so no job would get an identity or a secret. nixos-25.11 ships SPIRE 1.13.x. Leave services.flashpods.spire.enable = false (peer attestation, the default) or set services.flashpods.spire.package to SPIRE ${rootlessPodmanVersion} or newer.";
+        assertion = instanceIsValid;
+        message = "services.flashpods.spire.enable: the flashpods attestor plugin answers only for containers labelled flashpods.instance=<instance>, and services.flashpods.api.settings.instance (${builtins.toJSON instance}, by default networking.hostName) is not such a name: 1 to 128 of A-Z a-z 0-9 _ . -, starting with a letter or digit. Set services.flashpods.api.settings.instance, e.g. \"prod\".";
       }
     ];
 
@@ -148,10 +176,17 @@ in
       isSystemUser = true;
       group = "flashpods-spire-agent";
       description = "Flashpods SPIRE agent";
-      # The docker attestor inspects the caller's container through the
-      # flashpods user's Podman API (group flashpods). Group flashpods means
-      # "may drive the sandbox" (design.md): the agent is trusted with that
-      # already, since it decides every job's identity.
+      # How a non-root agent reaches a rootless user's Podman: not through
+      # that user's own socket (/run/user/<uid>/podman/podman.sock sits in a
+      # 0700 directory; only CAP_DAC_OVERRIDE would open it, a far wider
+      # right), but through the socket flashpods-podman.service serves for
+      # exactly this, /run/flashpods/podman/podman.sock (0660 in a 0750
+      # directory, group flashpods), which the attestor plugin asks for the
+      # job containers and their labels. The same group lets the plugin stat
+      # a warm container's hand-over file in storage.control (2750, group
+      # flashpods) to tell a claimed container from an unclaimed one. Group
+      # flashpods means "may drive the sandbox" (design.md): the agent is
+      # trusted with that already, since it decides every job's identity.
       extraGroups = [ "flashpods" ];
     };
     users.groups.flashpods-spire-agent = { };
@@ -276,16 +311,25 @@ in
         RuntimeDirectory = "flashpods-spire/agent";
         RuntimeDirectoryMode = "0755";
         UMask = "0022";
-        # Workload attestation reads the calling process's /proc entries
-        # (cgroup, mountinfo, namespaces) to find its container, and that
-        # process belongs to another uid (flashpods): the kernel allows it
-        # only with ptrace read access, i.e. CAP_SYS_PTRACE. Running the
-        # agent as the flashpods uid instead would put the identity issuer
-        # in reach of anything that escapes a container. It is the only
+        # Workload attestation reads the calling process's PID namespace
+        # (/proc/<pid>/ns/pid, through a pidfd) and that of each job
+        # container's init, and those processes belong to other uids (the
+        # flashpods user and its subordinate range): the kernel allows it
+        # only with ptrace read access, i.e. CAP_SYS_PTRACE. As an ambient
+        # capability it reaches the plugin, which spire-agent starts as its
+        # child (the plugin refuses to start without it). Running the agent
+        # as the flashpods uid instead would put the identity issuer in
+        # reach of anything that escapes a container. It is the only
         # capability; ProtectProc=invisible would hide those processes.
+        # Nothing here gives file access beyond the agent's groups: the
+        # Podman socket is reached through group flashpods (users above).
         CapabilityBoundingSet = [ "CAP_SYS_PTRACE" ];
         AmbientCapabilities = [ "CAP_SYS_PTRACE" ];
         ProtectProc = "default";
+        # The plugin (hashicorp/go-plugin) makes its gRPC socket in $TMPDIR
+        # (os.TempDir, default /tmp), read-only under ProtectSystem=strict:
+        # a private /tmp, which nothing else shares.
+        PrivateTmp = true;
         # Unix sockets (workload API, Podman API) and TCP to the server on
         # 127.0.0.1; netlink for the Go runtime's start-up.
         RestrictAddressFamilies = [
@@ -299,15 +343,6 @@ in
         Restart = "on-failure";
         RestartSec = 2;
       };
-    };
-
-    systemd.tmpfiles.settings."11-flashpods-spire" = {
-      ${podmanByUid}.d = {
-        user = "root";
-        group = "flashpods";
-        mode = "0750";
-      };
-      "${podmanByUid}/${toString cfg.podman.uid}".L.argument = builtins.dirOf cfg.podman.socket;
     };
 
     # The token service verifies JWT-SVIDs against the bundle file the server
@@ -356,11 +391,12 @@ in
 
     environment.systemPackages = [ spire ];
 
+    # The API's settings.spire (server_cli from this package, the sockets) are
+    # set once, in services.nix.
+
     services.flashpods.token.settings.spire = {
       bundle_file = paths.bundleFile;
       agent_socket = null;
     };
-
-    services.flashpods.api.settings.spire.server_cli = serverBin;
   };
 }

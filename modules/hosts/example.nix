@@ -53,7 +53,7 @@
     token = {
       policy = {
         worker = [ "GITHUB_TOKEN" ];
-        agent = [
+        subAgent = [
           "ANTHROPIC_API_KEY"
           "GITHUB_TOKEN"
         ];

@@ -23,6 +23,7 @@ rec {
   flashpods-devhost = pythonApp ../../services/devhost "flashpods_devhost";
 
   flashpods-init = pkgs.callPackage ./flashpods-init.nix { };
+  flashpods-spire-attestor = pkgs.callPackage ./spire-attestor.nix { };
 
   inherit
     (pkgs.callPackage ./images.nix {

@@ -32,7 +32,7 @@ let
   '';
 
   # Writable /tmp and a passwd entry for any uid are what keep-id containers
-  # and Claude Code need (15-container-mounts.md, firewall-findings.md).
+  # and Claude Code need (docs/api.md, "Container contract").
   baseFiles = runCommand "flashpods-image-base" { } ''
     mkdir -p $out/etc
     echo 'root:x:0:0:root:/root:/bin/sh' > $out/etc/passwd

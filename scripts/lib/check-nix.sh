@@ -96,6 +96,23 @@ check_module() {
 			log "the module's configuration does not evaluate in full on the typed stubs"
 			return 1
 		}
+	# SPIRE on nixos-25.11's SPIRE: the agent loads the flashpods plugin from the
+	# package the module builds, and that package's vendorHash is the documented one.
+	local plugin_check vendor_hash
+	plugin_check='.spire["1.13.3"] | .failedAssertions == [] and
+		.agentConfig.plugins.WorkloadAttestor.flashpods.plugin_cmd ==
+			"\(.attestor.storePath)/bin/\(.attestor.mainProgram)"'
+	jq -e "$plugin_check" "$out" >/dev/null ||
+		{
+			log "the SPIRE agent config does not load the flashpods plugin from its package: $(jq -c '.spire["1.13.3"] | [.failedAssertions, .agentConfig.plugins.WorkloadAttestor]' "$out")"
+			return 1
+		}
+	vendor_hash=$(jq -r '.spire["1.13.3"].attestor.goModuleArgs.vendorHash' "$out")
+	sed -n "/^### The attestor plugin's package and vendorHash/,/^#/p" docs/nixos.md | grep -qF "\`$vendor_hash\`" ||
+		{
+			log "modules/pkgs/spire-attestor.nix's vendorHash $vendor_hash is not the one docs/nixos.md gives (\"The attestor plugin's package and vendorHash\"): recompute it as shown there and update both"
+			return 1
+		}
 	jq -e '.example.failedAssertions == []' "$out" >/dev/null ||
 		{
 			log "modules/hosts/example.nix fails assertions: $(jq -c .example.failedAssertions "$out")"

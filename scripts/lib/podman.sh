@@ -1,7 +1,7 @@
 #!/bin/bash
 # Prepare rootless Podman for the flashpods user: /dev/net/tun usable by slirp4netns,
 # overlay storage, and an OCI runtime that works on this kernel (crun fails on a cgroup
-# v1/v2 hybrid, runc works: docs/shared firewall-findings.md). Idempotent.
+# v1/v2 hybrid, runc works; measured). Idempotent.
 set -euo pipefail
 # shellcheck source=scripts/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

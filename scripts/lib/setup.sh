@@ -16,17 +16,15 @@ step bash "$lib/packages.sh"
 step bash "$lib/users.sh"
 step bash "$lib/podman.sh"
 step bash "$lib/venv.sh"
-if [[ -f $lib/build-helper.sh ]]; then
-	if is_root; then
-		step sh "$lib/build-helper.sh"
-	else
-		log "not root: build-helper.sh writes /opt/flashpods/lib; skipped"
-	fi
+if is_root; then
+	step sh "$lib/build-helper.sh"
+else
+	log "not root: build-helper.sh writes /opt/flashpods/lib; skipped"
 fi
 step bash "$lib/build-images.sh"
 # Third-party MCP clients (Inspector CLI, Claude Code) the MCP tests drive: only for
 # scripts/test (it sets FLASHPODS_SETUP_TEST_TOOLS=1), a dev host does not need them.
-if [[ ${FLASHPODS_SETUP_TEST_TOOLS:-0} == 1 && -f $lib/install-node-tools.sh ]]; then
+if [[ ${FLASHPODS_SETUP_TEST_TOOLS:-0} == 1 ]]; then
 	step bash "$lib/install-node-tools.sh"
 fi
 # Real SPIRE (spire-server, spire-agent v1.13.3 from the Go module proxy) and the

@@ -33,11 +33,7 @@ fi
 
 packages=()
 for dir in services/api services/token services/devhost mcp; do
-	if [[ -f $FLASHPODS_REPO/$dir/pyproject.toml ]]; then
-		packages+=("$FLASHPODS_REPO/$dir")
-	else
-		log "warning: $dir has no pyproject.toml yet; not installed"
-	fi
+	packages+=("$FLASHPODS_REPO/$dir")
 done
 # --no-deps: dependencies come from the lock only. --force-reinstall: same version
 # number, new code.

@@ -42,6 +42,9 @@ func TestPluginAnswersSelectorValues(t *testing.T) {
 	podman.addJob("job_plugin01", "sub_agent", 100)
 	p := newPlugin()
 	p.kernel = procs.kernel()
+	// As under spire-agent's unit: CAP_SYS_PTRACE in the effective set. Without it a
+	// non-root run (the Nix build sandbox's nixbld user) is refused at Configure.
+	writeStatus(t, procs.root, "0000000000080000")
 	if err := configure(t, p, `podman_socket = "unix://`+podman.socket+`"`+"\n"+`instance = "test"`); err != nil {
 		t.Fatal(err)
 	}

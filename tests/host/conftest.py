@@ -57,7 +57,7 @@ def devhost(topology: Topology) -> Iterator[DevHost]:
                 "sub_agent": WORKER_IMAGE,
                 "allowed": [WORKER_IMAGE],
             },
-            "agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+            "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
         },
     )
     host = DevHost(settings)

@@ -1,15 +1,17 @@
-# V8-V12 with SPIRE end to end: the API registers each job with the SPIRE
-# server, the agent's docker attestor recognises the rootless container
-# through the flashpods user's Podman socket, the helper fetches a JWT-SVID,
-# and the token service hands out exactly the role's secrets while the job
-# runs, and nothing to anyone else.
+# V8-V12 with SPIRE end to end, on the pin's own pkgs.spire (1.13.x on
+# nixos-25.11): the API registers each job with the SPIRE server under the
+# flashpods selectors (job, kind, instance), the agent's `flashpods` workload
+# attestor plugin (modules/pkgs/spire-attestor.nix) finds the caller's job from
+# its PID namespace and the job's labels from the flashpods user's Podman
+# socket, the helper fetches a JWT-SVID, and the token service hands out
+# exactly the role's secrets while the job runs, and nothing to anyone else.
+# cgroup v2 (these VMs) is proven here; the plugin's own tests cover v1.
 { self }:
 let
   topology = import ./lib/nodes.nix {
     inherit self;
     hostModule.services.flashpods.spire = {
-      # Off by default (peer attestation); this test is only built where
-      # pkgs.spire can attest rootless jobs (tests/nixos/default.nix).
+      # Off by default (peer attestation).
       enable = true;
       # Short-lived SVIDs, so expiry is tested within the run.
       jwtSvidTtl = "30s";
@@ -26,6 +28,8 @@ in
     let
       cfg = nodes.host.services.flashpods;
       agentSocket = cfg.api.settings.spire.agent_socket;
+      attestor = "${cfg.package.spireAttestor}/bin/flashpods-spire-attestor";
+      inherit (cfg.api.settings) instance;
       serverSocket = cfg.api.settings.spire.server_socket;
       auditLog = cfg.token.settings.audit_log;
     in
@@ -75,6 +79,27 @@ in
 
       with subtest("the agent attested with the join token and carries the host alias"):
           host.succeed("spire-server entry show -socketPath ${serverSocket} -spiffeID spiffe://${cfg.spire.trustDomain}/agent/host | grep -q 'Entry ID'")
+
+      with subtest("the agent runs the flashpods plugin from its package, with CAP_SYS_PTRACE"):
+          host.succeed("journalctl -u flashpods-spire-agent -o cat | grep 'Plugin loaded' | grep -q 'plugin_name=flashpods'")
+          agent_pid = host.succeed("systemctl show -p MainPID --value flashpods-spire-agent").strip()
+          plugin_pid = host.succeed(f"pgrep -P {agent_pid} -f flashpods-spire-attestor").split()[0]
+          assert host.succeed(f"readlink /proc/{plugin_pid}/exe").strip() == "${attestor}"
+          # Bit 19 of the effective set, and nothing else (ambient, inherited).
+          cap_eff = host.succeed(f"awk '/^CapEff/ {{ print $2 }}' /proc/{plugin_pid}/status").strip()
+          assert int(cap_eff, 16) == 1 << 19, cap_eff
+
+      with subtest("a running job's entry carries exactly the plugin's three selectors"):
+          running = start_job("sleep 20")
+          host.wait_until_succeeds(
+              f"spire-server entry show -socketPath ${serverSocket} -selector flashpods:job:{running} | grep -q 'Entry ID'",
+              timeout=60)
+          entry = host.succeed(f"spire-server entry show -socketPath ${serverSocket} -selector flashpods:job:{running}")
+          selectors = sorted(line.split(":", 1)[1].strip() for line in entry.splitlines() if line.startswith("Selector"))
+          assert selectors == [
+              "flashpods:instance:${instance}", f"flashpods:job:{running}", "flashpods:kind:worker",
+          ], entry
+          assert wait_final(running)["status"] == "succeeded"
 
       with subtest("V8 V9: a worker reaches both sockets and gets only worker secrets"):
           job, output = run_job(CONTAINER_LIB + """
@@ -134,7 +159,7 @@ in
               f" -H 'Authorization: Bearer {svid}' -X POST http://token/v1/exchange")
           assert code in ("401", "403"), code
           # Its registration entry is gone too.
-          host.fail(f"spire-server entry show -socketPath ${serverSocket} -selector docker:label:flashpods.job:{job['id']} | grep -q 'Entry ID'")
+          host.fail(f"spire-server entry show -socketPath ${serverSocket} -selector flashpods:job:{job['id']} | grep -q 'Entry ID'")
 
       with subtest("the audit log names identities and decisions, never values"):
           host.succeed("grep -q 'spiffe://${cfg.spire.trustDomain}/job/' ${auditLog}")

@@ -22,6 +22,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import ids, jobtree
 
@@ -172,9 +173,11 @@ def sha256_fd(fd: int) -> str:
         digest.update(block)
 
 
-def listing(artifacts_dir: Path, job_id: str, glob: str | None) -> tuple[list[dict], list[dict]]:
-    files: list[dict] = []
-    skipped: list[dict] = []
+def listing(
+    artifacts_dir: Path, job_id: str, glob: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    files: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for entry in entries(artifacts_dir, job_id, glob):
         if entry.skipped:
             skipped.append({"path": entry.path, "reason": entry.skipped})

@@ -38,7 +38,7 @@ def api_main(argv: list[str] | None = None) -> None:
 
     from gunicorn.app.base import BaseApplication
 
-    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no types
         def load_config(self) -> None:
             options: dict[str, Any] = {
                 "bind": args.bind,

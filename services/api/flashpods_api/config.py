@@ -10,78 +10,25 @@ import copy
 import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import kinds
+
 CONFIG_ENV = "FLASHPODS_API_CONFIG"
 
-DEFAULTS: dict[str, Any] = {
-    "instance": "dev",
-    "token_file": "/run/credentials/flashpods-api/api-token",
-    "db_path": "/var/lib/flashpods/db/flashpods.db",
-    "storage": {
-        "uploads": "/tmp/flashpods/uploads",
-        "workspaces": "/var/lib/flashpods/workspaces",
-        "artifacts": "/var/lib/flashpods/artifacts",
-        "logs": "/var/log/flashpods",
-        "control": None,  # warm containers' hand-over dirs; None = control beside <workspaces>
-        "usage": None,  # the credential proxy's per-job model usage (its proxy.usage_dir)
-    },
-    "podman_url": "unix:///run/flashpods/podman/podman.sock",
-    "rsync_url": "rsync://10.0.0.1/uploads",
-    "allowed_peers": [],
-    "max_concurrent_jobs": 4,
-    "queue_limit": 1000,
-    "default_timeout_s": 3600,
-    "max_timeout_s": 86400,
-    "kill_grace_s": 10,
-    "images": {
-        "worker": "localhost/flashpods-worker:latest",
-        "sub_agent": "localhost/flashpods-agent:latest",
-        "allowed": ["localhost/flashpods-worker:latest", "localhost/flashpods-agent:latest"],
-    },
-    "agent": {"command": ["/flashpods/agent/entrypoint"], "env": {}},
-    "network_mode": "slirp4netns",
-    "helper_path": "/opt/flashpods/lib/flashpods-init",
-    "token_socket": "/run/flashpods/token/token.sock",
-    "attestation": "peer",
-    "spire": {
-        "server_cli": "spire-server",
-        "server_socket": "/run/spire/server/private/api.sock",
-        "trust_domain": "flashpods.internal",
-        "parent_id": "spiffe://flashpods.internal/agent/host",
-        "jwt_svid_ttl_s": 300,
-        "agent_socket": "/run/spire/sockets/agent.sock",
-        # A static spire-agent on the host, mounted read-only at /flashpods/bin/spire-agent
-        # in spire mode (flashpods-init runs it as the Workload API client) for images
-        # that do not carry one (the dev host's busybox image); null: the image has it
-        # (the NixOS images do).
-        "agent_cli": None,
-    },
-    "retention": {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600},
-    "limits": {
-        "log_bytes": 64 * 1024 * 1024,
-        "artifact_bytes": 1024 * 1024 * 1024,
-        "upload_bytes": 1024 * 1024 * 1024,
-        # Every job's own limits (docs/security.md, "Per-job limits"); a job may ask for
-        # less memory or pids (resources), never more.
-        "job_memory_mb": 4096,
-        "job_pids": 1024,
-        "job_disk_bytes": 10 * 1024 * 1024 * 1024,  # /workspace and /artifacts together
-        "job_inodes": 200_000,
-        # Below this much free space on a state filesystem no new job is accepted; half
-        # of it is held back as a ballast file beside the database (job_limits.DiskGuard).
-        "disk_reserve_bytes": 1024 * 1024 * 1024,
-    },
-    "reaper": {"interval_s": 1.0},
-    # Containers kept created and started ahead of demand, per kind ({} = no warm pool).
-    "warm_pool": {},
-}
+# The defaults live in one packaged file that the dev host overlays and the NixOS module
+# reads with lib.importJSON (modules/flashpods/lib.nix), so the three cannot drift;
+# tests/unit/nix/test_settings_platforms.py lists the keys each platform may change.
+DEFAULTS_FILE = "defaults.json"
+DEFAULTS_PATH = resources.files(__package__).joinpath(DEFAULTS_FILE)
+DEFAULTS: dict[str, Any] = json.loads(DEFAULTS_PATH.read_text(encoding="utf-8"))
 
 WARM_POOL_MAX = 32
 
-# Sections whose inner keys are fixed (checked one level down); "agent.env" is free-form.
-_NESTED = ("storage", "images", "agent", "spire", "retention", "limits", "reaper")
+# Sections whose inner keys are fixed (checked one level down); "sub_agent.env" is free-form.
+_NESTED = ("storage", "images", "sub_agent", "spire", "retention", "limits", "reaper")
 # Rootless "bridge" is refused: jobs on a rootless bridge reach each other inside Podman's
 # own rootless network namespace, where no host rule can see the traffic (measured;
 # docs/security.md, V19). "host" would put jobs on the host's own network stack.
@@ -144,6 +91,7 @@ def from_dict(data: dict[str, Any]) -> Config:
         raise ConfigError("The API configuration must be a JSON object.")
     merged = copy.deepcopy(DEFAULTS)
     for key, value in data.items():
+        _refuse_old_sub_agent_name(key, key)
         if key not in DEFAULTS:
             raise ConfigError(
                 f"Unknown key {key!r} in the API configuration; remove it or fix its spelling."
@@ -152,6 +100,7 @@ def from_dict(data: dict[str, Any]) -> Config:
             if not isinstance(value, dict):
                 raise ConfigError(f"Configuration key {key!r} must be a JSON object.")
             for inner, inner_value in value.items():
+                _refuse_old_sub_agent_name(inner, f"{key}.{inner}")
                 if inner not in DEFAULTS[key]:
                     raise ConfigError(
                         f"Unknown key {key}.{inner!r} in the API configuration; "
@@ -165,7 +114,9 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check(cfg: dict[str, Any]) -> None:
-    def positive(path: str, value: Any, kind: type | tuple[type, ...] = int) -> None:
+    def positive(
+        path: str, value: Any, kind: type[int | float] | tuple[type[int | float], ...] = int
+    ) -> None:
         if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
             raise ConfigError(f"Configuration key {path} must be a positive number, not {value!r}.")
 
@@ -200,14 +151,23 @@ def _check(cfg: dict[str, Any]) -> None:
             raise ConfigError(
                 f"images.{kind} ({images[kind]!r}) must also be listed in images.allowed."
             )
-    command = cfg["agent"]["command"]
+    command = cfg["sub_agent"]["command"]
     if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
-        raise ConfigError("agent.command must be a non-empty list of strings (argv).")
-    _check_agent_env(cfg["agent"]["env"])
+        raise ConfigError("sub_agent.command must be a non-empty list of strings (argv).")
+    _check_agent_env(cfg["sub_agent"]["env"])
     _check_warm_pool(cfg["warm_pool"])
     if not isinstance(cfg["instance"], str) or not cfg["instance"]:
         raise ConfigError("instance must be a non-empty string (it labels this host's containers).")
     _check_control(cfg["storage"])
+
+
+def _refuse_old_sub_agent_name(name: str, where: str) -> None:
+    if kinds.is_old_sub_agent_name(name):
+        section, dot, _ = where.rpartition(".")
+        raise ConfigError(
+            f"Configuration key {where} uses an old name of the sub-agent; "
+            f"write {section}{dot}{kinds.SUB_AGENT} instead."
+        )
 
 
 def _check_control(storage: dict[str, Any]) -> None:
@@ -240,15 +200,15 @@ def is_credential_name(name: str) -> bool:
 
 def _check_agent_env(env: Any) -> None:
     if not isinstance(env, dict):
-        raise ConfigError("agent.env must be a JSON object of NAME: value strings.")
+        raise ConfigError("sub_agent.env must be a JSON object of NAME: value strings.")
     for name, value in env.items():
         if not isinstance(value, str):
             raise ConfigError(
-                f"agent.env.{name} must be a string, not {type(value).__name__}; quote it."
+                f"sub_agent.env.{name} must be a string, not {type(value).__name__}; quote it."
             )
         if is_credential_name(name):
             raise ConfigError(
-                f"agent.env.{name} looks like a credential; secrets never go in the API "
+                f"sub_agent.env.{name} looks like a credential; secrets never go in the API "
                 "configuration: give it to the token service (its secrets and roles) instead."
             )
 
@@ -271,6 +231,7 @@ def _check_warm_pool(pool: Any) -> None:
     if not isinstance(pool, dict):
         raise ConfigError('warm_pool must be a JSON object like {"worker": 2, "sub_agent": 0}.')
     for kind, count in pool.items():
+        _refuse_old_sub_agent_name(kind, f"warm_pool.{kind}")
         if kind not in ("worker", "sub_agent"):
             raise ConfigError(f"warm_pool.{kind}: unknown kind; use worker or sub_agent.")
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= WARM_POOL_MAX:

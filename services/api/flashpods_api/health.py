@@ -21,7 +21,7 @@ from typing import Any
 from .config import Config
 from .jobs import Engine
 from .runtime import PodmanError, Runtime
-from .store import Store
+from .store import KINDS, Store
 
 HEARTBEAT_STALE_S = 15.0
 # The reaper's Podman record is trusted for a few of its intervals, at least this long.
@@ -127,7 +127,7 @@ def _warm(engine: Engine) -> dict[str, Any]:
     """Ready warm containers per kind (a pool below its target is filling, not failing)."""
     targets = engine.warm.targets
     try:
-        ready = engine.warm.ready_counts() if targets else {"worker": 0, "sub_agent": 0}
+        ready = engine.warm.ready_counts() if targets else dict.fromkeys(KINDS, 0)
     except Exception as exc:  # noqa: BLE001 - the db check reports the cause
         return {"ok": True, "detail": f"unknown ({exc})", "ready": {}, "target": targets}
     detail = ", ".join(f"{k}: {ready[k]}/{n} ready" for k, n in targets.items()) or "off"

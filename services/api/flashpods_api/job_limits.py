@@ -85,7 +85,7 @@ class Enforcer:
             lambda job_id: engine.signal(job_id, "KILL"), self._process_limits, self.config.logs_dir
         )
         self.walker = DiskWalker(
-            lambda job_id: [engine.workspace(job_id), engine.artifacts(job_id)]
+            lambda job_id: [engine.files.workspace(job_id), engine.files.artifacts(job_id)]
         )
 
     def start(self) -> None:
@@ -127,7 +127,8 @@ class Enforcer:
         A disk filled by something else than jobs is the operator's to fix: killing jobs
         that store next to nothing would not help, so none is killed then.
         """
-        largest, most = None, -1
+        largest: dict[str, Any] | None = None
+        most = -1
         for job in self.store.jobs_in(("running",)):  # a read: works on a full disk
             if job["stop_reason"] == "disk_full":
                 return None  # already on its way out; its finish frees the space
@@ -153,7 +154,7 @@ class Enforcer:
 
     def _stored(self, job: dict[str, Any]) -> DiskUsage:
         limits = for_job(self.config, job["resources"])
-        roots = [self.engine.workspace(job["id"]), self.engine.artifacts(job["id"])]
+        roots = [self.engine.files.workspace(job["id"]), self.engine.files.artifacts(job["id"])]
         return disk_usage(roots, limits.disk_bytes, limits.inodes)
 
     def check(self, job: dict[str, Any], container: dict[str, Any] | None) -> bool:
@@ -230,12 +231,12 @@ def clear_before_finish(engine: Any, job: dict[str, Any]) -> dict[str, Any] | No
     low = DiskGuard(engine.config).free() < engine.config.limits["disk_reserve_bytes"]
     if reason not in DISK_REASONS and not low:
         return None
-    doomed = [engine.workspace(job["id"])]
+    doomed = [engine.files.workspace(job["id"])]
     if reason == "disk_full":
-        doomed.append(engine.artifacts(job["id"]))
+        doomed.append(engine.files.artifacts(job["id"]))
     for path in doomed:
         try:
-            engine.remove_tree(path)
+            engine.files.remove_tree(path)
         except Exception as exc:  # noqa: BLE001 - the retention sweep retries; the end is recorded
             log.warning("could not remove %s: %s", path, exc)
     why = "it went over a disk limit" if reason in DISK_REASONS else "the host's disk was low"
@@ -292,7 +293,7 @@ def error_for(reason: str, job: dict[str, Any], config: Config) -> str:
 def oom_killed(runtime: Any, job_id: str) -> bool:
     """Whether the kernel's OOM killer ended the container (cgroup v2 enforces --memory)."""
     try:
-        return runtime.oom_killed(job_id)
+        return bool(runtime.oom_killed(job_id))
     except Exception as exc:  # noqa: BLE001 - unknown: the exit code is still recorded
         log.warning("could not ask podman whether %s was OOM-killed: %s", job_id, exc)
         return False

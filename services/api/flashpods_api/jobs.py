@@ -9,36 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import stat
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from . import artifacts, ids, job_limits, jobtree, logs, workspace_diff
 from .config import Config
-from .runtime import HELPER_IN_CONTAINER, PodmanError, RunSpec, Runtime
+from .container_spec import ContainerSpecs
+from .job_files import JobFiles
+from .job_start import drop_identity, error_sentence, take_upload
+from .registrar import Registrar, make_registrar
+from .runtime import PodmanError, RunSpec, Runtime
 from .store import ACTIVE, FINAL, Store
 from .warm import WarmPool
 
 log = logging.getLogger(__name__)
 
-DIR_MODE = 0o2770
-
-
-class Registrar(Protocol):
-    def register(self, job_id: str, kind: str) -> None: ...
-    def unregister(self, job_id: str) -> None: ...
-
 
 def default_registrar(config: Config) -> Registrar:
-    from .registrar import make_registrar  # written alongside SPIRE support (docs/design.md)
-
     return make_registrar(config.raw)
-
-
-class StartError(Exception):
-    """A job cannot start for a reason the user can act on; the message says which."""
 
 
 class Engine:
@@ -49,30 +37,15 @@ class Engine:
         self.store = store
         self.runtime = runtime
         self.registrar = registrar
-        self.warm = WarmPool(self)
-
-    # -- paths ---------------------------------------------------------------
-
-    # Ids are checked again here, where they become paths: a row read back from the
-    # database is not trusted to hold what the API once validated (ids.BadId).
-
-    def workspace(self, job_id: str) -> Path:
-        return self.config.workspaces_dir / ids.checked_job_id(job_id)
-
-    def artifacts(self, job_id: str) -> Path:
-        return self.config.artifacts_dir / ids.checked_job_id(job_id)
-
-    def upload_dir(self, upload_id: str) -> Path:
-        return self.config.uploads_dir / ids.checked_upload_id(upload_id)
-
-    def base_dir(self, upload_id: str) -> Path:
-        return self.config.bases_dir / ids.checked_upload_id(upload_id)
+        self.files = JobFiles(config, runtime)
+        self.specs = ContainerSpecs(config, self.files)
+        self.warm = WarmPool(config, store, runtime, registrar, self.files, self.specs)
 
     # -- starting ------------------------------------------------------------
 
     def start_next(self) -> list[str]:
         """Start queued jobs FIFO while under the cap; returns the ids claimed."""
-        started = []
+        started: list[str] = []
         while True:
             job_id = self.store.claim(self.config.max_concurrent_jobs)
             if job_id is None:
@@ -80,12 +53,6 @@ class Engine:
             if not self.start_claimed(job_id):
                 return started  # Podman is down: the job waits in the queue again
             started.append(job_id)
-
-    def try_start(self, job_id: str, warm: bool | None = None) -> bool:
-        """POST /jobs' fast path: start this job now if it heads the queue and a slot is free."""
-        if self.store.claim(self.config.max_concurrent_jobs, job_id) != job_id:
-            return False
-        return self.start_claimed(job_id, warm)
 
     def start_claimed(
         self, job_id: str, warm: bool | None = None, job: dict[str, Any] | None = None
@@ -107,7 +74,7 @@ class Engine:
             else:
                 input_dir = self._prepare(job)
                 self.registrar.register(job_id, job["kind"])
-                spec = self.spec(job, input_dir)
+                spec = self.specs.spec(job, input_dir)
                 note = self._run_or_adopt(spec)
         except PodmanError as exc:
             if _unreachable(exc):
@@ -115,9 +82,9 @@ class Engine:
                 log.warning("podman unreachable, %s waits in the queue: %s", job_id, exc)
                 self.store.transition(job_id, ("starting",), status="queued", claimed_at=None)
                 return False
-            self._fail_start(job, _start_error(exc))
+            self._fail_start(job, error_sentence(exc))
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's error sentence
-            self._fail_start(job, _start_error(exc))
+            self._fail_start(job, error_sentence(exc))
         else:
             self.store.transition(
                 job_id,
@@ -145,130 +112,27 @@ class Engine:
         return note
 
     def _prepare(self, job: dict[str, Any]) -> str | None:
-        self.prepare_dirs(job["id"])
-        return self._prepare_upload(job)
-
-    def prepare_dirs(self, job_id: str) -> None:
-        """The job's workspace, artifacts dir and live log file (idempotent)."""
-        for path in (self.workspace(job_id), self.artifacts(job_id)):
-            path.mkdir(exist_ok=True)
-            # Through an O_NOFOLLOW fd: the parents are group-writable by the container uid,
-            # which may have put a link here (a restart re-prepares a known id).
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fchmod(fd, DIR_MODE)
-            finally:
-                os.close(fd)
-        self.config.logs_dir.mkdir(exist_ok=True)
-        # Create the live log ourselves: conmon would create it 0600 as flashpods, which
-        # the API user could not read. An existing file keeps our owner and mode.
-        fd = os.open(
-            logs.ctr_log_path(self.config.logs_dir, job_id),
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-            0o660,
-        )
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise StartError("The job's live log is not a regular file on the host.")
-            os.fchmod(fd, 0o660)
-        finally:
-            os.close(fd)
-
-    def _prepare_upload(self, job: dict[str, Any]) -> str | None:
+        """The job's directories; returns its upload's kept base, mounted at /input."""
+        self.files.prepare_dirs(job["id"])
         upload_id = job.get("upload_id")
         if not upload_id:
             return None
-        base = self.base_dir(upload_id)
-        if not base.is_symlink() and not base.exists():
-            self.config.bases_dir.mkdir(exist_ok=True)
-            try:
-                os.rename(self.upload_dir(upload_id), base)
-            except FileNotFoundError:
-                raise StartError(
-                    f"The upload {upload_id} is gone from the host (expired?); "
-                    "upload the files again and resubmit."
-                ) from None
-        # Podman resolves a bind source on the host: only a real directory may be mounted.
-        if not stat.S_ISDIR(os.lstat(base).st_mode):
-            raise StartError(
-                f"The upload {upload_id} is not a directory on the host; upload a directory again."
-            )
+        base = self.files.base_dir(upload_id)
+        self.config.bases_dir.mkdir(exist_ok=True)
+        take_upload(self.files.upload_dir(upload_id), base, upload_id)
         return str(base)
-
-    def command_argv(self, job: dict[str, Any]) -> list[str]:
-        if job["kind"] == "worker":
-            return ["sh", "-c", job["command"]]
-        return list(self.config.agent["command"])
-
-    def request_env(self, job: dict[str, Any]) -> dict[str, str]:
-        """What a job adds to its container's fixed environment: its prompt and its `env`.
-
-        For a sub_agent the host's agent.env wins for every ANTHROPIC_* name and a request's
-        own ANTHROPIC_* names are dropped: a request must not point the agent's key at
-        another endpoint (validate.py refuses them already; this holds even so).
-        """
-        env: dict[str, str] = {}
-        if job["kind"] == "sub_agent":
-            env["FLASHPODS_PROMPT"] = job["prompt"]
-        env.update(job.get("env") or {})
-        if job["kind"] == "sub_agent":
-            env = {k: v for k, v in env.items() if not k.startswith("ANTHROPIC_")}
-            agent_env = self.config.agent["env"]
-            env.update({k: v for k, v in agent_env.items() if k.startswith("ANTHROPIC_")})
-        return env
-
-    def spec(
-        self, job: dict[str, Any], input_dir: str | None, control: str | None = None
-    ) -> RunSpec:
-        """The container of a job; with `control`, a warm one that waits for its command."""
-        cfg = self.config
-        env = {
-            "FLASHPODS_JOB_ID": job["id"],
-            "FLASHPODS_JOB_KIND": job["kind"],
-            "FLASHPODS_TOKEN_SOCKET": "/run/flashpods/token.sock",
-            "FLASHPODS_ATTESTATION": cfg.attestation,
-            "SPIFFE_ENDPOINT_SOCKET": "unix:///run/spire/sockets/agent.sock",
-            "HOME": "/tmp/home",
-            "TMPDIR": "/tmp",
-        }
-        if job["kind"] == "sub_agent":
-            env = {**cfg.agent["env"], **env}
-        if control:
-            argv = [HELPER_IN_CONTAINER, "--wait-command"]
-        else:
-            argv = [HELPER_IN_CONTAINER, "--", *self.command_argv(job)]
-            env.update(self.request_env(job))
-        return RunSpec(
-            job_id=job["id"],
-            kind=job["kind"],
-            instance=cfg.instance,
-            image=job["image"],
-            argv=argv,
-            env=env,
-            workspace=str(self.workspace(job["id"])),
-            artifacts=str(self.artifacts(job["id"])),
-            log_path=str(logs.ctr_log_path(cfg.logs_dir, job["id"])),
-            helper_path=cfg.helper_path,
-            token_socket=cfg.token_socket,
-            network_mode=cfg.network_mode,
-            input_dir=input_dir,
-            agent_socket=cfg.spire["agent_socket"] if cfg.attestation == "spire" else None,
-            agent_cli=cfg.spire["agent_cli"] if cfg.attestation == "spire" else None,
-            resources=job_limits.container_resources(cfg, job),
-            control_dir=control,
-        )
 
     def _fail_start(self, job: dict[str, Any], error: str) -> None:
         job_id = job["id"]
         log.warning("job %s could not start: %s", job_id, error)
         with contextlib.suppress(PodmanError):  # else the reaper removes it once final
             self.runtime.remove(job_id)
-        self.unregister(job_id)
+        drop_identity(self.registrar, job_id)
         if self.store.transition(
             job_id, ("starting",), status="failed", error=error, **self._final_times()
         ):
             self._after_warm(job)
-            self.remove_tree(self.workspace(job_id))
+            self.files.remove_tree(self.files.workspace(job_id))
 
     # -- stopping ------------------------------------------------------------
 
@@ -310,6 +174,7 @@ class Engine:
         """
         job_id = ids.checked_job_id(job["id"])
         cap = self.config.limits["log_bytes"]
+        log_bytes: int | None
         if failure is None:
             # A full disk must not stop the steps below: free the workspace first (job_limits).
             cleared = job_limits.clear_before_finish(self, job)
@@ -374,9 +239,9 @@ class Engine:
             return
         if job.get("upload_id"):
             self.store.set_upload(job["upload_id"], "used", last_used_at=time.time())
-        self.unregister(job_id)
+        drop_identity(self.registrar, job_id)
         self._after_warm(job)
-        self.remove_tree(self.workspace(job_id))
+        self.files.remove_tree(self.files.workspace(job_id))
         try:
             self.runtime.remove(job_id)
         except PodmanError as exc:
@@ -384,13 +249,13 @@ class Engine:
 
     def artifacts_over_cap(self, job_id: str) -> bool:
         """Over the byte cap, or a tree too deep or too large to measure (jobtree limits)."""
-        seen = artifacts.measure(self.artifacts(job_id))
+        seen = artifacts.measure(self.files.artifacts(job_id))
         return seen.limit is not None or seen.bytes > self.config.limits["artifact_bytes"]
 
     def artifacts_error(self, job_id: str, reason: str | None) -> str | None:
         """The job's error if its /artifacts broke a rule (None: fine). Never raises."""
         killed = " and was killed" if reason == "artifact_cap" else ""
-        seen = artifacts.measure(self.artifacts(job_id))
+        seen = artifacts.measure(self.files.artifacts(job_id))
         if seen.limit is not None:
             shape = seen.limit if seen.limit.startswith("nested") else f"with {seen.limit}"
             return (
@@ -407,16 +272,16 @@ class Engine:
 
     def _record_changes(self, job: dict[str, Any]) -> dict[str, Any] | None:
         job_id = job["id"]
-        workspace = self.workspace(job_id)
+        workspace = self.files.workspace(job_id)
         if not workspace.exists():
             return None  # recorded before a crash, workspace already gone
         base = None
         if job.get("upload_id"):
-            base = self.warm.base(job) or self.base_dir(job["upload_id"])
+            base = self.warm.base(job) or self.files.base_dir(job["upload_id"])
         out = artifacts.workspace_root(self.config.artifacts_dir, job_id)
         cap = self.config.limits["artifact_bytes"]
-        self._normalize_if_locked(workspace)
-        self._normalize_if_locked(self.artifacts(job_id))
+        self.files.normalize_if_locked(workspace)
+        self.files.normalize_if_locked(self.files.artifacts(job_id))
         try:
             return workspace_diff.record(base, workspace, out, cap)
         except Exception as exc:  # noqa: BLE001 - the job still ends; the record says why
@@ -431,12 +296,6 @@ class Engine:
             except OSError as exc:  # retried by the reaper's warm reconcile
                 log.warning("could not clean up warm job %s: %s", job["id"], exc)
 
-    def unregister(self, job_id: str) -> None:
-        try:
-            self.registrar.unregister(job_id)
-        except Exception as exc:  # noqa: BLE001 - a stale entry must not block the job's end
-            log.warning("could not unregister %s: %s", job_id, exc)
-
     def _final_times(self) -> dict[str, float]:
         now = time.time()
         ret = self.config.retention
@@ -446,77 +305,7 @@ class Engine:
             "logs_expire_at": now + ret["logs_s"],
         }
 
-    # -- files a job may have locked -----------------------------------------
-
-    def _normalize_if_locked(self, root: Path) -> None:
-        """If the job left a file or dir the API user cannot read or remove, open it up.
-
-        The job runs as `flashpods` and may chmod its files; the API user reaches them
-        only through the group bits, so `flashpods-init --normalize` restores them from a
-        throwaway container running as that same uid (docs/design.md).
-        """
-        if os.path.lexists(root) and _locked(root):
-            self.normalize(root)
-
-    def normalize(self, root: Path) -> None:
-        # Podman resolves a bind source on the host: never mount what a link points at.
-        try:
-            if not stat.S_ISDIR(os.lstat(root).st_mode):
-                return
-        except OSError:
-            return
-        try:
-            self.runtime.normalize(self.config.images["worker"], self.config.helper_path, str(root))
-        except PodmanError as exc:
-            log.warning("could not normalize %s: %s", root, exc)
-
-    def remove_tree(self, root: Path) -> bool:
-        """Remove a job-owned tree (jobtree: any depth, no links followed); True when gone.
-
-        Opens up job-locked entries once (normalize) before giving up. Never raises:
-        a tree not gone yet (time budget, entries still locked) is retried by the
-        caller's next pass (the reaper's retention, or its sweep of stray workspaces).
-        """
-        result = jobtree.remove(root)
-        if not result.done and result.denied:
-            self.normalize(root)
-            result = jobtree.remove(root)
-        if not result.done:
-            log.warning("%s not removed yet: %s", root, result.error)
-        return result.done
-
-
-def _locked(root: Path) -> bool:
-    """Anything beneath root the API user may not read or remove (through its group)?"""
-    if os.geteuid() == 0:
-        return False
-    mine = os.geteuid()
-    for node in jobtree.walk(root):
-        if node.error or node.limit:
-            return True  # unreadable, or not seen whole: let normalize open it up
-        st = node.st
-        if st is None or st.st_uid == mine or stat.S_ISLNK(st.st_mode):
-            continue
-        need = 0o070 if stat.S_ISDIR(st.st_mode) else 0o060
-        if (st.st_mode & need) != need:
-            return True
-    return False
-
 
 def _unreachable(exc: PodmanError) -> bool:
     text = str(exc).lower()
     return "unable to connect to podman" in text or "did not answer within" in text
-
-
-def _start_error(exc: Exception) -> str:
-    if isinstance(exc, StartError):
-        return str(exc)
-    if isinstance(exc, PodmanError):
-        return f"The container could not be started: {exc}."
-    if isinstance(exc, OSError):
-        reason = exc.strerror or exc
-        return f"The job's directories could not be prepared: {reason} ({exc.filename})."
-    name = type(exc).__name__
-    if name == "RegistrarError":
-        return f"The job's SPIFFE identity could not be registered: {exc}"
-    return f"The job could not be started: {name}: {exc}."

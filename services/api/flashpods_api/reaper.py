@@ -26,7 +26,7 @@ from typing import Any
 from . import artifacts, ids, job_limits, jobtree, logs
 from .jobs import Engine
 from .runtime import PodmanError
-from .store import FINAL
+from .store import ACTIVE, FINAL, LIVE
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Reaper:
         self.store = engine.store
         self.runtime = engine.runtime
         self.config = engine.config
+        self.files = engine.files
         self.stop = threading.Event()
         self._decoders: dict[str, logs.Decoder] = {}
         self._artifact_checked: dict[str, float] = {}
@@ -83,11 +84,9 @@ class Reaper:
 
     def sweep_identities(self) -> None:
         """Delete SPIRE entries of jobs that ended while nothing was watching."""
-        sweep = getattr(self.engine.registrar, "sweep", None)
-        if sweep is None:
-            return
         try:
-            sweep({job["id"] for job in self.store.jobs_in(("queued", "starting", "running"))})
+            live = self.store.jobs_in(LIVE)
+            self.engine.registrar.sweep({job["id"] for job in live})
         except Exception as exc:  # noqa: BLE001 - retried at the next start; jobs still end
             log.warning("could not sweep SPIRE entries: %s", exc)
 
@@ -96,7 +95,7 @@ class Reaper:
         self.store.beat("reaper", os.getpid())
         # Jobs first, containers second: a job is 'running' only after its container
         # exists, so a running job missing from the later listing really is gone.
-        active = self.store.jobs_in(("starting", "running"))
+        active = self.store.jobs_in(ACTIVE)
         containers = {name: c for c in self._list_containers() for name in (c.get("Names") or [])}
         active_ids = {job["id"] for job in active}
         for job in active:
@@ -288,8 +287,8 @@ class Reaper:
         cfg = self.config
         job_id = ids.checked_job_id(job["id"])
         if not job["artifacts_deleted"] and job["artifacts_expire_at"] < now:
-            gone = self.engine.remove_tree(self.engine.artifacts(job_id))
-            gone &= self.engine.remove_tree(artifacts.workspace_root(cfg.artifacts_dir, job_id))
+            gone = self.files.remove_tree(self.files.artifacts(job_id))
+            gone &= self.files.remove_tree(artifacts.workspace_root(cfg.artifacts_dir, job_id))
             if gone:
                 self.store.transition(job_id, FINAL, artifacts_deleted=1)
         if not job["logs_deleted"] and job["logs_expire_at"] < now:
@@ -304,11 +303,11 @@ class Reaper:
 
     def _expire_upload(self, upload: dict[str, Any]) -> None:
         if self.store.set_upload(upload["id"], "reserved", state="expired"):
-            self.engine.remove_tree(self.engine.upload_dir(upload["id"]))
+            self.files.remove_tree(self.files.upload_dir(upload["id"]))
 
     def _expire_base(self, upload: dict[str, Any]) -> None:
-        gone = self.engine.remove_tree(self.engine.base_dir(upload["id"]))
-        gone &= self.engine.remove_tree(self.engine.upload_dir(upload["id"]))  # never moved
+        gone = self.files.remove_tree(self.files.base_dir(upload["id"]))
+        gone &= self.files.remove_tree(self.files.upload_dir(upload["id"]))  # never moved
         if gone:
             self.store.set_upload(upload["id"], "used", base_deleted=1)
 
@@ -323,7 +322,7 @@ class Reaper:
         for name in names:
             job = self.store.get_job(name)
             if job is not None and job["status"] in FINAL:
-                self.engine.remove_tree(self.engine.workspace(name))
+                self.files.remove_tree(self.files.workspace(name))
 
 
 def _each(what: str, step: Callable[..., None], *args: Any) -> None:

@@ -28,14 +28,23 @@ import json
 import re
 import subprocess
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_ROLE_OF_KIND = {"worker": "worker", "sub_agent": "agent"}
+_ROLE_OF_KIND = {"worker": "worker", "sub_agent": "sub_agent"}
 _OK, _NOT_FOUND, _ALREADY_EXISTS = 0, 5, 6
 
 
 class RegistrarError(Exception):
     """A sentence saying why a job's identity could not be set up or removed."""
+
+
+class Registrar(Protocol):
+    """What the API and the reaper need of a registrar (SpireRegistrar, NoopRegistrar)."""
+
+    def register(self, job_id: str, kind: str) -> None: ...
+    def unregister(self, job_id: str) -> None: ...
+    def sweep(self, live_job_ids: set[str]) -> None: ...
 
 
 class NoopRegistrar:
@@ -74,7 +83,7 @@ class SpireRegistrar:
 
     # -- the CLI ---------------------------------------------------------------------
 
-    def _run(self, *args: str) -> dict:
+    def _run(self, *args: str) -> dict[str, Any]:
         argv = [
             self.server_cli,
             "entry",
@@ -147,6 +156,7 @@ class SpireRegistrar:
 
     def register(self, job_id: str, kind: str) -> None:
         role = _check(job_id, kind)
+        assert role is not None  # _check returns the role of the kind it was given
         out = self._run(
             "create",
             "-parentID", self.parent_id,
@@ -175,7 +185,8 @@ class SpireRegistrar:
 
     def sweep(self, live_job_ids: set[str]) -> None:
         out = self._run("show", "-parentID", self.parent_id)
-        pattern = re.compile(r"^/job/([^/]+)/(worker|agent)$")
+        # /agent: entries made before the role was spelled sub_agent are swept too.
+        pattern = re.compile(r"^/job/([^/]+)/(worker|sub_agent|agent)$")
         for e in out.get("entries") or []:
             sid = e.get("spiffe_id") or {}
             m = pattern.match(str(sid.get("path", "")))
@@ -185,7 +196,7 @@ class SpireRegistrar:
                 self._delete(e["id"])
 
 
-def make_registrar(config: dict) -> SpireRegistrar | NoopRegistrar:
+def make_registrar(config: Any) -> SpireRegistrar | NoopRegistrar:
     """The registrar for an API config (its `attestation` and `spire` keys): the JSON dict,
     or the API's Config object, whose `.raw` is that dict."""
     config = getattr(config, "raw", config)

@@ -263,7 +263,8 @@ class Runtime:
 
     def info(self) -> dict[str, Any]:
         out, _ = self._call("info", "--format", "json")
-        return json.loads(out)
+        info: dict[str, Any] = json.loads(out)
+        return info
 
     def oom_killed(self, name: str) -> bool:
         """Whether the kernel's OOM killer ended this (exited) container."""

@@ -20,10 +20,13 @@ import dataset
 from sqlalchemy import event, text
 from sqlalchemy.pool import QueuePool
 
+from . import kinds
+
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 ACTIVE = ("starting", "running")
-STATUSES = ("queued", "starting", "running", *FINAL)
-KINDS = ("worker", "sub_agent")
+LIVE = ("queued", *ACTIVE)  # every status a job has before it ends
+STATUSES = (*LIVE, *FINAL)
+KINDS = kinds.KINDS
 POOL_SIZE = 16  # SQLite connections kept open per process; busier moments open more
 
 _SCHEMA = (
@@ -196,11 +199,6 @@ class Store:
 
     # -- jobs ----------------------------------------------------------------
 
-    def create_job(self, record: dict[str, Any], queue_limit: int) -> dict[str, Any]:
-        """Insert a queued job, consuming its upload; refuses a full queue or a used upload."""
-        job, _warm = self.submit(record, queue_limit)
-        return job
-
     def submit(
         self,
         record: dict[str, Any],
@@ -358,7 +356,7 @@ class Store:
                 i=self.instance,
                 **params,
             ).rowcount
-        return count == 1
+        return bool(count == 1)
 
     def expired_files(self, now: float) -> list[dict[str, Any]]:
         return [
@@ -405,11 +403,6 @@ class Store:
     def delete_warm(self, warm_id: str) -> None:
         with self._tx(write=True):
             self._exec("DELETE FROM warm WHERE id=:id AND instance=:i", id=warm_id, i=self.instance)
-
-    def take_warm(self, kind: str, image: str, cap: int) -> str | None:
-        """Reserve the oldest ready warm container of `kind` (see `submit`)."""
-        with self._tx(write=True):
-            return self._take_warm(kind, image, cap, time.time())
 
     def _take_warm(self, kind: str, image: str, cap: int, now: float) -> str | None:
         """Compare-and-set ready -> taken, only when a new job could start at once.

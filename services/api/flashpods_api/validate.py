@@ -5,13 +5,17 @@ Each refusal is an ApiError (400) whose sentence says what to change.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from . import ids, job_limits
+from . import artifacts, ids, job_disk, kinds
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
+from .store import KINDS, STATUSES
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Names Flashpods sets or that would change how every program in the container behaves.
@@ -65,8 +69,8 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
             f"Unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(JOB_FIELDS))}.",
         )
     kind = body.get("kind")
-    if kind not in ("worker", "sub_agent"):
-        raise bad_request("bad_kind", '\'kind\' must be "worker" or "sub_agent".')
+    if kind not in KINDS:
+        raise bad_request("bad_kind", kind_error(kind))
     record: dict[str, Any] = {"kind": kind, "command": None, "prompt": None}
     if kind == "worker":
         if "prompt" in body:
@@ -100,7 +104,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
             raise bad_request(
                 "reserved_env",
                 f"Environment variable {steered[0]} is set by the host for sub_agent jobs "
-                "(its agent.env), so the agent's key cannot be sent elsewhere; remove it.",
+                "(its sub_agent.env), so the agent's key cannot be sent elsewhere; remove it.",
             )
     record["timeout_s"] = timeout(
         body.get("timeout_s", config.default_timeout_s), config.max_timeout_s
@@ -111,7 +115,7 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
         _text(glob, "artifacts_glob", MAX_GLOB)
     record["artifacts_glob"] = glob
     # Last: a valid request on a host below its disk reserve gets 507, not a queue slot.
-    job_limits.DiskGuard(config).refuse_if_low()
+    job_disk.DiskGuard(config).refuse_if_low()
     return record
 
 
@@ -216,7 +220,7 @@ def job_id(value: str) -> str:
     return value
 
 
-def query_int(args: Any, name: str, default: int, low: int, high: int) -> int:
+def query_int(args: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = args.get(name)
     if raw is None:
         return default
@@ -225,3 +229,102 @@ def query_int(args: Any, name: str, default: int, low: int, high: int) -> int:
             f"bad_{name}", f"Query parameter '{name}' must be a whole number from {low} to {high}."
         )
     return int(raw)
+
+
+def json_body(raw: bytes, optional: bool = False) -> Any:
+    """The parsed JSON body; no body at all is {} when `optional` (JSON null is no object).
+
+    A body of whitespace alone is not JSON (a JSON text holds a value) and is refused like
+    any other bad body: the fuzzer counted a tab accepted as a schema violation."""
+    if not raw:
+        if optional:
+            return {}
+        raise bad_request("bad_json", "The request needs a JSON body.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad_request(
+            "bad_json", "The request body is not valid JSON; send a JSON object."
+        ) from None
+
+
+def upload_basis(body: Any) -> str | None:
+    """The `basis` of a POST /uploads body (None: a full upload)."""
+    if not isinstance(body, dict) or set(body) - {"basis"}:
+        raise bad_request(
+            "bad_json", 'The body must be empty or {"basis": "<previous upload_id>"}.'
+        )
+    basis = body.get("basis")
+    if basis is not None and not ids.is_upload_id(basis):
+        raise bad_request(
+            "bad_basis",
+            "'basis' must be an upload id (up_ + 16 characters) used by an earlier job.",
+        )
+    return basis or None
+
+
+@dataclass(frozen=True)
+class JobsQuery:
+    """GET /jobs: filters, page size and where the page starts (a seq, exclusive)."""
+
+    status: str | None
+    kind: str | None
+    limit: int
+    before: int | None
+
+
+def jobs_query(args: Mapping[str, str]) -> JobsQuery:
+    status = args.get("status")
+    if status is not None and status not in STATUSES:
+        raise bad_request("bad_status", f"'status' must be one of {', '.join(STATUSES)}.")
+    kind = args.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise bad_request("bad_kind", kind_error(kind))
+    limit = query_int(args, "limit", 50, 1, 500)
+    cursor = args.get("cursor")
+    before = None
+    if cursor is not None:
+        if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
+            raise bad_request(
+                "bad_cursor", "'cursor' must be the next_cursor value of a previous GET /jobs."
+            )
+        before = int(cursor)
+    return JobsQuery(status, kind, limit, before)
+
+
+@dataclass(frozen=True)
+class LogsQuery:
+    """GET /jobs/<id>/logs: where to read from, how much, and how to answer."""
+
+    offset: int
+    limit: int
+    follow: bool
+    raw: bool
+
+
+def logs_query(args: Mapping[str, str], default_limit: int, max_limit: int) -> LogsQuery:
+    offset = query_int(args, "offset", 0, 0, 2**62)
+    limit = query_int(args, "limit", default_limit, 1, max_limit)
+    follow = args.get("follow", "0")
+    if follow not in ("0", "1"):
+        raise bad_request("bad_follow", "'follow' must be 0 or 1.")
+    fmt = args.get("format", "json")
+    if fmt not in ("json", "raw"):
+        raise bad_request("bad_format", "'format' must be json (the default) or raw.")
+    return LogsQuery(offset, limit, follow == "1", fmt == "raw")
+
+
+def artifact_path(path: str) -> str:
+    if not artifacts.valid_relpath(path):
+        raise bad_request(
+            "bad_path",
+            "Artifact paths are relative, without '.', '..', empty parts or NUL bytes.",
+        )
+    return path
+
+
+def kind_error(kind: Any) -> str:
+    """What to write instead of a wrong job kind (an old sub-agent spelling named)."""
+    if kinds.is_old_sub_agent_name(kind):
+        return kinds.renamed(kind, "'kind'")
+    return '\'kind\' must be "worker" or "sub_agent".'

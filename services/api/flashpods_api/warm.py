@@ -25,14 +25,16 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import ids, logs
-from .runtime import CONTROL_IN_CONTAINER, PodmanError
-from .store import FINAL
-
-if TYPE_CHECKING:
-    from .jobs import Engine
+from .config import Config
+from .container_spec import ContainerSpecs
+from .job_files import JobFiles
+from .job_start import drop_identity, take_upload
+from .registrar import Registrar
+from .runtime import CONTROL_IN_CONTAINER, PodmanError, Runtime
+from .store import FINAL, KINDS, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,21 @@ def write_command(control: Path, argv: list[str], env: dict[str, str]) -> None:
 
 
 class WarmPool:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.config = engine.config
-        self.store = engine.store
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        runtime: Runtime,
+        registrar: Registrar,
+        files: JobFiles,
+        specs: ContainerSpecs,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.runtime = runtime
+        self.registrar = registrar
+        self.files = files
+        self.specs = specs
         self.targets: dict[str, int] = {k: n for k, n in self.config.warm_pool.items() if n > 0}
 
     def control(self, job_id: str) -> Path:
@@ -95,29 +108,12 @@ class WarmPool:
         """Give the claimed job's warm container its upload and command; idempotent."""
         job_id = job["id"]
         control = self.control(job_id)
-        env = dict(self.engine.request_env(job))
+        env = dict(self.specs.request_env(job))
         upload_id = job.get("upload_id")
         if upload_id:
-            target = control / UPLOAD_NAME
-            if not target.exists() and not target.is_symlink():
-                try:
-                    os.rename(self.engine.upload_dir(upload_id), target)
-                except FileNotFoundError:
-                    from .jobs import StartError
-
-                    raise StartError(
-                        f"The upload {upload_id} is gone from the host (expired?); "
-                        "upload the files again and resubmit."
-                    ) from None
-            if not target.is_dir() or target.is_symlink():
-                from .jobs import StartError
-
-                raise StartError(
-                    f"The upload {upload_id} is not a directory on the host; "
-                    "upload a directory again."
-                )
+            take_upload(self.files.upload_dir(upload_id), control / UPLOAD_NAME, upload_id)
             env["FLASHPODS_INPUT_DIR"] = f"{CONTROL_IN_CONTAINER}/{UPLOAD_NAME}"
-        write_command(control, self.engine.command_argv(job), env)
+        write_command(control, self.specs.command_argv(job), env)
         row = self.store.get_warm(job_id)
         return row["limits_not_applied"] if row else None
 
@@ -134,11 +130,11 @@ class WarmPool:
         job_id = job["id"]
         upload = self.control(job_id) / UPLOAD_NAME
         if job.get("upload_id") and upload.is_dir() and not upload.is_symlink():
-            base = self.engine.base_dir(job["upload_id"])
+            base = self.files.base_dir(job["upload_id"])
             if not base.exists() and not base.is_symlink():
                 self.config.bases_dir.mkdir(exist_ok=True)
                 os.rename(upload, base)
-        self.engine.remove_tree(self.control(job_id))
+        self.files.remove_tree(self.control(job_id))
         self.store.delete_warm(job_id)
 
     # -- the reaper's side ---------------------------------------------------
@@ -146,11 +142,10 @@ class WarmPool:
     def create(self, kind: str) -> None:
         """Create and start one warm container of `kind` (its job id fixed now)."""
         warm_id = ids.new_job_id()
-        engine = self.engine
         image = self.config.images[kind]
         self.store.add_warm(warm_id, kind, image)
         try:
-            engine.prepare_dirs(warm_id)
+            self.files.prepare_dirs(warm_id)
             root = self.config.control_dir
             if not root.is_dir():
                 root.mkdir(parents=True, exist_ok=True)
@@ -161,10 +156,10 @@ class WarmPool:
             control = self.control(warm_id)
             control.mkdir(exist_ok=True)
             os.chmod(control, CONTROL_MODE)
-            engine.registrar.register(warm_id, kind)
+            self.registrar.register(warm_id, kind)
             job = {"id": warm_id, "kind": kind, "image": image, "env": {}, "resources": {}}
-            spec = engine.spec(job, None, control=str(control))
-            _cid, note = engine.runtime.run(spec)
+            spec = self.specs.spec(job, None, control=str(control))
+            _cid, note = self.runtime.run(spec)
         except Exception as exc:  # noqa: BLE001 - a pool that cannot fill must not stop the reaper
             log.warning("could not create a warm %s container: %s", kind, exc)
             self.discard(warm_id)
@@ -174,14 +169,14 @@ class WarmPool:
     def discard(self, warm_id: str) -> None:
         """Remove an unclaimed warm container and everything made for it."""
         with contextlib.suppress(PodmanError):
-            self.engine.runtime.remove(warm_id)
-        self.engine.unregister(warm_id)
+            self.runtime.remove(warm_id)
+        drop_identity(self.registrar, warm_id)
         for path in (
-            self.engine.workspace(warm_id),
-            self.engine.artifacts(warm_id),
+            self.files.workspace(warm_id),
+            self.files.artifacts(warm_id),
             self.control(warm_id),
         ):
-            self.engine.remove_tree(path)
+            self.files.remove_tree(path)
         logs.ctr_log_path(self.config.logs_dir, warm_id).unlink(missing_ok=True)
         self.store.delete_warm(warm_id)
 
@@ -216,7 +211,7 @@ class WarmPool:
                         keep.add(warm_id)
                 elif job["status"] in FINAL:
                     with contextlib.suppress(PodmanError):
-                        self.engine.runtime.remove(warm_id)
+                        self.runtime.remove(warm_id)
                     self.after_job(job)
                 else:
                     keep.add(warm_id)  # its job's own lifecycle follows it
@@ -225,7 +220,7 @@ class WarmPool:
     def refill(self) -> None:
         """Top each kind up to its target; surplus ready containers (target lowered) go."""
         rows = self.store.warm_rows()
-        for kind in ("worker", "sub_agent"):
+        for kind in KINDS:
             want = self.targets.get(kind, 0)
             mine = [r for r in rows if r["kind"] == kind and r["state"] in ("creating", "ready")]
             for row in mine[want:]:
@@ -241,4 +236,4 @@ class WarmPool:
 
     def ready_counts(self) -> dict[str, int]:
         counts = self.store.warm_ready_counts()
-        return {kind: counts.get(kind, 0) for kind in ("worker", "sub_agent")}
+        return {kind: counts.get(kind, 0) for kind in KINDS}

@@ -32,7 +32,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from . import jobtree
 
@@ -120,7 +120,7 @@ def _text(data: bytes) -> list[str] | None:
         return None
 
 
-def record(base: Path | None, workspace: Path, out_dir: Path, byte_cap: int) -> dict:
+def record(base: Path | None, workspace: Path, out_dir: Path, byte_cap: int) -> dict[str, Any]:
     """Compare `workspace` with `base`, write the change set to `out_dir`; return the summary."""
     parent_fd = os.open(out_dir.parent, _DIR)
     try:
@@ -142,11 +142,11 @@ def record(base: Path | None, workspace: Path, out_dir: Path, byte_cap: int) -> 
     return {k: len(v) if isinstance(v, list | dict) else v for k, v in summary.items()}
 
 
-def _write(base: Path | None, workspace: Path, out_fd: int, byte_cap: int) -> dict:
+def _write(base: Path | None, workspace: Path, out_fd: int, byte_cap: int) -> dict[str, Any]:
     notes: list[str] = []
     before = _tree(base, "upload", notes)
     after = _tree(workspace, "workspace", notes)
-    summary: dict = {
+    summary: dict[str, Any] = {
         "added": [],
         "modified": [],
         "deleted": [],

@@ -17,12 +17,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from flashpods_api import config as api_settings
+
+from . import configs, doctor, settings_file
 from .host import DEFAULT_ROOT, DEFAULT_VENV, DevHost, HostSettings
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
-ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 # The credential proxy's host rules (docs/design.md): a job holds only a placeholder,
 # the proxy puts the value into requests to these hosts.
 PROXY_RULES = {
@@ -39,50 +44,110 @@ MCP_LINE = "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp"
 RESTART_LIMIT = 5
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+# Built-in defaults of the flags, each after its FLASHPODS_DEV_* variable; the settings
+# file (--config) comes between the two (settings_file.py: flag > file > env > default).
+def _flag_defaults() -> dict[str, Any]:
+    env = os.environ.get
+    env_file = env("FLASHPODS_DEV_ENV_FILE")
+    return {
+        "root": Path(env("FLASHPODS_DEV_ROOT", str(DEFAULT_ROOT))),
+        "instance": env("FLASHPODS_DEV_INSTANCE", "dev"),
+        "api_host": env("FLASHPODS_DEV_API_HOST", "127.0.0.1"),
+        "api_port": int(env("FLASHPODS_DEV_API_PORT") or 8080),
+        "rsync_host": env("FLASHPODS_DEV_RSYNC_HOST", "127.0.0.1"),
+        "rsync_port": int(env("FLASHPODS_DEV_RSYNC_PORT") or 8873),
+        "max_concurrent_jobs": configs.API_DEFAULTS["max_concurrent_jobs"],
+        # scripts/dev-host sets FLASHPODS_DEV_FIREWALL=1 when run as root, so a settings
+        # file's `firewall = false` still wins over it.
+        "firewall": env("FLASHPODS_DEV_FIREWALL") == "1",
+        "laptop_if": "lo",
+        "laptop_addr": "127.0.0.1",
+        "env_file": Path(env_file) if env_file else None,
+    }
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="flashpods-devhost", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start the host (foreground unless --detach)")
     stop = sub.add_parser("stop", help="stop a host started with --detach")
-    for p in (run, stop):
+    check = sub.add_parser(
+        "check", help="what runs, what is missing and how to fix it (scripts/dev-host --check)"
+    )
+    # Flags the settings file can carry too default to None: "not given here".
+    for p in (run, stop, check):
+        p.add_argument("--root", type=Path, default=None)
         p.add_argument(
-            "--root", type=Path, default=Path(os.environ.get("FLASHPODS_DEV_ROOT", DEFAULT_ROOT))
+            "--config",
+            type=Path,
+            default=None,
+            help="settings file, TOML or JSON (README.md lists every key)",
         )
-    run.add_argument("--instance", default=os.environ.get("FLASHPODS_DEV_INSTANCE", "dev"))
-    run.add_argument("--api-host", default=os.environ.get("FLASHPODS_DEV_API_HOST", "127.0.0.1"))
-    run.add_argument("--api-port", type=int, default=_env_int("FLASHPODS_DEV_API_PORT", 8080))
-    run.add_argument(
-        "--rsync-host", default=os.environ.get("FLASHPODS_DEV_RSYNC_HOST", "127.0.0.1")
-    )
-    run.add_argument("--rsync-port", type=int, default=_env_int("FLASHPODS_DEV_RSYNC_PORT", 8873))
-    run.add_argument("--max-concurrent-jobs", type=int, default=4)
-    run.add_argument(
-        "--firewall",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="load the nftables table inet flashpods (root only)",
-    )
-    run.add_argument(
-        "--laptop-if",
-        default="lo",
-        help="interface the laptop's traffic arrives on (the WireGuard interface; lo on loopback)",
-    )
-    run.add_argument("--laptop-addr", default="127.0.0.1", help="the laptop's address")
+    # `check` takes the flags of `run`: it checks the host those settings describe.
+    for p in (run, check):
+        p.add_argument("--instance", default=None)
+        p.add_argument("--api-host", default=None)
+        p.add_argument("--api-port", type=int, default=None)
+        p.add_argument("--rsync-host", default=None)
+        p.add_argument("--rsync-port", type=int, default=None)
+        p.add_argument("--max-concurrent-jobs", type=int, default=None)
+        p.add_argument(
+            "--firewall",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="load the nftables table inet flashpods (root only)",
+        )
+        p.add_argument(
+            "--laptop-if",
+            default=None,
+            help="interface the laptop's traffic arrives on (WireGuard interface; lo on loopback)",
+        )
+        p.add_argument("--laptop-addr", default=None, help="the laptop's address")
+        p.add_argument(
+            "--env-file",
+            type=Path,
+            default=None,
+            help="where to write FLASHPODS_API_URL etc. (default "
+            "~/.config/flashpods/dev-host.env of the invoking user)",
+        )
     run.add_argument("--detach", action="store_true", help="return once /healthz answers")
-    env_file = os.environ.get("FLASHPODS_DEV_ENV_FILE")
-    run.add_argument(
-        "--env-file",
-        type=Path,
-        default=Path(env_file) if env_file else None,
-        help="where to write FLASHPODS_API_URL etc. (default ~/.config/flashpods/dev-host.env "
-        "of the invoking user)",
-    )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return resolve(args)
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every flag not given from the settings file, then the environment/default;
+    args.sources says where each setting came from (printed at start)."""
+    defaults = _flag_defaults()
+    args.file_settings = {}
+    if args.config is not None:
+        args.config = args.config.resolve()
+        args.file_settings = settings_file.read(args.config)
+    given, from_file = [], []
+    for name in settings_file.FLAGS:
+        if not hasattr(args, name):
+            continue  # stop/check take --root only
+        if getattr(args, name) is not None:
+            given.append("--" + name.replace("_", "-"))
+        elif name in args.file_settings:
+            value = args.file_settings[name]
+            setattr(args, name, Path(value) if name in ("root", "env_file") else value)
+        else:
+            setattr(args, name, defaults[name])
+    from_file = sorted(args.file_settings)
+    args.sources = _sources(args.config, from_file, given)
+    return args
+
+
+def _sources(config: Path | None, from_file: list[str], given: list[str]) -> list[str]:
+    lines = [f"defaults: {configs.DEFAULTS_PATH}"]
+    if config is not None:
+        lines.append(f"settings file: {config} ({', '.join(from_file) or 'no keys'})")
+    if given:
+        lines.append(f"command line: {' '.join(given)}")
+    return lines
 
 
 def pid_file(root: Path) -> Path:
@@ -94,21 +159,32 @@ def state_file(root: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
     try:
+        args = parse(argv)
         if args.command == "stop":
             return stop(args.root)
+        if args.command == "check":
+            return doctor.main(args)
         if args.detach:
             return detach(args)
         return run(args)
-    except (RuntimeError, ValueError, TimeoutError) as error:
+    except (RuntimeError, ValueError, TimeoutError, api_settings.ConfigError) as error:
         print(f"flashpods-devhost: {error}", file=sys.stderr)
         return 1
 
 
 def settings_from(args: argparse.Namespace) -> HostSettings:
+    """HostSettings from the resolved flags and the settings file's other keys."""
+    flat = getattr(args, "file_settings", {})
+    where = str(args.config) if getattr(args, "config", None) else "settings"
     secrets = {name: os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
-    roles = {role: [n for n in names if n in secrets] for role, names in ROLE_WANTS.items()}
+    secrets.update(settings_file.read_secrets(flat.get("secrets", {}), where))
+    roles = settings_file.section(flat, "roles") or {
+        role: [n for n in names if n in secrets] for role, names in ROLE_WANTS.items()
+    }
+    defaults = HostSettings.__dataclass_fields__
+    retention = dict(configs.API_DEFAULTS["retention"])
+    retention.update(settings_file.section(flat, "retention") or {})
     return HostSettings(
         root=args.root,
         instance=args.instance,
@@ -117,18 +193,39 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         rsync_host=args.rsync_host,
         rsync_port=args.rsync_port,
         max_concurrent_jobs=args.max_concurrent_jobs,
+        queue_limit=flat.get("queue_limit", defaults["queue_limit"].default),
+        retention=retention,
+        api_workers=flat.get("api_workers", defaults["api_workers"].default),
+        # Kinds the file does not name keep their default pool; 0 turns one off.
+        warm_pool={
+            **configs.API_DEFAULTS["warm_pool"],
+            **(settings_file.section(flat, "warm_pool") or {}),
+        },
         secrets=secrets,
         roles=roles,
         firewall=args.firewall,
-        token_overrides={"proxy": {"rules": {n: PROXY_RULES[n] for n in secrets}}},
+        token_overrides={
+            "proxy": {"rules": {n: PROXY_RULES[n] for n in secrets if n in PROXY_RULES}}
+        },
         venv=Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
-        api_overrides={"allowed_peers": [args.laptop_addr]},
+        api_overrides={
+            "allowed_peers": [args.laptop_addr],
+            **settings_file.api_overrides(flat),
+        },
         firewall_values={
             "wg_if": args.laptop_if,
             "laptop_addr": args.laptop_addr,
             "resolvers": resolvers(),
         },
     )
+
+
+def checked_host(args: argparse.Namespace) -> DevHost:
+    """The host these settings describe, its API configuration checked by the API's own
+    rules now (a wrong value fails here, naming the key, not in the API's log later)."""
+    host = DevHost(settings_from(args))
+    api_settings.from_dict(host.render_api_config())
+    return host
 
 
 def resolvers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
@@ -161,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
     root = args.root
     if (pid := _running_pid(root)) and pid != os.getpid():
         raise RuntimeError(f"a dev host already runs on {root} (pid {pid}): stop it first")
-    host = DevHost(settings_from(args))
+    host = checked_host(args)
+    for line in args.sources:
+        print(f"flashpods-devhost: {line}")
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -188,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def supervise(host: DevHost, stopping) -> None:
+def supervise(host: DevHost, stopping: Callable[[], bool]) -> None:
     """Restart a service that died (a few times), so a crash does not end the host."""
     restarts = dict.fromkeys(host._services, 0)  # with "proxy" when it runs
     while not stopping():
@@ -245,21 +344,12 @@ def detach(args: argparse.Namespace) -> int:
     root = args.root
     if pid := _running_pid(root):
         raise RuntimeError(f"a dev host already runs on {root} (pid {pid}): stop it first")
-    argv = [sys.executable, "-m", "flashpods_devhost.cli", "run"]
-    for flag, value in (
-        ("--root", root),
-        ("--instance", args.instance),
-        ("--api-host", args.api_host),
-        ("--api-port", args.api_port),
-        ("--rsync-host", args.rsync_host),
-        ("--rsync-port", args.rsync_port),
-        ("--max-concurrent-jobs", args.max_concurrent_jobs),
-    ):
-        argv += [flag, str(value)]
-    argv.append("--firewall" if args.firewall else "--no-firewall")
-    argv += ["--laptop-if", args.laptop_if, "--laptop-addr", args.laptop_addr]
-    if args.env_file:
-        argv += ["--env-file", str(args.env_file)]
+    checked_host(args)  # a wrong setting fails here, not in the child's log
+    for line in args.sources:
+        print(f"flashpods-devhost: {line}")
+    # The same command line in the foreground: the child reads the same settings file.
+    argv = [sys.executable, "-m", "flashpods_devhost.cli"]
+    argv += [arg for arg in args.argv if arg != "--detach"]
     root.mkdir(parents=True, exist_ok=True)
     (root / "log").mkdir(exist_ok=True)
     state_file(root).unlink(missing_ok=True)

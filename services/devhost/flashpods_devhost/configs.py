@@ -5,23 +5,58 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+# The dev host runs from the venv that holds the API too (scripts/lib/venv.sh).
+from flashpods_api import config as api_settings
+from flashpods_api import kinds
+
 from .layout import Paths
 
-WORKER_IMAGE = "localhost/flashpods-worker:latest"
-AGENT_IMAGE = "localhost/flashpods-agent:latest"
-HELPER_PATH = "/opt/flashpods/lib/flashpods-init"
-TRUST_DOMAIN = "flashpods.internal"
+# The API's packaged defaults (flashpods_api/defaults.json), the same file the API
+# loads and the NixOS module renders: the dev host changes only where things live
+# under its root and how it is reached (platform_config; the keys are listed in
+# tests/unit/nix/test_settings_platforms.py). network_mode stays slirp4netns, the
+# default: Debian 12's Podman 4.3 has no working pasta.
+API_DEFAULTS: dict[str, Any] = api_settings.DEFAULTS
+DEFAULTS_PATH = api_settings.DEFAULTS_PATH
+TRUST_DOMAIN = API_DEFAULTS["spire"]["trust_domain"]
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Overrides win; nested dicts merge key by key so a test can change one limit only."""
+    """Overrides win; nested dicts merge key by key so a test can change one limit only.
+
+    `warm_pool` is replaced whole: {} must be able to empty a pool the base fills.
+    """
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key == "warm_pool":
+            merged[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def platform_config(*, paths: Paths, instance: str, rsync_url: str) -> dict[str, Any]:
+    """The packaged defaults with the dev host's own paths and URLs, nothing else changed."""
+    return deep_merge(
+        API_DEFAULTS,
+        {
+            "instance": instance,
+            "token_file": str(paths.api_token),
+            "db_path": str(paths.db),
+            "storage": {
+                "uploads": str(paths.uploads),
+                "workspaces": str(paths.workspaces),
+                "artifacts": str(paths.artifacts),
+                "logs": str(paths.logs),
+                "control": str(paths.control),
+            },
+            "podman_url": f"unix://{paths.podman_socket}",
+            "rsync_url": rsync_url,
+            "token_socket": str(paths.token_socket),
+        },
+    )
 
 
 def api_config(
@@ -33,53 +68,14 @@ def api_config(
     queue_limit: int,
     retention: dict[str, int],
     overrides: dict[str, Any],
+    warm_pool: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    base = {
-        "instance": instance,
-        "token_file": str(paths.api_token),
-        "db_path": str(paths.db),
-        "storage": {
-            "uploads": str(paths.uploads),
-            "workspaces": str(paths.workspaces),
-            "artifacts": str(paths.artifacts),
-            "logs": str(paths.logs),
-            "control": str(paths.control),
-        },
-        "podman_url": f"unix://{paths.podman_socket}",
-        "rsync_url": rsync_url,
-        "allowed_peers": [],
-        "max_concurrent_jobs": max_concurrent_jobs,
-        "queue_limit": queue_limit,
-        "default_timeout_s": 3600,
-        "max_timeout_s": 86400,
-        "kill_grace_s": 10,
-        "images": {
-            "worker": WORKER_IMAGE,
-            "sub_agent": AGENT_IMAGE,
-            "allowed": [WORKER_IMAGE, AGENT_IMAGE],
-        },
-        "agent": {"command": ["/flashpods/agent/entrypoint"], "env": {}},
-        "network_mode": "slirp4netns",
-        "helper_path": HELPER_PATH,
-        "token_socket": str(paths.token_socket),
-        "attestation": "peer",
-        "spire": {
-            "server_cli": "spire-server",
-            "server_socket": "/run/spire/server/api.sock",
-            "trust_domain": TRUST_DOMAIN,
-            "parent_id": f"spiffe://{TRUST_DOMAIN}/agent/host",
-            "jwt_svid_ttl_s": 300,
-            "agent_socket": "/run/spire/sockets/agent.sock",
-        },
-        "retention": {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600},
-        "limits": {
-            "log_bytes": 64 * 1024 * 1024,
-            "artifact_bytes": 1024 * 1024 * 1024,
-            "upload_bytes": 1024 * 1024 * 1024,
-        },
-        "reaper": {"interval_s": 1.0},
-    }
+    base = platform_config(paths=paths, instance=instance, rsync_url=rsync_url)
+    base["max_concurrent_jobs"] = max_concurrent_jobs
+    base["queue_limit"] = queue_limit
     base["retention"].update(retention)
+    if warm_pool is not None:
+        base["warm_pool"] = dict(warm_pool)
     return deep_merge(base, overrides)
 
 
@@ -92,6 +88,12 @@ def token_config(
     secret_files: dict[str, str],
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
+    # Refused here too, before the token service would refuse its file at start.
+    old = [role for role in roles if kinds.is_old_sub_agent_name(role)]
+    if old:
+        raise ValueError(
+            f"roles.{old[0]} is an old name of the sub-agent role: write roles.sub_agent"
+        )
     missing = sorted({name for names in roles.values() for name in names} - set(secret_files))
     if missing:
         raise ValueError(

@@ -46,13 +46,17 @@ class HostSettings:
     api_port: int = 0  # 0 = pick a free port
     rsync_host: str = "127.0.0.1"
     rsync_port: int = 0
-    max_concurrent_jobs: int = 4
-    queue_limit: int = 1000
+    # From the packaged defaults (configs.API_DEFAULTS), like every API key not set here.
+    max_concurrent_jobs: int = configs.API_DEFAULTS["max_concurrent_jobs"]
+    queue_limit: int = configs.API_DEFAULTS["queue_limit"]
     retention: dict[str, int] = field(
-        default_factory=lambda: {"artifacts_s": 3600, "logs_s": 86400, "uploads_s": 3600}
+        default_factory=lambda: dict(configs.API_DEFAULTS["retention"])
     )
     secrets: dict[str, str] = field(default_factory=dict)
-    roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "agent": []})
+    roles: dict[str, list[str]] = field(default_factory=lambda: {"worker": [], "sub_agent": []})
+    # Warm containers per kind; None = the packaged default (a small pool: the first
+    # spawn takes the warm path). {} starts every job cold.
+    warm_pool: dict[str, int] | None = None
     api_overrides: dict[str, Any] = field(default_factory=dict)
     netns: str | None = None  # run every service inside this network namespace
     firewall: bool = False  # load the project's nftables table (root; in netns for tests)
@@ -227,15 +231,7 @@ class DevHost:
                 self.rsync_port = probes.free_port(s.rsync_host, s.netns)
         self.api_token = layout.api_token()
         secret_files = layout.write_secrets(s.secrets)
-        self.api_config = configs.api_config(
-            paths=paths,
-            instance=s.instance,
-            rsync_url=self.rsync_url,
-            max_concurrent_jobs=s.max_concurrent_jobs,
-            queue_limit=s.queue_limit,
-            retention=s.retention,
-            overrides=s.api_overrides,
-        )
+        self.api_config = self.render_api_config()
         self.token_config = configs.token_config(
             paths=paths,
             instance=s.instance,
@@ -248,6 +244,14 @@ class DevHost:
         if proxy and proxy.get("usage_dir") and not self.api_config["storage"].get("usage"):
             self.api_config["storage"]["usage"] = proxy["usage_dir"]  # shown per job
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
+        # Where this host answers, for `flashpods-devhost check` (doctor.py).
+        endpoints = {
+            "api_url": self.api_url,
+            "rsync_url": self.rsync_url,
+            "token_socket": str(paths.token_socket),
+            "netns": s.netns,
+        }
+        layout.write_public(paths.run / "endpoints.json", json.dumps(endpoints) + "\n")
         layout.write_public(paths.token_config, json.dumps(self.token_config, indent=2) + "\n")
         layout.write_public(paths.rsyncd_config, self._rsyncd_config())
         if s.firewall:
@@ -257,6 +261,20 @@ class DevHost:
             for name in LAUNCH_ORDER
             if name != "proxy" or "proxy" in self.token_config
         }
+
+    def render_api_config(self) -> dict[str, Any]:
+        """The API's JSON config for these settings (the packaged defaults overlaid)."""
+        s = self.settings
+        return configs.api_config(
+            paths=self.paths,
+            instance=s.instance,
+            rsync_url=self.rsync_url,
+            max_concurrent_jobs=s.max_concurrent_jobs,
+            queue_limit=s.queue_limit,
+            retention=s.retention,
+            warm_pool=s.warm_pool,
+            overrides=s.api_overrides,
+        )
 
     def _rsyncd_config(self) -> str:
         acc, paths, s = self.accounts, self.paths, self.settings
@@ -462,6 +480,8 @@ class DevHost:
             except Exception as error:  # keep going: the root must still be removed
                 errors.append(f"removing the firewall table: {error}")
             self._firewall_loaded = False
+        # `check` then says no host runs here, rather than probing dead services.
+        (self.paths.run / "endpoints.json").unlink(missing_ok=True)
         if remove_root:
             self._remove_root()
         if errors:

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout_s: float, alive: Callable[[], None]):
+def wait_until(
+    what: str, check: Callable[[], bool], timeout_s: float, alive: Callable[[], None]
+) -> None:
     """Poll `check` until true; `alive` raises when the service died meanwhile."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05

@@ -68,7 +68,7 @@ class Service:
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        if self.running:
+        if self.process is not None and self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.process.pid})")
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%F %T')} starting {' '.join(self.argv)}\n".encode())

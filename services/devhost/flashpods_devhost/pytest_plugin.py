@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from .host import DEFAULT_VENV, SERVICE_ORDER, DevHost, HostSettings
 # /tmp/pytest-of-root and /root are 0700: service users could not reach a root there.
 TEST_BASE = Path(os.environ.get("FLASHPODS_TEST_BASE", "/var/tmp/flashpods-test"))
 TEST_SECRETS = {"ANTHROPIC_API_KEY": "sk-test-anthropic", "GITHUB_TOKEN": "ghp-test-github"}
-TEST_ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+TEST_ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 
 
 def new_settings(**overrides: object) -> HostSettings:
@@ -39,6 +39,10 @@ def new_settings(**overrides: object) -> HostSettings:
         "roles": {role: list(names) for role, names in TEST_ROLES.items()},
         # Short retention and a fast reaper keep tests quick; tests override freely.
         "api_overrides": {"reaper": {"interval_s": 0.2}},
+        # Test hosts start cold: the packaged default pool (on for users) would start
+        # containers in each of the suite's hundreds of hosts, on a 2-core CI machine.
+        # Tests of the warm path ask for a pool (warm_pool= or api_overrides).
+        "warm_pool": {},
     }
     values.update(overrides)
     return HostSettings(**values)  # type: ignore[arg-type]
@@ -62,7 +66,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[object]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.when == "call":
         item.stash[_FAILED] = report.failed

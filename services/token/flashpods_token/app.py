@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+from collections.abc import Callable
 
 from .attest_peer import AttestationError, PeerAttestor, check_capability
 from .audit import AuditLog
@@ -12,13 +14,16 @@ from .podman import PodmanClient, PodmanError
 from .policy import Policy
 from .ratelimit import RateLimiter
 from .server import TokenServer
-from .verify_spire import BundleFile, SpireVerifier, VerificationError
+from .verify_spire import BundleFile, BundleKeys, SpireVerifier, VerificationError
 
 BEARER = "bearer "
 
 
-def peer_attest_fn(attestor: PeerAttestor):
-    def attest(*, connection, authorization):
+AttestFn = Callable[..., Caller]  # (*, connection, authorization) -> Caller, or Refusal
+
+
+def peer_attest_fn(attestor: PeerAttestor) -> AttestFn:
+    def attest(*, connection: socket.socket, authorization: str | None) -> Caller:
         try:
             return Caller(attestor.attest(connection))
         except AttestationError as exc:
@@ -27,8 +32,8 @@ def peer_attest_fn(attestor: PeerAttestor):
     return attest
 
 
-def spire_attest_fn(verifier: SpireVerifier):
-    def attest(*, connection, authorization):
+def spire_attest_fn(verifier: SpireVerifier) -> AttestFn:
+    def attest(*, connection: socket.socket, authorization: str | None) -> Caller:
         if not authorization or not authorization.lower().startswith(BEARER):
             raise Refusal("authorization", "send Authorization: Bearer <JWT-SVID>")
         try:
@@ -40,7 +45,7 @@ def spire_attest_fn(verifier: SpireVerifier):
     return attest
 
 
-def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
+def build_service(config: TokenConfig) -> tuple[TokenService, Callable[[], None]]:
     """The exchange service for this config, and a function that releases what it holds."""
     podman = PodmanClient(config.podman_url, config.instance)
     policy = Policy(config.roles, config.secrets, config.proxy.rules if config.proxy else ())
@@ -68,17 +73,20 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
             )
         attest = peer_attest_fn(attestor)
 
-        def cleanup():
+        def cleanup() -> None:
             attestor.close()
             audit.close()
     else:
+        bundle: BundleKeys
         try:
             if config.spire.bundle_file:
                 bundle = BundleFile(config.spire.bundle_file)
             else:
                 from .workload_bundle import WorkloadApiBundle  # grpcio only when used
 
-                bundle = WorkloadApiBundle(config.spire.agent_socket, config.trust_domain)
+                agent_socket = config.spire.agent_socket
+                assert agent_socket  # parse_config: spire mode has a bundle_file or this
+                bundle = WorkloadApiBundle(agent_socket, config.trust_domain)
         except ValueError as exc:
             raise SystemExit(f"flashpods-token: {exc}") from None
         verifier = SpireVerifier(
@@ -86,7 +94,7 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
         )
         attest = spire_attest_fn(verifier)
 
-        def cleanup():
+        def cleanup() -> None:
             close = getattr(bundle, "close", None)
             if close:
                 close()
@@ -95,7 +103,7 @@ def build_service(config: TokenConfig) -> tuple[TokenService, callable]:
     return TokenService(config.mode, policy, audit, limiter, attest), cleanup
 
 
-def build_server(config: TokenConfig) -> tuple[TokenServer, callable]:
+def build_server(config: TokenConfig) -> tuple[TokenServer, Callable[[], None]]:
     service, cleanup = build_service(config)
     server = TokenServer(config.socket, service, config.limits, config.socket_group)
     return server, cleanup

@@ -10,7 +10,7 @@ init process.
 Those namespaces are held open here (one nsfd and one pidfd per container): a held
 namespace stays alive, so its inode cannot be handed to a new namespace while we
 compare against it. Inode numbers read from /proc and cached, or cached pids, would
-be wrong: both are reused (firewall-findings.md). `podman exec` processes share the
+be wrong: both are reused. `podman exec` processes share the
 container's PID namespace and are attributed to it, as they should be.
 
 Reading another uid's namespace through a pidfd needs CAP_SYS_PTRACE (measured), so
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 
 from .identity import IdentityError, JobIdentity, identity_for_kind
-from .podman import PodmanClient, PodmanError, is_live_job
+from .podman import PodmanClient, PodmanError, RunningContainer, is_live_job
 from .ratelimit import RateLimiter
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Python 3.11 lacks the constant
@@ -139,15 +139,15 @@ class PeerAttestor:
         for cid, c in running.items():
             if cid in known:
                 continue
-            entry = self._open(c)
-            if entry is not None:
+            opened = self._open(c)
+            if opened is not None:
                 with self._lock:
                     old = self._entries.pop(cid, None)
                     if old:
                         self._close(old)
-                    self._entries[cid] = entry
+                    self._entries[cid] = opened
 
-    def _open(self, c) -> _Entry | None:
+    def _open(self, c: RunningContainer) -> _Entry | None:
         if c.job in self._dead_jobs or c.name != c.job:
             return None  # a finished job, or not the API's container (named after its job)
         try:

@@ -13,8 +13,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from .identity import TOKEN_NAME_RE
 
@@ -55,7 +57,7 @@ class AuditLog:
         path: str | None,
         failures_per_window: int = 20,
         window_s: float = 60.0,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
         max_callers: int = 10000,
     ):
         self._lock = threading.Lock()
@@ -144,7 +146,7 @@ class AuditLog:
         window = self._windows.pop(key)
         if not window.held:
             return
-        entry = {
+        entry: dict[str, Any] = {
             "time": _now(),
             "spiffe_id": window.spiffe_id,
             "job": window.job,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from types import FrameType
 
 from .app import build_server
 from .config import ConfigError, load_config
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     server = None
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
         if server is not None:
             threading.Thread(target=server.shutdown, daemon=True).start()

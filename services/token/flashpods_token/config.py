@@ -11,13 +11,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .identity import TOKEN_NAME_RE
+from .identity import ROLES, TOKEN_NAME_RE, is_old_sub_agent_name
 from .proxy_config import ProxyConfigError, ProxySettings, parse_proxy
 
 ENV_VAR = "FLASHPODS_TOKEN_CONFIG"
 MODES = ("peer", "spire")
-ROLES = ("worker", "agent")
 _TRUST_DOMAIN_RE = re.compile(r"^[a-z0-9._-]{1,255}$")
 
 
@@ -112,7 +112,7 @@ def _check_keys(where: str, data: dict, allowed: set[str]) -> None:
         )
 
 
-def _sub(where: str, data: object, cls):
+def _sub(where: str, data: object, cls: Any) -> Any:
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -148,6 +148,12 @@ def parse_config(data: object) -> TokenConfig:
     roles = data["roles"]
     if not isinstance(roles, dict):
         raise ConfigError("token config: roles must be an object of role -> list of token names")
+    for role in roles:
+        if is_old_sub_agent_name(role):
+            raise ConfigError(
+                f"token config: roles.{role} is an old name of the sub-agent role; "
+                "write roles.sub_agent instead"
+            )
     _check_keys("token config roles", roles, set(ROLES))
     secrets = data["secrets"]
     if not isinstance(secrets, dict):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .audit import AuditLog
 from .identity import TOKEN_NAME_RE, JobIdentity
@@ -44,7 +46,7 @@ class Reply:
         return json.dumps(self.body).encode("utf-8") + b"\n", "application/json"
 
 
-def error(status: int, code: str, message: str, **extra) -> Reply:
+def error(status: int, code: str, message: str, **extra: Any) -> Reply:
     return Reply(status, {"error": message, "code": code, **extra})
 
 
@@ -98,7 +100,7 @@ class TokenService:
     def exchange(
         self,
         *,
-        connection,
+        connection: socket.socket,
         authorization: str | None,
         body: bytes,
         text: bool,

@@ -1,7 +1,11 @@
 """SPIFFE IDs of job containers, shared by both attestation modes.
 
-spiffe://<trust_domain>/job/<job_id>/worker   for kind "worker"
-spiffe://<trust_domain>/job/<job_id>/agent    for kind "sub_agent"
+spiffe://<trust_domain>/job/<job_id>/worker      for kind "worker"
+spiffe://<trust_domain>/job/<job_id>/sub_agent   for kind "sub_agent"
+
+The role is the kind, spelled the same everywhere (issue 17). Old spellings of the
+sub-agent (`agent`, `subagent`, `sub-agent`, ...) are refused with a sentence that
+names `sub_agent`, in SPIFFE IDs as in the token service's roles.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 # smuggle path separators, spaces or control characters into logs or IDs.
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 TOKEN_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
-KIND_TO_ROLE = {"worker": "worker", "sub_agent": "agent"}
+ROLES = ("worker", "sub_agent")
 
 
 class IdentityError(Exception):
@@ -24,16 +28,23 @@ class IdentityError(Exception):
 class JobIdentity:
     spiffe_id: str
     job_id: str
-    role: str  # "worker" or "agent"
+    role: str  # "worker" or "sub_agent", the job's kind
 
 
 def identity_for_kind(trust_domain: str, job_id: str, kind: str) -> JobIdentity:
     if not JOB_ID_RE.match(job_id or ""):
         raise IdentityError("job id label is not a valid job id")
-    role = KIND_TO_ROLE.get(kind)
-    if role is None:
+    if kind not in ROLES:
         raise IdentityError("kind label must be worker or sub_agent")
-    return JobIdentity(f"spiffe://{trust_domain}/job/{job_id}/{role}", job_id, role)
+    return JobIdentity(f"spiffe://{trust_domain}/job/{job_id}/{kind}", job_id, kind)
+
+
+def is_old_sub_agent_name(name: object) -> bool:
+    """`agent`, `subagent`, `sub-agent`, `subAgent`, ...: any spelling but `sub_agent`."""
+    if not isinstance(name, str) or name == "sub_agent":
+        return False
+    folded = name.lower().replace("-", "").replace("_", "").replace(" ", "")
+    return folded in ("agent", "subagent", "subagents", "agents")
 
 
 def parse_spiffe_id(trust_domain: str, value: object) -> JobIdentity:
@@ -48,8 +59,13 @@ def parse_spiffe_id(trust_domain: str, value: object) -> JobIdentity:
     if domain != trust_domain:
         raise IdentityError("sub is in a foreign trust domain")
     parts = path.split("/")
-    if len(parts) != 3 or parts[0] != "job" or parts[2] not in ("worker", "agent"):
-        raise IdentityError("sub path is not /job/<job_id>/<worker|agent>")
+    if len(parts) == 3 and parts[0] == "job" and is_old_sub_agent_name(parts[2]):
+        raise IdentityError(
+            f"sub path ends in /{parts[2]}, an old name of the sub-agent role: "
+            "its registration entry must use /job/<job_id>/sub_agent"
+        )
+    if len(parts) != 3 or parts[0] != "job" or parts[2] not in ROLES:
+        raise IdentityError("sub path is not /job/<job_id>/<worker|sub_agent>")
     if not JOB_ID_RE.match(parts[1]):
         raise IdentityError("sub path has an invalid job id")
     return JobIdentity(value, parts[1], parts[2])

@@ -13,6 +13,7 @@ import socket
 import stat
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 API = "/v4.0.0/libpod"
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -60,7 +61,7 @@ class PodmanClient:
         self.instance = instance
         self._timeout = timeout
 
-    def _get(self, path: str, query: dict | None = None):
+    def _get(self, path: str, query: dict[str, str] | None = None) -> Any:
         target = API + path
         if query:
             target += "?" + urllib.parse.urlencode(query)

@@ -36,7 +36,7 @@ from .policy import Policy, SecretUnavailable
 from .proxy_ca import HostCA
 from .proxy_config import ProxySettings
 from .proxy_meter import MeterError, clamp, is_metered, read_body, relay_response
-from .server import TokenServer
+from .server import bind_in_place
 from .usage import UsageBook
 
 MAX_HEAD = 65536
@@ -490,8 +490,6 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = False
     request_queue_size = 128
-    server_bind = TokenServer.server_bind  # bind aside, chmod 0660, rename into place
-    server_activate = TokenServer.server_activate
 
     def __init__(self, proxy: CredentialProxy, group: str | None):
         self.proxy = proxy
@@ -503,6 +501,15 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._lock = threading.Lock()
         self._keys: dict[int, str | None] = {}
         super().__init__(proxy.settings.socket, socketserver.BaseRequestHandler)
+
+    def server_bind(self) -> None:
+        self._ino = bind_in_place(
+            self.socket, self.proxy.settings.socket, self._group, self.request_queue_size
+        )
+        self.server_address = self.proxy.settings.socket
+
+    def server_activate(self) -> None:
+        pass  # server_bind listens before it renames the socket into place
 
     def process_request(self, request, client_address) -> None:
         # Admission from kernel facts in the accepting thread, as in the token service:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 
 class RateLimiter:
-    def __init__(self, per_s: float, burst: int, clock=time.monotonic, max_keys: int = 10000):
+    def __init__(
+        self,
+        per_s: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 10000,
+    ) -> None:
         self._rate = float(per_s)
         self._burst = float(burst)
         self._clock = clock

@@ -22,10 +22,14 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, cast
 
 from .config import Limits
 from .exchange import Reply, TokenService, error
 from .peer_key import PeerKeys
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 EXCHANGE_PATH = "/v1/exchange"
 
@@ -46,7 +50,7 @@ class _DeadlineReader(io.RawIOBase):
     and then cannot stretch the connection: the deadline is hard, not checked after a
     read returns."""
 
-    def __init__(self, sock: socket.socket, deadline: float, per_read_s: float):
+    def __init__(self, sock: socket.socket, deadline: float, per_read_s: float) -> None:
         self._sock = sock
         self._deadline = deadline
         self._per_read_s = per_read_s
@@ -54,7 +58,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
             raise _TooSlow()
@@ -70,7 +74,7 @@ class _DeadlineReader(io.RawIOBase):
 class _CappedReader:
     """Wraps the connection's reader: at most `budget` bytes."""
 
-    def __init__(self, raw, budget: int):
+    def __init__(self, raw: io.BufferedReader, budget: int) -> None:
         self._raw = raw
         self.budget = budget
 
@@ -116,10 +120,18 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     # Answer even malformed/HTTP-0.9 requests with a status line and JSON.
     default_request_version = "HTTP/1.1"
 
+    server: TokenServer  # what BaseRequestHandler keeps of the server that made it
+
     def version_string(self) -> str:
         return "flashpods-token"
 
-    def __init__(self, request, client_address, server, peer_key: str | None = None):
+    def __init__(
+        self,
+        request: socket.socket,
+        client_address: Any,
+        server: TokenServer,
+        peer_key: str | None = None,
+    ) -> None:
         self.peer_key = peer_key
         super().__init__(request, client_address, server)
 
@@ -128,12 +140,14 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         self.connection = self.request
         deadline = time.monotonic() + 2 * limits.read_timeout_s
         raw = _DeadlineReader(self.connection, deadline, limits.read_timeout_s)
-        self.rfile = _CappedReader(io.BufferedReader(raw), limits.max_header_bytes)
+        self.capped = _CappedReader(io.BufferedReader(raw), limits.max_header_bytes)
+        # http.server only calls readline and read on it.
+        self.rfile = cast(io.BufferedIOBase, self.capped)
         self.wfile = self.connection.makefile("wb")
         # What an answer needs when the request line itself never arrived (408, 431).
         self.requestline = ""
         self.request_version = self.default_request_version
-        self.command = None
+        self.command = None  # type: ignore[assignment]  # as http.server's parse_request does
 
     def handle(self) -> None:
         # One request per connection: attestation belongs to the connection, and
@@ -148,13 +162,13 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         except (ConnectionError, OSError):
             pass
 
-    def log_request(self, code="-", size="-") -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # every exchange goes to the audit log instead; nothing else is logged
 
-    def send_error(self, code, message=None, explain=None) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed request lines etc.: answer JSON, never echo the caller's bytes.
         self._reply(error(code, "bad_request", "malformed HTTP request"))
 
@@ -200,7 +214,7 @@ class ExchangeHandler(BaseHTTPRequestHandler):
         if length > limits.max_body_bytes:
             self._reply(error(413, "too_large", f"body over {limits.max_body_bytes} bytes"))
             return
-        self.rfile.budget = length
+        self.capped.budget = length
         body = self.rfile.read(length) if length else b""
         if len(body) != length:
             self._reply(error(400, "bad_request", "body shorter than Content-Length"))
@@ -221,6 +235,60 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_HEAD = do_PUT
 
 
+def bind_in_place(sock: socket.socket, path: str, group: str | None, backlog: int) -> int:
+    """Bind under a temporary name (mode 0600 from the start), set group and mode, listen,
+    then rename over the path, so the socket is never reachable with looser permissions
+    than 0660 and never missing while a predecessor's is replaced. Returns its inode.
+
+    Containers mount the socket's directory, not the socket (a file bind mount would keep
+    the old inode after a restart), so nothing but sockets of these services is ever
+    created there: the temporary name is a dot-name beside it. Also the credential
+    proxy's socket (proxy.py)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            pass  # stale socket of a dead service: replace it below
+        else:
+            raise SystemExit(f"flashpods-token: another service is listening on {path}")
+        finally:
+            probe.close()
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SystemExit(f"flashpods-token: socket_group {group!r} does not exist") from None
+    tmp_path = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
+    # bind() creates the node with the process umask: 0600 until it is ready. No other
+    # thread creates files yet (the server is not serving).
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(tmp_path)
+    finally:
+        os.umask(old_umask)
+    try:
+        if gid != -1:
+            try:
+                os.chown(tmp_path, -1, gid)
+            except PermissionError:
+                raise SystemExit(
+                    f"flashpods-token: cannot give the socket group {group}: "
+                    "the service user must be a member of it"
+                ) from None
+        os.chmod(tmp_path, 0o660)
+        # Listen before the socket becomes visible: whoever sees the path can connect.
+        sock.listen(backlog)
+        os.rename(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_path)
+        raise
+    return os.stat(path).st_ino
+
+
 class TokenServer(socketserver.UnixStreamServer):
     """One thread per admitted connection; admission is decided in the accepting thread,
     from kernel facts only, so a flood of connections never reaches a handler."""
@@ -228,7 +296,8 @@ class TokenServer(socketserver.UnixStreamServer):
     allow_reuse_address = False
     request_queue_size = 128
 
-    def __init__(self, path: str, service: TokenService, limits: Limits, group: str | None):
+    def __init__(self, path: str, service: TokenService, limits: Limits, group: str | None) -> None:
+        self.socket_path = path
         self.service = service
         self.limits = limits
         self._group = group
@@ -240,65 +309,18 @@ class TokenServer(socketserver.UnixStreamServer):
         super().__init__(path, ExchangeHandler, bind_and_activate=True)
 
     def server_bind(self) -> None:
-        """Bind under a temporary name (mode 0600 from the start), set group and mode,
-        then rename over the path, so the socket is never reachable with looser
-        permissions than 0660 and never missing while a predecessor's is replaced.
-
-        Containers mount the socket's directory, not the socket (a file bind mount
-        would keep the old inode after a restart), so nothing but sockets of this
-        service is ever created there: the temporary name is a dot-name beside it."""
-        path = self.server_address
-        parent = os.path.dirname(os.path.abspath(path))
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                pass  # stale socket of a dead service: replace it below
-            else:
-                raise SystemExit(f"flashpods-token: another service is listening on {path}")
-            finally:
-                probe.close()
-        gid = -1
-        if self._group:
-            try:
-                gid = grp.getgrnam(self._group).gr_gid
-            except KeyError:
-                raise SystemExit(
-                    f"flashpods-token: socket_group {self._group!r} does not exist"
-                ) from None
-        tmp_path = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
-        # bind() creates the node with the process umask: 0600 until it is ready. No
-        # other thread creates files yet (the server is not serving).
-        old_umask = os.umask(0o177)
-        try:
-            self.socket.bind(tmp_path)
-        finally:
-            os.umask(old_umask)
-        try:
-            if gid != -1:
-                try:
-                    os.chown(tmp_path, -1, gid)
-                except PermissionError:
-                    raise SystemExit(
-                        f"flashpods-token: cannot give the socket group {self._group}: "
-                        "the service user must be a member of it"
-                    ) from None
-            os.chmod(tmp_path, 0o660)
-            # Listen before the socket becomes visible: whoever sees the path can connect.
-            self.socket.listen(self.request_queue_size)
-            os.rename(tmp_path, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
-            raise
-        self._ino = os.stat(path).st_ino
-        self.server_address = path
+        self._ino = bind_in_place(
+            self.socket, self.socket_path, self._group, self.request_queue_size
+        )
+        self.server_address = self.socket_path
 
     def server_activate(self) -> None:
         pass  # already listening: server_bind listens before it renames into place
 
-    def process_request(self, request, client_address) -> None:
+    # A stream server's request is its socket (the base also allows a datagram's tuple).
+    def process_request(  # type: ignore[override]
+        self, request: socket.socket, client_address: Any
+    ) -> None:
         key = self._peer_keys.of(request)
         refusal = None
         with self._active_lock:
@@ -326,7 +348,7 @@ class TokenServer(socketserver.UnixStreamServer):
             self._release(key)
             self.shutdown_request(request)
 
-    def _serve_one(self, request, client_address, key: str | None) -> None:
+    def _serve_one(self, request: socket.socket, client_address: Any, key: str | None) -> None:
         try:
             ExchangeHandler(request, client_address, self, peer_key=key)
         except Exception:
@@ -347,7 +369,7 @@ class TokenServer(socketserver.UnixStreamServer):
     def server_close(self) -> None:
         super().server_close()
         try:
-            if self._ino is not None and os.stat(self.server_address).st_ino == self._ino:
-                os.unlink(self.server_address)
+            if self._ino is not None and os.stat(self.socket_path).st_ino == self._ino:
+                os.unlink(self.socket_path)
         except OSError:
             pass

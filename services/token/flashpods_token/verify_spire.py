@@ -18,6 +18,7 @@ import os
 import select
 import threading
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -49,7 +50,7 @@ class VerifiedSvid:
 @dataclass(frozen=True)
 class BundleKey:
     kid: str
-    key: object
+    key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
     algorithms: tuple[str, ...]
 
 
@@ -77,13 +78,19 @@ def parse_jwks(document: object) -> dict[str, BundleKey]:
                     continue
                 keys[kid] = BundleKey(kid, key, (alg,))
             elif jwk.get("kty") == "RSA":
-                key = RSAAlgorithm.from_jwk(text)
-                if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_RSA_BITS:
+                rsa_key = RSAAlgorithm.from_jwk(text)
+                if not isinstance(rsa_key, rsa.RSAPublicKey) or rsa_key.key_size < MIN_RSA_BITS:
                     continue
-                keys[kid] = BundleKey(kid, key, RSA_ALGORITHMS)
+                keys[kid] = BundleKey(kid, rsa_key, RSA_ALGORITHMS)
         except (jwt.InvalidKeyError, ValueError, KeyError, TypeError):
             continue
     return keys
+
+
+class BundleKeys(Protocol):
+    """Where the JWT keys come from: BundleFile or workload_bundle.WorkloadApiBundle."""
+
+    def keys(self) -> dict[str, BundleKey]: ...
 
 
 class BundleFile:
@@ -120,12 +127,12 @@ class BundleFile:
 class SpireVerifier:
     def __init__(
         self,
-        bundle,  # BundleFile or WorkloadApiBundle: anything with .keys() -> {kid: BundleKey}
+        bundle: BundleKeys,
         trust_domain: str,
         audience: str,
         leeway_s: int,
         podman: PodmanClient | None,
-    ):
+    ) -> None:
         self._bundle = bundle
         self._trust_domain = trust_domain
         self._audience = audience
@@ -184,10 +191,10 @@ class SpireVerifier:
 
     def verify(self, token: str) -> VerifiedSvid:
         svid = self.verify_token(token)
-        if self._podman is not None:
+        if self._liveness is not None:
             kind = self._liveness.kind_if_running(svid.identity.job_id)
-            expected = "sub_agent" if svid.identity.role == "agent" else "worker"
-            if kind != expected:
+            # The role is the job's kind (identity.ROLES).
+            if kind != svid.identity.role:
                 raise VerificationError("job_role", "the SVID's role does not match the job's kind")
         return svid
 
@@ -223,7 +230,7 @@ class JobLiveness:
             raise VerificationError("job_running", f"cannot ask Podman: {exc}") from None
         if not data or not is_live_job(data, self._instance, job_id):
             raise VerificationError("job_running", "the job is not running")
-        pid = (data.get("State") or {}).get("Pid")
+        pid: Any = (data.get("State") or {}).get("Pid")  # checked by int() below
         kind = labels_of(data).get("flashpods.kind", "")
         try:
             pidfd = os.pidfd_open(int(pid))

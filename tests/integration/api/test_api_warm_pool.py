@@ -43,7 +43,7 @@ def api(devhost_factory):
     host = devhost_factory(
         api_overrides={"warm_pool": {"worker": 1}},
         secrets={"GITHUB_TOKEN": SECRET, "ANTHROPIC_API_KEY": "sk-unused"},
-        roles={"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY"]},
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY"]},
     )
     api = Api(host)
     _ready(api)
@@ -124,3 +124,22 @@ def test_pool_survives_a_reaper_crash_and_removes_strays(api):
     assert job["id"] in names
     assert api.wait(job["id"])["status"] == "succeeded"
     assert api.log_text(job["id"]) == "after-crash\n"
+
+
+def test_the_default_settings_give_a_warm_first_spawn_of_each_kind(devhost_factory):
+    # warm_pool=None: the packaged default (on), as `scripts/dev-host` runs it.
+    api = Api(devhost_factory(warm_pool=None))
+    assert api.get("/healthz").json()["checks"]["warm_pool"]["target"] == {
+        "worker": 1,
+        "sub_agent": 1,
+    }
+    _ready(api)
+    [warm_id] = [n for n in _warm_names(api.host) if _kind(api.host, n) == "worker"]
+    job = api.submit("echo first")
+    assert job["id"] == warm_id and job["claimed_at"]
+    assert api.wait(job["id"])["status"] == "succeeded"
+
+
+def _kind(host, name: str) -> str:
+    done = host.podman("inspect", "--format", '{{index .Config.Labels "flashpods.kind"}}', name)
+    return done.stdout.strip()

@@ -13,8 +13,8 @@ PATHS = Paths(Path("/var/tmp/flashpods-test/cfg"))
 API_KEYS = {
     "instance", "token_file", "db_path", "storage", "podman_url", "rsync_url",
     "allowed_peers", "max_concurrent_jobs", "queue_limit", "default_timeout_s",
-    "max_timeout_s", "kill_grace_s", "images", "agent", "network_mode", "helper_path",
-    "token_socket", "attestation", "spire", "retention", "limits", "reaper",
+    "max_timeout_s", "kill_grace_s", "images", "sub_agent", "network_mode", "helper_path",
+    "token_socket", "attestation", "spire", "retention", "limits", "reaper", "warm_pool",
 }  # fmt: skip
 TOKEN_KEYS = {
     "socket", "socket_group", "mode", "trust_domain", "podman_url", "instance", "roles",
@@ -39,7 +39,15 @@ def test_api_config_has_the_design_keys_and_paths_under_the_root() -> None:
     assert set(config) == API_KEYS
     assert config["db_path"] == str(PATHS.root / "db" / "flashpods.db")
     assert config["podman_url"] == f"unix://{PATHS.root}/run/podman/podman.sock"
-    assert set(config["storage"]) == {"uploads", "workspaces", "artifacts", "logs", "control"}
+    assert set(config["storage"]) == {
+        "uploads",
+        "workspaces",
+        "artifacts",
+        "logs",
+        "control",
+        "usage",
+    }
+    assert config["storage"]["usage"] is None  # set only when the proxy meters (host.py)
     # The warm pool's control root: beside the job-writable dirs, never inside them.
     assert config["storage"]["control"] == str(PATHS.root / "control")
     # Retention given in the settings replaces only the keys it names.
@@ -58,7 +66,7 @@ def test_token_config_has_the_design_keys() -> None:
         paths=PATHS,
         instance="t-cfg",
         socket_group="flashpods",
-        roles={"worker": ["GITHUB_TOKEN"], "agent": []},
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": []},
         secret_files={"GITHUB_TOKEN": "/x/GITHUB_TOKEN"},
         overrides={},
     )

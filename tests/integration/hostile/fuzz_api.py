@@ -56,7 +56,7 @@ FUZZ_HOST = {
         "max_timeout_s": 5,
         "kill_grace_s": 1,
         # A fuzzed sub_agent job runs this stand-in, never a real agent.
-        "agent": {"command": ["sh", "-c", "echo fuzzed sub-agent"]},
+        "sub_agent": {"command": ["sh", "-c", "echo fuzzed sub-agent"]},
     },
 }
 

@@ -43,7 +43,7 @@ def host(request):
         api_overrides={
             "reaper": {"interval_s": 0.2},
             "images": {"sub_agent": WORKER_IMAGE},
-            "agent": {"command": AGENT_COMMAND},
+            "sub_agent": {"command": AGENT_COMMAND},
         }
     )
     dev_host = DevHost(settings)

@@ -80,7 +80,7 @@ def proxy_host(
             firewall=True,
             firewall_values=FIREWALL_VALUES,
             secrets=keys,
-            roles={"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]},
+            roles={"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]},
             token_overrides={
                 "proxy": {
                     "rules": {"GITHUB_TOKEN": GITHUB_HOSTS, "ANTHROPIC_API_KEY": [MODEL_HOST]},

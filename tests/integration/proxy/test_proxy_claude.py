@@ -35,7 +35,7 @@ def test_claude_code_uses_the_model_only_through_the_proxy(proxy_host, origin, l
         api, keys = proxy_host(
             proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
             api={
-                "agent": {
+                "sub_agent": {
                     "env": {
                         "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
                         "ANTHROPIC_MODEL": "standin-model",

@@ -22,7 +22,7 @@ def test_usage_is_recorded_and_the_budget_clamps_then_refuses(proxy_host, origin
         api={
             "storage": {"usage": str(usage_dir)},
             "images": {"sub_agent": AGENT_IMAGE},
-            "agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
+            "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
         },
     )
     job = api.spawn(kind="sub_agent", prompt=JOB_SCRIPT, timeout_s=300)

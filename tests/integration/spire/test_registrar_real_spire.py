@@ -59,7 +59,7 @@ def test_register_creates_the_attestor_selectors_under_the_agent(server, registr
     registrar.register(agent, "sub_agent")
     registrar.register(worker, "worker")  # a retry after a crash: AlreadyExists is fine
     got = entries(server)
-    w, a = got[f"/job/{worker}/worker"], got[f"/job/{agent}/agent"]
+    w, a = got[f"/job/{worker}/worker"], got[f"/job/{agent}/sub_agent"]
     assert selectors(w) == {
         f"flashpods:job:{worker}",
         "flashpods:kind:worker",
@@ -100,7 +100,7 @@ def test_sweep_deletes_entries_of_jobs_that_are_not_live_and_nothing_else(server
     registrar.sweep((everything_live - {dead}) | {live})
     got = entries(server)
     assert f"/job/{live}/worker" in got and foreign in got
-    assert f"/job/{dead}/agent" not in got
+    assert f"/job/{dead}/sub_agent" not in got
 
 
 def test_unreachable_server_is_a_sentence(server, registrar):

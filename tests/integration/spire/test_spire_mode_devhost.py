@@ -22,7 +22,7 @@ from token_support import FINAL, Api, unique_secrets, wait_container_running
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.timeout(3600)]
 
 SECRETS = unique_secrets()
-ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 
 
 def sha(value: str) -> str:

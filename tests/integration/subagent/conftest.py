@@ -77,7 +77,7 @@ def subagent_host(
         api_overrides = {
             "reaper": {"interval_s": 0.2},
             "kill_grace_s": 5,
-            "agent": {"env": env},
+            "sub_agent": {"env": env},
         } | dict(overrides.pop("api_overrides", {}))  # type: ignore[arg-type]
         host = devhost_factory(
             netns=lab.host,

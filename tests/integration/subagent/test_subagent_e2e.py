@@ -113,7 +113,7 @@ def test_subagent_reads_edits_and_writes_an_artifact(subagent_host, model):
     assert "You are a Flashpods sub-agent" in system and "/artifacts" in system
     # The token service gave it to exactly this job, in its agent role ...
     grants = audit_entries(api, job["id"])
-    assert grants and all(g["spiffe_id"].endswith(f"/job/{job['id']}/agent") for g in grants)
+    assert grants and all(g["spiffe_id"].endswith(f"/job/{job['id']}/sub_agent") for g in grants)
     assert any("ANTHROPIC_API_KEY" in g["granted"] for g in grants)
     # ... and the key is in neither the API's config nor the job's record.
     assert key not in json.dumps(api.host.api_config)

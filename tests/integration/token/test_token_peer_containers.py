@@ -35,7 +35,7 @@ from token_support import (
 pytestmark = pytest.mark.slow
 
 SECRETS = unique_secrets()
-ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 WAIT_FOR_DONE = "while [ ! -e /workspace/probe.done ]; do sleep 0.1; done"
 # The sub_agent's "agent" is a shell script in the busybox image: it proves what the
 # helper put into its environment, by hash (the log must never hold a value).
@@ -75,7 +75,7 @@ def host(devhost_factory):
                 "sub_agent": WORKER_IMAGE,
                 "allowed": [WORKER_IMAGE],
             },
-            "agent": {"command": ["/bin/sh", "-c", AGENT_SCRIPT], "env": {}},
+            "sub_agent": {"command": ["/bin/sh", "-c", AGENT_SCRIPT], "env": {}},
         },
     )
 
@@ -137,7 +137,7 @@ def test_sub_agent_starts_its_agent_with_the_agent_tokens(host):
     assert sha(SECRETS["GITHUB_TOKEN"]) in log
     assert "prompt=say hi" in log
     [line] = [a for a in audit(host) if a["job"] == job_id]
-    assert line["spiffe_id"] == f"spiffe://flashpods.internal/job/{job_id}/agent"
+    assert line["spiffe_id"] == f"spiffe://flashpods.internal/job/{job_id}/sub_agent"
     assert line["granted"] == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]
 
 

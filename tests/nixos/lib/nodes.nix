@@ -1,4 +1,4 @@
-# The four machines every Flashpods VM test uses (14-validation.md):
+# The four machines every Flashpods VM test uses (docs/security.md, V1-V20):
 #   host      the Flashpods host (services.flashpods), public 203.0.113.1
 #   laptop    WireGuard peer 10.0.0.2; runs its own service on the tunnel (V18)
 #   stranger  a third machine on the host's public link (V3, V4)
@@ -82,7 +82,7 @@ let
           subAgent = "localhost/flashpods-worker:latest";
           load = [ self.packages.${pkgs.stdenv.hostPlatform.system}.worker-image ];
         };
-        api.settings.agent.command = [
+        api.settings.sub_agent.command = [
           "/bin/sh"
           "-c"
           "eval \"$FLASHPODS_PROMPT\""
@@ -90,7 +90,7 @@ let
         token = {
           policy = {
             worker = [ "GITHUB_TOKEN" ];
-            agent = [
+            subAgent = [
               "ANTHROPIC_API_KEY"
               "GITHUB_TOKEN"
             ];

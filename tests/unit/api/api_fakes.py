@@ -78,6 +78,7 @@ class FakeRegistrar:
     def __init__(self) -> None:
         self.registered: list[tuple[str, str]] = []
         self.unregistered: list[str] = []
+        self.swept: list[set[str]] = []
         self.fail: str | None = None
 
     def register(self, job_id: str, kind: str) -> None:
@@ -89,6 +90,9 @@ class FakeRegistrar:
 
     def unregister(self, job_id: str) -> None:
         self.unregistered.append(job_id)
+
+    def sweep(self, live_job_ids: set[str]) -> None:
+        self.swept.append(set(live_job_ids))
 
 
 def make_config(root: Path, **overrides: Any) -> dict[str, Any]:
@@ -108,6 +112,7 @@ def make_config(root: Path, **overrides: Any) -> dict[str, Any]:
         "max_concurrent_jobs": 2,
         "helper_path": str(helper),
         "token_socket": str(root / "token.sock"),
+        "warm_pool": {},  # cold unless a test asks: the packaged default fills a pool
     }
     cfg.update(overrides)
     for path in [root / "db", *(Path(p) for p in cfg["storage"].values())]:

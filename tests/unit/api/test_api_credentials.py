@@ -20,18 +20,18 @@ from flashpods_api.config import ConfigError, from_dict
 )
 def test_agent_env_refuses_credential_names(name):
     with pytest.raises(ConfigError, match=f"agent.env.{name} looks like a credential"):
-        from_dict({"agent": {"command": ["/a"], "env": {name: "x"}}})
+        from_dict({"sub_agent": {"command": ["/a"], "env": {name: "x"}}})
 
 
 @pytest.mark.parametrize("value", [1, None, ["a"], {"a": "b"}, True])
 def test_agent_env_takes_strings_only(value):
     with pytest.raises(ConfigError, match="must be a string"):
-        from_dict({"agent": {"command": ["/a"], "env": {"ANTHROPIC_BASE_URL": value}}})
+        from_dict({"sub_agent": {"command": ["/a"], "env": {"ANTHROPIC_BASE_URL": value}}})
 
 
 def test_agent_env_accepts_plain_settings():
-    cfg = from_dict({"agent": {"command": ["/a"], "env": {"ANTHROPIC_BASE_URL": "https://x"}}})
-    assert cfg.agent["env"] == {"ANTHROPIC_BASE_URL": "https://x"}
+    cfg = from_dict({"sub_agent": {"command": ["/a"], "env": {"ANTHROPIC_BASE_URL": "https://x"}}})
+    assert cfg.sub_agent["env"] == {"ANTHROPIC_BASE_URL": "https://x"}
 
 
 @pytest.mark.parametrize(
@@ -64,14 +64,17 @@ def test_sub_agent_request_cannot_set_anthropic_names(host):
 
 def test_agent_env_wins_for_anthropic_names_even_past_validation(make_host):
     host = make_host(
-        agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host", "OTHER": "1"}}
+        sub_agent={
+            "command": ["/agent"],
+            "env": {"ANTHROPIC_BASE_URL": "https://host", "OTHER": "1"},
+        }
     )
     job = {
         "id": "job_xxxxxxxxxxxx", "kind": "sub_agent", "prompt": "p", "image": "img",
         "resources": {},
         "env": {"ANTHROPIC_BASE_URL": "https://evil", "ANTHROPIC_MODEL": "m", "OTHER": "2"},
     }  # fmt: skip
-    env = host.engine.spec(job, None).env
+    env = host.engine.specs.spec(job, None).env
     assert env["ANTHROPIC_BASE_URL"] == "https://host"
     assert "ANTHROPIC_MODEL" not in env
     assert env["OTHER"] == "2"  # non-ANTHROPIC names: the request's own setting

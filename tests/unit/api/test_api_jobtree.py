@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 from pathlib import Path
@@ -125,3 +126,16 @@ def test_walk_stops_at_the_path_names_budget(tmp_path, monkeypatch):
         (root / f"file-{i:02}").write_text("x")
     nodes = list(jobtree.walk(root))
     assert "MiB of path names" in nodes[-1].limit and len(nodes) < 30
+
+
+def test_openat2_refuses_to_leave_the_root(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.txt").write_text("secret")
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as caught:
+            jobtree.openat2(root_fd, "../outside.txt", os.O_RDONLY)
+        assert caught.value.errno == errno.EXDEV
+    finally:
+        os.close(root_fd)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 import time
 from pathlib import Path
 
 import pytest
 from flashpods_api.runtime import PodmanError
-from flashpods_api.store import Store
 
 
 def test_exit_codes_become_succeeded_or_failed(host):
@@ -127,62 +126,6 @@ def test_retention_deletes_artifacts_logs_and_stale_uploads(make_host):
     assert (resp.status_code, resp.get_json()["code"]) == (410, "logs_expired")
 
 
-def test_locked_files_are_normalized_before_removal(host, monkeypatch):
-    import flashpods_api.jobs as jobs
-
-    job = host.job()
-    ws = Path(host.raw["storage"]["workspaces"]) / job["id"]
-    (ws / "locked").mkdir()
-    calls = []
-
-    def fake_remove(path, budget_s=jobs.jobtree.REMOVE_BUDGET_S):
-        calls.append(path)
-        if len(calls) == 1:  # root ignores modes here: the first try is told it was denied
-            return jobs.jobtree.Removal(False, denied=True, error="locked: unreadable")
-        return real_remove(path)
-
-    real_remove = jobs.jobtree.remove
-    monkeypatch.setattr(jobs.jobtree, "remove", fake_remove)
-    host.engine.remove_tree(ws)
-    assert host.runtime.normalized == [str(ws)] and not ws.exists()
-
-
-def _claimer(db: str, cap: int, out: multiprocessing.Queue) -> None:
-    store = Store(db, "race")
-    got = []
-    while True:
-        job_id = store.claim(cap)
-        if job_id is None:
-            break
-        got.append(job_id)
-    out.put(got)
-
-
-def test_claims_from_many_processes_never_exceed_the_cap(tmp_path):
-    db = str(tmp_path / "race.db")
-    store = Store(db, "race")
-    for n in range(40):
-        store.create_job(
-            {"id": f"job_{n:012d}", "kind": "worker", "command": "x",
-             "image": "i", "env": {}, "timeout_s": 5, "resources": {}},
-            1000,
-        )  # fmt: skip
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(db, 3, out)) for _ in range(6)]
-    for p in procs:
-        p.start()
-    claimed = [job for _ in procs for job in out.get(timeout=60)]
-    for p in procs:
-        p.join(timeout=60)
-    assert len(claimed) == 3 and len(set(claimed)) == 3
-    assert store.count_active() == 3
-    # FIFO: the three oldest jobs were the ones claimed.
-    oldest = [j["id"] for j in store.list_jobs(None, None, 100, None)][-3:]
-    assert sorted(claimed) == sorted(oldest)
-    assert store._rows("PRAGMA journal_mode") == [{"journal_mode": "wal"}]
-
-
 def test_a_starting_job_whose_container_runs_is_adopted_at_once(host):
     job = host.job()
     # As if the API died right after `podman run`, before recording 'running'.
@@ -250,3 +193,15 @@ def test_a_kill_between_the_ticks_read_and_the_exit_is_recorded_killed(host):
     host.engine.finish(stale, 143)
     final = host.store.get_job(job["id"])
     assert (final["status"], final["exit_code"]) == ("killed", 143)
+
+
+def test_only_one_reaper_per_database(tmp_path):
+    from flashpods_api.reaper import hold_lock
+
+    first = hold_lock(str(tmp_path / "db"))
+    try:
+        with pytest.raises(SystemExit, match="Another flashpods-reaper"):
+            hold_lock(str(tmp_path / "db"))
+    finally:
+        os.close(first)
+    os.close(hold_lock(str(tmp_path / "db")))  # free again once the first one is gone

@@ -67,11 +67,11 @@ def test_healthz_goes_red_when_ticks_start_but_none_gets_through(host, monkeypat
 def test_ids_read_back_from_the_database_are_checked_before_they_become_paths(host):
     for bad in ("../../etc", "job_AAAAAAAAAAAA", "job_aaaaaaaaaaaa/..", ""):
         with pytest.raises(BadId):
-            host.engine.workspace(bad)
+            host.engine.files.workspace(bad)
         with pytest.raises(BadId):
             logs.final_log_path(host.config.logs_dir, bad)
     with pytest.raises(BadId):
-        host.engine.base_dir("up_../../x")
+        host.engine.files.base_dir("up_../../x")
 
 
 def test_a_planted_log_tmp_link_or_foreign_final_log_is_never_written_through(tmp_path):
@@ -141,4 +141,4 @@ def test_a_tree_too_deep_to_walk_fails_the_job_by_name_and_is_removed(host):
     resp = host.get(f"/jobs/{job['id']}/artifacts")
     assert resp.status_code == 200
     assert any("deeper than" in s["reason"] for s in resp.get_json()["skipped"])
-    assert host.engine.remove_tree(Path(storage["artifacts"]) / job["id"])
+    assert host.engine.files.remove_tree(Path(storage["artifacts"]) / job["id"])

@@ -60,7 +60,7 @@ def test_create_worker_starts_it_on_the_fast_path(host):
 
 
 def test_create_sub_agent_passes_the_prompt_in_the_environment(make_host):
-    host = make_host(agent={"command": ["/agent/run", "--fast"], "env": {"AGENT_MODE": "x"}})
+    host = make_host(sub_agent={"command": ["/agent/run", "--fast"], "env": {"AGENT_MODE": "x"}})
     resp = host.post("/jobs", {"kind": "sub_agent", "prompt": "fix the bug"})
     assert resp.status_code == 201
     job = resp.get_json()["job"]

@@ -82,7 +82,7 @@ def test_a_warm_job_gets_its_upload_and_keeps_it_as_its_base(make_host):
     assert not src.exists()
     _argv, env = decode_command((_control(host, job["id"]) / "command").read_bytes())
     assert env["FLASHPODS_INPUT_DIR"] == "/flashpods/control/upload"
-    workspace = host.engine.workspace(job["id"])
+    workspace = host.engine.files.workspace(job["id"])
     (workspace / "input.txt").write_text("payload\n")
     (workspace / "new.txt").write_text("made\n")
     host.runtime.exit(job["id"], 0)
@@ -90,7 +90,7 @@ def test_a_warm_job_gets_its_upload_and_keeps_it_as_its_base(make_host):
     done = host.store.get_job(job["id"])
     assert done["status"] == "succeeded"
     assert done["workspace_changes"]["added"] == 1 and done["workspace_changes"]["modified"] == 0
-    base = host.engine.base_dir(upload)
+    base = host.engine.files.base_dir(upload)
     assert (base / "input.txt").read_text() == "payload\n"
     assert not _control(host, job["id"]).exists()
 
@@ -146,7 +146,7 @@ def test_sub_agent_warm_container_gets_prompt_and_host_agent_env(make_host):
     host = _filled(
         make_host,
         warm_pool={"sub_agent": 1},
-        agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host.example"}},
+        sub_agent={"command": ["/agent"], "env": {"ANTHROPIC_BASE_URL": "https://host.example"}},
     )
     row = host.store.warm_rows()[0]
     assert host.runtime.specs[row["id"]].env["ANTHROPIC_BASE_URL"] == "https://host.example"
@@ -185,14 +185,15 @@ def test_reconcile_after_a_crash(make_host):
 def test_a_claimed_job_whose_starter_died_is_handed_over_by_the_reaper(make_host):
     host = _filled(make_host)
     warm_id = host.store.warm_rows()[0]["id"]
-    assert host.store.take_warm("worker", host.config.images["worker"], 4) == warm_id
     record = {
-        "id": warm_id, "kind": "worker", "command": "echo late", "prompt": None,
+        "id": "job_notwarmaaaaa", "kind": "worker", "command": "echo late", "prompt": None,
         "upload_id": None, "image": host.config.images["worker"], "env": {},
         "timeout_s": 60, "resources": {}, "artifacts_glob": None,
     }  # fmt: skip
-    host.store.create_job(record, 100)
-    assert host.store.claim(4, warm_id) == warm_id  # ... and the API died here
+    image = host.config.images["worker"]
+    job, took_warm = host.store.submit(record, 100, claim_cap=4, warm=("worker", image))
+    assert took_warm and job["id"] == warm_id and job["status"] == "starting"
+    # ... and the API died here, before it handed the command over
     host.store.transition(warm_id, ("starting",), claimed_at=time.time() - 10)
     host.reaper.tick()
     assert host.store.get_job(warm_id)["status"] == "running"

@@ -5,11 +5,7 @@
 # path computed, not copied.
 #   nix-instantiate --readonly-mode --eval --strict --json \
 #     tests/unit/nix/eval-flake.nix --arg nixpkgsLib /path/to/nixpkgs.lib/lib
-{
-  nixpkgsLib,
-  # pkgs.spire's version; nixos-25.11 has 1.13.x.
-  spireVersion ? "1.13.3",
-}:
+{ nixpkgsLib }:
 let
   lib = import nixpkgsLib;
   flake = import ../../../flake.nix;
@@ -17,7 +13,6 @@ let
     inherit system lib;
     stdenv.hostPlatform.system = system;
     nixfmt = "nixfmt";
-    spire.version = spireVersion;
     # What a check would run: its command, to see what reaches the sandbox.
     runCommand = name: env: command: { inherit name env command; };
   };

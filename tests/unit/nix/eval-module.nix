@@ -42,7 +42,7 @@ let
       token = {
         policy = {
           worker = [ "GITHUB_TOKEN" ];
-          agent = [
+          subAgent = [
             "ANTHROPIC_API_KEY"
             "GITHUB_TOKEN"
           ];
@@ -144,9 +144,8 @@ let
       # ExecStart is `<spire-agent> run -config <file> -expandEnv`, or a
       # wrapper script that ends in that line; the stubbed `generate` puts the
       # JSON itself where the store path would be.
-      configOf =
-        exec:
-        builtins.fromJSON (builtins.head (builtins.match ".* run -config (.*) -expandEnv.*" exec));
+      configText = exec: builtins.head (builtins.match ".* run -config (.*) -expandEnv.*" exec);
+      configOf = exec: builtins.fromJSON (configText exec);
     in
     {
       failedAssertions = failedAssertions c;
@@ -154,6 +153,9 @@ let
       agentExec = spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
       agentConfig = configOf spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
       serverConfig = configOf spireUnits.flashpods-spire-server.serviceConfig.ExecStart;
+      # The files as SPIRE reads them (key order matters to its unknown-key check).
+      agentConfigText = configText spireUnits.flashpods-spire-agent.serviceConfig.ExecStart;
+      serverConfigText = configText spireUnits.flashpods-spire-server.serviceConfig.ExecStart;
       apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
       tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
       units = lib.mapAttrs (_: unit: {
@@ -162,7 +164,18 @@ let
       }) spireUnits;
       apiUnitAfter = c.systemd.services.flashpods-api.after;
       tokenServiceConfig = c.systemd.services.flashpods-token.serviceConfig;
-      tmpfiles = c.systemd.tmpfiles.settings."11-flashpods-spire";
+      tmpfilesFiles = builtins.attrNames c.systemd.tmpfiles.settings;
+      # The plugin package as the module's default builds it
+      # (modules/pkgs/spire-attestor.nix through the stubs' buildGoModule).
+      attestor =
+        let
+          pkg = c.services.flashpods.package.spireAttestor;
+        in
+        {
+          inherit (pkg) pname version goModuleArgs;
+          storePath = toString pkg;
+          inherit (pkg.meta) mainProgram;
+        };
       users = lib.mapAttrs (_: u: { inherit (u) extraGroups group isSystemUser; }) c.users.users;
     };
 
@@ -274,8 +287,11 @@ in
     addressWithoutPrefix = failedAssertions (evaluate (withFlashpods {
       wireguard.hostAddress = "10.0.0.1";
     }));
-    # nixos-25.11's SPIRE (1.13.x) cannot attest rootless Podman jobs.
-    spireOn25_11 = failedAssertions (withSpire "1.13.3");
+    # The attestor plugin refuses an instance label it could never match.
+    spireBadInstance = failedAssertions (evaluate (withFlashpods {
+      spire.enable = true;
+      api.settings.instance = "not a label";
+    }));
     samePorts = failedAssertions (evaluate (withFlashpods {
       rsync.port = 8080;
     }));
@@ -284,6 +300,10 @@ in
     }));
     badWarmKind = failedAssertions (evaluate (withFlashpods {
       api.warmPool.agent = 1;
+    }));
+    # The sub-agent role is spelled subAgent (sub_agent in the JSON).
+    oldPolicyName = failedAssertions (evaluate (withFlashpods {
+      token.policy.agent = [ "GITHUB_TOKEN" ];
     }));
     # Jobs mount the token socket's directory: never the one of the Podman socket.
     tokenSocketBesidePodman = failedAssertions (evaluate (withFlashpods {

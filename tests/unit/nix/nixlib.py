@@ -9,8 +9,10 @@ that need it skip with SKIP_REASON; with one, none of them skips.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,3 +39,23 @@ SKIP_REASON = (
     f"{SHARED_LIB} (CI does); the parse and builtins-only checks (test_nix_parse.py) run "
     "without it"
 )
+
+
+def nix_eval(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [NIX or "nix-instantiate", "--eval", "--strict", "--json", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def evaluate_module() -> dict:
+    """What tests/unit/nix/eval-module.nix returns: the module's configs and units."""
+    result = nix_eval("tests/unit/nix/eval-module.nix", "--arg", "nixpkgsLib", str(NIX_LIB))
+    # An option the module sets or reads that the typed stubs (nixpkgs) lack fails
+    # here: "The option `services.spire' does not exist" / "attribute 'spire' missing".
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -301,6 +301,41 @@ let
     curl = fakeDrv "curl" { };
     coreutils = fakeDrv "coreutils" { };
     shadow = fakeDrv "shadow" { shellPath = "/bin/nologin"; };
+
+    # pkgs/top-level/splice.nix callPackage, reduced: a file's function gets the
+    # attributes of this set it names, then the given ones.
+    callPackage =
+      file: extra:
+      let
+        f = import file;
+      in
+      f (builtins.intersectAttrs (builtins.functionArgs f) (pkgs // { inherit lib; }) // extra);
+
+    # pkgs/build-support/go/module.nix as nixos-25.11 has it: read at 010277de
+    # (the index's copy; the arguments used here have kept their meaning) and
+    # the 25.11 release notes (doc/release-notes/rl-2511.section.md at
+    # 00030d51: "Specifying CGO_ENABLED directly now results in an error", it
+    # goes into `env`). No build: the result records what it was given, with
+    # `src` as the directory it was cleaned from (a string, so evaluating it
+    # copies nothing into the store).
+    buildGoModule =
+      args:
+      assert lib.assertMsg (!(args ? CGO_ENABLED)) "buildGoModule: set env.CGO_ENABLED, not CGO_ENABLED (nixos-25.11)";
+      assert lib.assertMsg (args ? vendorHash) "buildGoModule: vendorHash is missing";
+      assert lib.assertMsg (!(args ? vendorSha256)) "buildGoModule: Expect vendorHash instead of vendorSha256";
+      fakeDrv "${args.pname}-${args.version}" {
+        inherit (args) pname version;
+        meta = args.meta or { };
+        goModuleArgs = {
+          inherit (args) vendorHash;
+          src = toString (args.src.origSrc or args.src);
+          env = args.env or { };
+          ldflags = args.ldflags or [ ];
+          postInstall = args.postInstall or "";
+          proxyVendor = args.proxyVendor or false;
+          doCheck = args.doCheck or true;
+        };
+      };
   };
 
   spireOf =

@@ -18,34 +18,18 @@ import re
 import shutil
 import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 
-from .nixlib import NIX, NIX_LIB, REPO, SKIP_REASON
+from .nixlib import NIX, NIX_LIB, REPO, SKIP_REASON, evaluate_module, nix_eval
 
 LIB = NIX_LIB
 pytestmark = pytest.mark.skipif(NIX is None or LIB is None, reason=SKIP_REASON)
 
 
-def nix_eval(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [NIX or "nix-instantiate", "--eval", "--strict", "--json", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def evaluated() -> dict:
-    result = nix_eval("tests/unit/nix/eval-module.nix", "--arg", "nixpkgsLib", str(LIB))
-    # An option the module sets or reads that the typed stubs (nixpkgs) lack fails
-    # here: "The option `services.spire' does not exist" / "attribute 'spire' missing".
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return evaluate_module()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +84,7 @@ def test_token_config_is_accepted_by_the_token_service_itself(valid):
     assert parsed.mode == "peer"
     assert parsed.roles == {
         "worker": ["GITHUB_TOKEN"],
-        "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
+        "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"],
     }
     # Secrets only by path, and only from systemd's credentials directory.
     assert set(parsed.secrets.values()) == {
@@ -301,7 +285,7 @@ def test_the_module_neither_sets_nor_reads_services_spire():
 
 
 def test_spire_runs_as_the_modules_own_hardened_units(evaluated):
-    spire = evaluated["spire"]["1.15.0"]
+    spire = evaluated["spire"]["1.13.3"]
     assert spire["failedAssertions"] == []
     assert spire["everythingChecked"] is True
     units = spire["units"]
@@ -342,7 +326,7 @@ def test_spire_mode_configs_are_accepted_by_the_services(evaluated):
     from flashpods_api import config as api_config
     from flashpods_token import config as token_config
 
-    spire = evaluated["spire"]["1.15.0"]
+    spire = evaluated["spire"]["1.13.3"]
     parsed = api_config.from_dict(spire["apiConfig"])
     assert parsed.raw["attestation"] == "spire"
     assert parsed.raw["spire"]["server_cli"].endswith("-server/bin/spire-server")
@@ -381,31 +365,117 @@ def test_the_join_token_key_matches_the_spire_version(evaluated, version, token_
     assert [entry.split(":")[0] for entry in load] == ["join_token", "trust_bundle"]
 
 
+ATTESTOR = REPO / "spire" / "attestor"
+
+
+def plugin_config_keys() -> set[str]:
+    """The plugin_data keys the attestor plugin decodes (spire/attestor/main.go)."""
+    return set(re.findall(r'`hcl:"([a-z_]+)"`', (ATTESTOR / "main.go").read_text()))
+
+
 @pytest.mark.parametrize("version", ["1.13.2", "1.13.3", "1.15.0"])
-def test_the_docker_attestor_keys_match_the_spire_version(evaluated, version):
+def test_the_agent_loads_the_flashpods_plugin_from_its_package(evaluated, version):
     spire = evaluated["spire"][version]
-    docker = spire["agentConfig"]["plugins"]["WorkloadAttestor"]["docker"]["plugin_data"]
-    assert docker["docker_socket_path"] == "unix:///run/flashpods/podman/podman.sock"
-    # No key SPIRE does not have (there is no use_rootless_podman in any release).
-    assert set(docker) <= {"docker_socket_path", "podman_socket_path_template"}
-    if version == "1.15.0":
-        # 1.15.0 derives a rootless container's Podman socket from the owner's uid;
-        # the template points at a link that names the uid and leads to the socket.
-        by_uid = "/run/flashpods/podman-by-uid"
-        assert docker["podman_socket_path_template"] == f"unix://{by_uid}/%d/podman.sock"
-        assert spire["tmpfiles"][f"{by_uid}/1001"]["L"]["argument"] == "/run/flashpods/podman"
-        link_dir = spire["tmpfiles"][by_uid]["d"]
-        owner = (link_dir["user"], link_dir["group"], link_dir["mode"])
-        assert owner == ("root", "flashpods", "0750")
-    else:
-        assert "podman_socket_path_template" not in docker
+    attestors = spire["agentConfig"]["plugins"]["WorkloadAttestor"]
+    # The plugin only: SPIRE's docker attestor cannot see a rootless Podman job on
+    # 1.13.x (nor on any SPIRE under cgroup v1), and nothing else is registered.
+    assert set(attestors) == {"flashpods"}
+    stanza = attestors["flashpods"]
+    package = spire["attestor"]
+    assert stanza["plugin_cmd"] == f"{package['storePath']}/bin/{package['mainProgram']}"
+    # No checksum: the store path is immutable (spire.nix says why).
+    assert set(stanza) == {"plugin_cmd", "plugin_data"}
+    data = stanza["plugin_data"]
+    assert set(data) <= plugin_config_keys()
+    assert data["podman_socket"] == "unix:///run/flashpods/podman/podman.sock"
+    # The label the API puts on this host's containers.
+    assert data["instance"] == spire["apiConfig"]["instance"]
+    # The old docker attestor's socket links are gone.
+    assert spire["tmpfilesFiles"] == ["10-flashpods"]
 
 
-def test_spire_on_nixos_25_11_fails_an_assertion_that_says_why(evaluated):
-    for version in ("1.13.2", "1.13.3"):
-        (message,) = evaluated["spire"][version]["failedAssertions"]
-        assert "cannot attest rootless Podman jobs" in message
-        assert "1.15.0" in message and "services.flashpods.spire.enable = false" in message
+def test_the_registrars_selectors_are_the_ones_the_plugin_answers(evaluated):
+    from flashpods_api.registrar import SpireRegistrar
+
+    spire = evaluated["spire"]["1.13.3"]
+    api = spire["apiConfig"]
+    registrar = SpireRegistrar(
+        server_cli=api["spire"]["server_cli"],
+        server_socket=api["spire"]["server_socket"],
+        trust_domain=api["spire"]["trust_domain"],
+        parent_id=api["spire"]["parent_id"],
+        instance=api["instance"],
+    )
+    selectors = registrar._selectors("job-1", "worker")
+    # SPIRE prefixes a plugin's selector values with the plugin's name.
+    (plugin_name,) = spire["agentConfig"]["plugins"]["WorkloadAttestor"]
+    assert {s.split(":", 1)[0] for s in selectors} == {plugin_name}
+    data = spire["agentConfig"]["plugins"]["WorkloadAttestor"][plugin_name]["plugin_data"]
+    assert sorted(selectors) == [
+        f"flashpods:instance:{data['instance']}",
+        "flashpods:job:job-1",
+        "flashpods:kind:worker",
+    ]
+
+
+def test_the_agent_unit_has_what_the_plugin_needs_and_no_more(evaluated):
+    spire = evaluated["spire"]["1.13.3"]
+    agent = spire["units"]["flashpods-spire-agent"]["serviceConfig"]
+    # Other uids' PID namespaces: CAP_SYS_PTRACE, ambient so the plugin child has it.
+    assert agent["CapabilityBoundingSet"] == ["CAP_SYS_PTRACE"]
+    assert agent["AmbientCapabilities"] == ["CAP_SYS_PTRACE"]
+    # go-plugin makes the plugin's socket in $TMPDIR; /tmp is read-only otherwise.
+    assert agent["PrivateTmp"] is True
+    assert agent["ProtectSystem"] == "strict"
+    # The Podman socket (0660, group flashpods) through the group, not a capability.
+    assert spire["users"]["flashpods-spire-agent"]["extraGroups"] == ["flashpods"]
+    assert "flashpods-podman.service" in spire["units"]["flashpods-spire-agent"]["after"]
+
+
+def docs_vendor_hash() -> str:
+    """The vendorHash docs/nixos.md gives for the plugin (its own section)."""
+    text = (REPO / "docs" / "nixos.md").read_text()
+    heading = "### The attestor plugin's package and vendorHash"
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    (value,) = set(re.findall(r"`(sha256-[A-Za-z0-9+/]{43}=)`", section))
+    return value
+
+
+def test_the_plugin_package_is_built_as_nixos_25_11_builds_go(evaluated):
+    package = evaluated["spire"]["1.13.3"]["attestor"]
+    args = package["goModuleArgs"]
+    assert package["pname"] == "flashpods-spire-attestor"
+    assert args["src"] == str(ATTESTOR)
+    # The hash the docs give, which tests/integration/spire recomputes from go.sum.
+    assert args["vendorHash"] == docs_vendor_hash()
+    assert args["proxyVendor"] is False
+    # 25.11's buildGoModule takes CGO_ENABLED only in env (the stub refuses it too).
+    assert args["env"] == {"CGO_ENABLED": "0"}
+    # The binary the agent config names.
+    assert f"$out/bin/{package['mainProgram']}" in args["postInstall"]
+    assert args["doCheck"] is True
+
+
+# nixos-25.11's `go` and buildGoModule: Go 1.25 (docs/nixos.md). A go.mod naming a
+# newer Go fails the Nix build (buildGoModule sets GOTOOLCHAIN=local).
+NIXOS_25_11_GO = (1, 25)
+
+
+def test_the_plugins_go_mod_names_a_go_that_nixos_25_11_builds():
+    text = (ATTESTOR / "go.mod").read_text()
+    (line,) = re.findall(r"(?m)^go (\d+)\.(\d+)(?:\.\d+)?$", text)
+    assert (int(line[0]), int(line[1])) <= NIXOS_25_11_GO, line
+    toolchain = re.findall(r"(?m)^toolchain go(\d+)\.(\d+)", text)
+    assert all((int(a), int(b)) <= NIXOS_25_11_GO for a, b in toolchain), toolchain
+    # Vendored code is never committed: buildGoModule vendors from vendorHash.
+    assert not (ATTESTOR / "vendor").exists()
+
+
+def test_spire_on_nixos_25_11_passes_every_assertion(evaluated):
+    # The plugin works with 25.11's SPIRE 1.13.x: no version is refused.
+    for version in ("1.13.2", "1.13.3", "1.15.0"):
+        assert evaluated["spire"][version]["failedAssertions"] == []
+        assert evaluated["spire"][version]["everythingChecked"] is True
 
 
 def test_no_unit_requires_the_scripted_wireguard_unit(evaluated, valid):
@@ -435,7 +505,7 @@ def test_warm_pool_and_control_dir_reach_the_api_config(valid, evaluated):
     from flashpods_api import config as api_config
 
     default = api_config.from_dict(valid["apiConfig"])
-    assert default.raw["warm_pool"] == {}
+    assert default.raw["warm_pool"] == {"worker": 1, "sub_agent": 1}  # on by default
     assert str(default.control_dir) == "/var/lib/flashpods/control"
     warm = evaluated["overrides"]["warm"]
     assert warm["failedAssertions"] == []
@@ -460,7 +530,7 @@ BROKEN_CASES = {
     "secretInStore": ["outside /nix/store"],
     "badSecretName": ["services.flashpods.token.secrets"],
     "addressWithoutPrefix": ["services.flashpods.wireguard.hostAddress"],
-    "spireOn25_11": ["services.flashpods.spire.package", "1.15.0", "peer attestation"],
+    "spireBadInstance": ["services.flashpods.api.settings.instance", "flashpods.instance"],
     "samePorts": ["services.flashpods.rsync.port"],
     "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
     "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
@@ -569,36 +639,24 @@ def test_flake_provides_every_output_of_the_spec():
         "flashpods-token",
         "flashpods-mcp",
         "flashpods-init",
+        "flashpods-spire-attestor",
         "worker-image",
         "agent-image",
     }
     assert flake["apps"] == ["dev-host"]
     assert flake["devShells"] == ["default"]
     checks = set(flake["checks"])
-    assert {"unit-tests", "formatting", "example-host"} <= checks
-    # On nixos-25.11 (SPIRE 1.13.x) the SPIRE VM test is not built: the module
-    # refuses SPIRE there. The other three run with peer attestation.
+    # The plugin package is built (and its Go tests run) by `nix flake check`.
+    assert {"unit-tests", "formatting", "example-host", "flashpods-spire-attestor"} <= checks
+    # With the flashpods plugin, nixos-25.11's SPIRE (1.13.x) attests jobs: the
+    # SPIRE VM test is among the checks; the other three run with peer attestation.
     assert {c for c in checks if c.startswith("vm-")} == {
         "vm-laptop-only-api-and-rsync",
         "vm-job-containers-reach-only-the-internet",
         "vm-retention-crash-safety-no-leaks",
+        "vm-spire-attested-secrets",
     }
     assert flake["example"]["system"] == "x86_64-linux"
-
-
-def test_flake_with_spire_1_15_also_runs_the_spire_vm_test():
-    result = nix_eval(
-        "--readonly-mode",
-        "tests/unit/nix/eval-flake.nix",
-        "--arg",
-        "nixpkgsLib",
-        str(LIB),
-        "--argstr",
-        "spireVersion",
-        "1.15.0",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "vm-spire-attested-secrets" in json.loads(result.stdout)["checks"]
 
 
 def test_the_formatting_check_gets_the_sources_into_its_sandbox():

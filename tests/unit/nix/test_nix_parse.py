@@ -120,19 +120,15 @@ def test_check_nix_script_runs_its_offline_steps():
 
 
 def test_nixos_docs_state_the_spire_facts_of_the_pin():
-    # docs/nixos.md must not describe keys SPIRE does not have, and must say plainly
-    # that 25.11's SPIRE cannot attest rootless jobs, hence peer by default.
+    # docs/nixos.md must not describe keys SPIRE does not have, must say why SPIRE's own
+    # docker attestor is not used, and that no Nix build confirmed the plugin's hash.
     doc = (REPO / "docs/nixos.md").read_text()
     flat = " ".join(doc.split())
     assert "use_rootless_podman" not in doc
-    assert (
-        "With nixos-25.11's SPIRE (1.13.x), the docker workload attestor cannot see rootless "
-        "Podman jobs." in flat
-    )
-    assert "the module's default attestation is the token service's `peer` mode" in flat
-    assert (
-        "`spire.enable = true` with a `spire.package` older than 1.15.0 fails an assertion" in flat
-    )
+    assert "docker:label" not in doc and "podman_socket_path_template =" not in doc
+    assert "Flashpods' own workload attestor plugin, `flashpods`" in flat
+    assert "the module's default attestation stays the token service's `peer` mode" in flat.lower()
+    assert "**No Nix build has confirmed it**" in flat
 
 
 def test_docs_mark_the_nixfmt_check_unverified():

@@ -23,7 +23,7 @@ from flashpods_token.config import parse_config  # noqa: E402
 from svid_ca import TestCA  # noqa: E402
 
 SECRETS = {"ANTHROPIC_API_KEY": "sk-unit-anthropic-9f2c", "GITHUB_TOKEN": "ghp-unit-github-77aa"}
-ROLES = {"worker": ["GITHUB_TOKEN"], "agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+ROLES = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
 INSTANCE = "unit"
 
 

@@ -45,9 +45,9 @@ def hs256_with_public_key(ca: TestCA) -> str:
 
 
 def tampered_payload(ca: TestCA) -> str:
-    # A valid worker SVID whose payload is swapped for an agent one; signature kept.
+    # A valid worker SVID whose payload is swapped for a sub_agent one; signature kept.
     h, _p, s = ca.mint(ca.spiffe_id(JOB, "worker")).split(".")
-    claims = {"sub": ca.spiffe_id(JOB, "agent"), "aud": ["flashpods-token"], "exp": 2**31 - 1}
+    claims = {"sub": ca.spiffe_id(JOB, "sub_agent"), "aud": ["flashpods-token"], "exp": 2**31 - 1}
     return f"{h}.{_b64(claims)}.{s}"
 
 
@@ -172,16 +172,30 @@ def test_job_of_another_instance_gets_nothing(spire_server, ca, podman):
     assert status == 401 and body["check"] == "job_running"
 
 
-def test_agent_svid_for_a_worker_job_is_refused(spire_server, ca, running_job):
-    status, body, _ = exchange(spire_server.socket, token=ca.mint(ca.spiffe_id(JOB, "agent")))
+def test_sub_agent_svid_for_a_worker_job_is_refused(spire_server, ca, running_job):
+    token = ca.mint(ca.spiffe_id(JOB, "sub_agent"))
+    status, body, _ = exchange(spire_server.socket, token=token)
     assert status == 401 and body["check"] == "job_role"
 
 
-def test_sub_agent_gets_the_agent_tokens(spire_server, ca, podman):
+def test_sub_agent_gets_the_sub_agent_tokens(spire_server, ca, podman):
     podman.add_job(JOB, "sub_agent")
-    status, body, _ = exchange(spire_server.socket, token=ca.mint(ca.spiffe_id(JOB, "agent")))
+    token = ca.mint(ca.spiffe_id(JOB, "sub_agent"))
+    status, body, _ = exchange(spire_server.socket, token=token)
     assert status == 200
     assert body["tokens"] == SECRETS
+
+
+@pytest.mark.parametrize("old", ["agent", "subagent", "sub-agent"])
+def test_an_svid_with_an_old_sub_agent_path_is_refused_naming_the_new(
+    spire_server, ca, podman, old
+):
+    # Entries registered before the rename say /job/<id>/agent: refused, and the
+    # reason says what the entry must say instead.
+    podman.add_job(JOB, "sub_agent")
+    status, body, _ = exchange(spire_server.socket, token=ca.mint(ca.spiffe_id(JOB, old)))
+    assert status == 401 and body["check"] == "sub"
+    assert f"/{old}" in body["error"] and "/job/<job_id>/sub_agent" in body["error"]
 
 
 def test_bundle_rotation_is_picked_up_from_the_file(spire_server, ca, running_job, bundle_file):

@@ -49,14 +49,14 @@ def test_worker_asking_for_an_agent_token_gets_403(spire_server, ca, worker):
 
 def test_asking_for_a_subset_gets_exactly_that(spire_server, ca, podman):
     podman.add_job(JOB, "sub_agent")
-    token = ca.mint(ca.spiffe_id(JOB, "agent"))
+    token = ca.mint(ca.spiffe_id(JOB, "sub_agent"))
     status, body, _ = exchange(spire_server.socket, token=token, body={"tokens": ["GITHUB_TOKEN"]})
     assert status == 200 and body["tokens"] == {"GITHUB_TOKEN": SECRETS["GITHUB_TOKEN"]}
 
 
 def test_text_plain_answer_is_name_equals_base64_lines(spire_server, ca, podman):
     podman.add_job(JOB, "sub_agent")
-    token = ca.mint(ca.spiffe_id(JOB, "agent"))
+    token = ca.mint(ca.spiffe_id(JOB, "sub_agent"))
     status, text, headers = exchange(spire_server.socket, token=token, accept="text/plain")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     lines = text.splitlines()
@@ -81,7 +81,7 @@ def test_secret_file_is_read_at_exchange_time(spire_server, ca, worker, secret_f
 
 def test_audit_lines_are_json_with_the_fields_and_never_values(spire_server, ca, podman):
     podman.add_job(JOB, "sub_agent")
-    token = ca.mint(ca.spiffe_id(JOB, "agent"))
+    token = ca.mint(ca.spiffe_id(JOB, "sub_agent"))
     exchange(spire_server.socket, token=token)
     exchange(spire_server.socket, token="garbage")
     raw = spire_server.audit_path.read_text()
@@ -89,7 +89,7 @@ def test_audit_lines_are_json_with_the_fields_and_never_values(spire_server, ca,
         assert value not in raw
     granted, refused = [json.loads(line) for line in raw.splitlines()]
     assert set(granted) >= {"time", "spiffe_id", "job", "granted", "refused", "outcome"}
-    assert granted["spiffe_id"] == f"spiffe://flashpods.internal/job/{JOB}/agent"
+    assert granted["spiffe_id"] == f"spiffe://flashpods.internal/job/{JOB}/sub_agent"
     assert granted["job"] == JOB and granted["outcome"] == "granted"
     assert granted["granted"] == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]
     assert refused["outcome"] == "unauthenticated" and refused["spiffe_id"] is None
@@ -99,7 +99,7 @@ def test_audit_lines_are_json_with_the_fields_and_never_values(spire_server, ca,
 @pytest.mark.parametrize(
     "name",
     [
-        'X"}\n{"outcome":"granted","spiffe_id":"spiffe://flashpods.internal/job/x/agent',
+        'X"}\n{"outcome":"granted","spiffe_id":"spiffe://flashpods.internal/job/x/sub_agent',
         "GITHUB_TOKEN\nFAKE",
         "lower_case",
         "A" * 65,
@@ -278,6 +278,10 @@ def test_stale_socket_is_replaced(tmp_path, secret_files, podman, bundle_file, s
         ({"mode": "trust-me"}, "mode must be one of"),
         ({"roles": {"worker": ["NOPE"]}}, "has no entry in secrets"),
         ({"roles": {"admin": []}}, "unknown key 'admin'"),
+        # The sub-agent role is spelled sub_agent; old spellings name the new one.
+        ({"roles": {"agent": []}}, "roles.agent is an old name .* write roles.sub_agent"),
+        ({"roles": {"subagent": []}}, "roles.subagent is an old name .* roles.sub_agent"),
+        ({"roles": {"sub-agent": []}}, "roles.sub-agent is an old name .* roles.sub_agent"),
         ({"secrets": {"GITHUB_TOKEN": "relative/path"}}, "absolute file path"),
         ({"podman_url": "http://127.0.0.1:8080"}, "unix:///path"),
         ({"spire": {"bundle_file": None, "agent_socket": None}}, "exactly one of"),

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "services" / "api"))
-
-from flashpods_api.registrar import (  # noqa: E402
+from flashpods_api.registrar import (
     NoopRegistrar,
     RegistrarError,
     SpireRegistrar,
@@ -66,7 +62,7 @@ def test_register_runs_entry_create_with_the_exact_flags_standin(standin):
         [
             "entry", "create",
             "-parentID", PARENT,
-            "-spiffeID", "spiffe://flashpods.internal/job/job_aaaabbbbcccc/agent",
+            "-spiffeID", "spiffe://flashpods.internal/job/job_aaaabbbbcccc/sub_agent",
             "-selector", "flashpods:job:job_aaaabbbbcccc",
             "-selector", "flashpods:kind:sub_agent",
             "-selector", "flashpods:instance:dev",
@@ -76,7 +72,7 @@ def test_register_runs_entry_create_with_the_exact_flags_standin(standin):
         ]
     ]  # fmt: skip
     [entry] = entries(standin)
-    assert entry["spiffe_id"]["path"] == "/job/job_aaaabbbbcccc/agent"
+    assert entry["spiffe_id"]["path"] == "/job/job_aaaabbbbcccc/sub_agent"
 
 
 def test_worker_gets_the_worker_path_and_a_retry_is_idempotent_standin(standin):
