@@ -15,19 +15,18 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import datetime
 import json
 import os
 import select
 import socket
 import socketserver
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
 
 from .attest_peer import AttestationError
+from .audit import AuditLog
 from .egress import Egress, EgressRefused, check_hostname
 from .identity import JobIdentity
 from .peer_key import PeerKeys
@@ -186,7 +185,7 @@ class CredentialProxy:
         attest: Callable[[socket.socket], JobIdentity],
         egress: Egress,
         ca: HostCA,
-        log: Callable[[dict], None] | None = None,
+        audit: AuditLog | None = None,
         usage: UsageBook | None = None,
     ):
         self.usage = usage
@@ -203,12 +202,18 @@ class CredentialProxy:
         self._sni_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         self._sni_ctx.set_alpn_protocols(["http/1.1"])
         self._sni_ctx.sni_callback = self._on_sni
-        self._log = log or _stderr_log
+        # One line per request; a request that injected a secret is always written, the
+        # rest (tunnels, refusals, failures) count against the caller's window as failed
+        # exchanges do in the token service, so a job cannot flood the log.
+        self._audit = audit or AuditLog(None)
+        self._caller = threading.local()  # who the serving thread's lines are charged to
 
     # -- one connection ---------------------------------------------------------------
 
-    def serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, peer: str | None = None) -> None:
         record: dict = {"outcome": "refused"}
+        self._caller.peer = peer
+        self._caller.spiffe_id = None
         deadline = time.monotonic() + 2 * self.settings.read_timeout_s
         client: socket.socket = conn
         try:
@@ -217,6 +222,7 @@ class CredentialProxy:
             try:
                 ident = self.attest(conn)
                 record |= {"job": ident.job_id, "role": ident.role}
+                self._caller.spiffe_id = ident.spiffe_id
             except AttestationError as exc:
                 record["check"] = exc.check
                 refusal = Refused(403, "unauthenticated", f"not a running job: {exc}")
@@ -476,12 +482,13 @@ class CredentialProxy:
         return base64.b64encode(rewritten.encode("utf-8")).decode("ascii")
 
     def _log_record(self, record: dict) -> None:
-        self._log(record)
-
-
-def _stderr_log(record: dict) -> None:
-    line = {"time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")}
-    print(json.dumps(line | record, ensure_ascii=True), file=sys.stderr, flush=True)
+        self._audit.record_entry(
+            record,
+            always=bool(record.get("injected")),
+            spiffe_id=getattr(self._caller, "spiffe_id", None),
+            job=record.get("job"),
+            peer=getattr(self._caller, "peer", None),
+        )
 
 
 class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -551,7 +558,9 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
     def process_request_thread(self, request, client_address) -> None:
         try:
-            self.proxy.serve(request)
+            with self._lock:
+                peer = self._keys.get(id(request))
+            self.proxy.serve(request, peer)
         except Exception:
             self.handle_error(request, client_address)
         finally:

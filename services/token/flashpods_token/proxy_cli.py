@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from .attest_peer import PeerAttestor, check_capability
+from .audit import AuditLog
 from .config import ConfigError, TokenConfig, load_config
 from .egress import Egress, nonpublic_networks
 from .podman import PodmanClient, PodmanError
@@ -18,7 +19,7 @@ from .ratelimit import RateLimiter
 from .usage import UsageBook
 
 
-def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor]:
+def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLog]:
     settings = config.proxy
     if settings is None:
         raise SystemExit("flashpods-proxy: the token config has no proxy block")
@@ -45,19 +46,26 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor]:
         attestor.refresh()
     except PodmanError as exc:
         print(f"flashpods-proxy: Podman not reachable yet ({exc})", file=sys.stderr)
+    audit = AuditLog(
+        None,  # stderr: the service log (journald on NixOS)
+        failures_per_window=config.limits.audit_failures_per_window,
+        window_s=config.limits.audit_window_s,
+    )
+    audit.start_flusher()
     proxy = CredentialProxy(
         settings,
         Policy(config.roles, config.secrets, settings.rules),
         attestor.attest,
         Egress(forbidden, settings.static_hosts, settings.connect_timeout_s),
         HostCA(settings.ca_dir),
+        audit=audit,
         usage=(
             UsageBook(settings.usage_dir, settings.budget_tokens, config.socket_group)
             if settings.usage_dir
             else None
         ),
     )
-    return ProxyServer(proxy, config.socket_group), attestor
+    return ProxyServer(proxy, config.socket_group), attestor, audit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    server, attestor = build_proxy(config)
+    server, attestor, audit = build_proxy(config)
     try:
         if stopping.is_set():
             return 0
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
         attestor.close()
+        audit.close()  # what was held back is written with its counts
     return 0
 
 

@@ -154,3 +154,35 @@ def test_one_job_holding_its_connection_cap_does_not_starve_another(proxy_host, 
     (seen,) = origin.seen("/other-job")
     assert seen["headers"]["authorization"] == f"token {keys['GITHUB_TOKEN']}"
     api.kill(hog["id"])
+
+
+FLOOD = r"""
+python3 - <<'PY'
+import socket
+for _ in range(200):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect("/run/flashpods/proxy.sock")
+    s.sendall(b"CONNECT 169.254.169.254:80 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.recv(4096)
+    s.close()
+print("flooded")
+PY
+"""
+
+
+def test_a_job_cannot_flood_the_proxy_log(proxy_host):
+    api, _keys = proxy_host()
+    job = api.spawn(kind="worker", command=FLOOD, image=AGENT_IMAGE, timeout_s=300)
+    api.wait(job["id"])
+    assert b"flooded" in api.logs(job["id"])
+    api.host.kill("proxy")  # SIGTERM: what was held back is written with its counts
+    api.wait_for("the proxy to stop", lambda: not api.host._services["proxy"].running)
+    lines = [
+        json.loads(line)
+        for line in api.host.paths.service_log("proxy").read_text().splitlines()
+        if line.startswith("{") and job["id"] in line
+    ]
+    written = [r for r in lines if r["outcome"] != "suppressed"]
+    (held,) = [r for r in lines if r["outcome"] == "suppressed"]
+    assert len(written) <= 20 and all(r["code"] == "egress_refused" for r in written)
+    assert len(written) + held["counts"]["refused"] == 200
