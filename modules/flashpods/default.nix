@@ -158,7 +158,10 @@ in
         description = ''
           Warm containers kept created and started ahead of demand, per job kind
           (`worker`, `sub_agent`); a spawn takes one and hands it its command.
-          Empty: every job starts cold. Rendered as the API's `warm_pool`.
+          On by default with one per kind (flashpods_api/defaults.json), so a
+          first spawn takes the warm path; each idle one holds about 2 MiB
+          (docs/api.md, "Warm pool"). `{ }`: every job starts cold. Rendered as
+          the API's `warm_pool`.
         '';
       };
       maxConcurrentJobs = lib.mkOption {

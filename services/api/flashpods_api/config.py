@@ -146,7 +146,7 @@ def _check(cfg: dict[str, Any]) -> None:
             "allowed_peers must be a list of IP address strings ([] allows any peer)."
         )
     images = cfg["images"]
-    for kind in ("worker", "sub_agent"):
+    for kind in kinds.KINDS:
         if images[kind] not in images["allowed"]:
             raise ConfigError(
                 f"images.{kind} ({images[kind]!r}) must also be listed in images.allowed."
@@ -232,7 +232,7 @@ def _check_warm_pool(pool: Any) -> None:
         raise ConfigError('warm_pool must be a JSON object like {"worker": 2, "sub_agent": 0}.')
     for kind, count in pool.items():
         _refuse_old_sub_agent_name(kind, f"warm_pool.{kind}")
-        if kind not in ("worker", "sub_agent"):
+        if kind not in kinds.KINDS:
             raise ConfigError(f"warm_pool.{kind}: unknown kind; use worker or sub_agent.")
         if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= WARM_POOL_MAX:
             raise ConfigError(

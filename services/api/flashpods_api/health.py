@@ -20,8 +20,9 @@ from typing import Any
 
 from .config import Config
 from .jobs import Engine
+from .kinds import KINDS
 from .runtime import PodmanError, Runtime
-from .store import KINDS, Store
+from .store import Store
 
 HEARTBEAT_STALE_S = 15.0
 # The reaper's Podman record is trusted for a few of its intervals, at least this long.

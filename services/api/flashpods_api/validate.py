@@ -15,7 +15,8 @@ from typing import Any
 from . import artifacts, ids, job_disk, kinds
 from .config import CREDENTIAL_NAMES, Config
 from .errors import bad_request
-from .store import KINDS, STATUSES
+from .kinds import KINDS
+from .store import STATUSES
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Names Flashpods sets or that would change how every program in the container behaves.

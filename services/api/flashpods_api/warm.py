@@ -32,9 +32,10 @@ from .config import Config
 from .container_spec import ContainerSpecs
 from .job_files import JobFiles
 from .job_start import drop_identity, take_upload
+from .kinds import KINDS
 from .registrar import Registrar
 from .runtime import CONTROL_IN_CONTAINER, PodmanError, Runtime
-from .store import FINAL, KINDS, Store
+from .store import FINAL, Store
 
 log = logging.getLogger(__name__)
 

@@ -125,10 +125,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.config is not None:
         args.config = args.config.resolve()
         args.file_settings = settings_file.read(args.config)
-    given, from_file = [], []
+    given = []
     for name in settings_file.FLAGS:
         if not hasattr(args, name):
-            continue  # stop/check take --root only
+            continue  # `stop` takes --root only
         if getattr(args, name) is not None:
             given.append("--" + name.replace("_", "-"))
         elif name in args.file_settings:
@@ -136,8 +136,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, name, Path(value) if name in ("root", "env_file") else value)
         else:
             setattr(args, name, defaults[name])
-    from_file = sorted(args.file_settings)
-    args.sources = _sources(args.config, from_file, given)
+    args.sources = _sources(args.config, sorted(args.file_settings), given)
     return args
 
 
@@ -382,12 +381,23 @@ def stop(root: Path) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 60
-    while _running_pid(root) == pid:
+    # Until the process itself has exited, not only removed its pid file: its Python
+    # teardown after that (it has imported the API's config checks) takes a moment.
+    while _running_pid(root) == pid or not _exited(pid):
         if time.monotonic() > deadline:
             raise RuntimeError(f"dev host pid {pid} did not stop within 60 s")
-        time.sleep(0.2)
+        time.sleep(0.1)
     print(f"flashpods-devhost: stopped the dev host on {root}")
     return 0
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody has reaped yet (it was started in a session of its own)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
 
 
 if __name__ == "__main__":

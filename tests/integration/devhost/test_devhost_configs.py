@@ -99,3 +99,15 @@ def test_a_role_granting_an_unknown_secret_is_refused_with_the_name() -> None:
 def test_bad_settings_say_what_to_change(field: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HostSettings(**{field: value})
+
+
+def test_an_old_sub_agent_role_is_refused_naming_the_new() -> None:
+    with pytest.raises(ValueError, match="roles.agent is an old name .* write roles.sub_agent"):
+        configs.token_config(
+            paths=PATHS,
+            instance="t-cfg",
+            socket_group="flashpods",
+            roles={"worker": [], "agent": []},
+            secret_files={},
+            overrides={},
+        )

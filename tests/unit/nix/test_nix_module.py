@@ -534,6 +534,7 @@ BROKEN_CASES = {
     "samePorts": ["services.flashpods.rsync.port"],
     "controlInWorkspaces": ["services.flashpods.storage.control", "group flashpods"],
     "badWarmKind": ["services.flashpods.api.warmPool", "worker or sub_agent"],
+    "oldPolicyName": ["token.policy.agent was renamed", "services.flashpods.token.policy.subAgent"],
     "tokenSocketBesidePodman": [
         "services.flashpods.token.socket",
         "/run/flashpods/token/token.sock",

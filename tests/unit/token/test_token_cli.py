@@ -42,6 +42,16 @@ def test_unknown_key_stops_with_a_sentence(tmp_path, secret_files, podman):
     assert "unknown key 'sokcet'" in out.stderr
 
 
+def test_an_old_sub_agent_role_stops_with_the_new_name(tmp_path, secret_files, podman):
+    cfg = base_config(tmp_path, secret_files, podman, mode="peer")
+    cfg["roles"] = {"worker": [], "agent": ["GITHUB_TOKEN"]}
+    path = tmp_path / "token.json"
+    path.write_text(json.dumps(cfg))
+    out = run(path)
+    assert out.returncode == 2
+    assert "roles.agent is an old name of the sub-agent role; write roles.sub_agent" in out.stderr
+
+
 def test_missing_config_variable_says_what_to_set():
     out = subprocess.run([script()], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
                          text=True, timeout=20)  # fmt: skip
