@@ -38,3 +38,28 @@ def test_curl_and_git_through_the_relay(proxy_host, origin):
     assert "tunnel:200" in lines
     (tunnel,) = origin.seen("/tunnel")
     assert tunnel["headers"]["authorization"] == f"token fpph.GITHUB_TOKEN.{job['id']}"
+
+
+RESTART_SCRIPT = r"""
+c() { curl -sS -H "Authorization: token $GITHUB_TOKEN" "https://api.github.com/$1" -o /dev/null \
+      -w "$1:%{http_code}\n"; }
+c before
+while [ ! -e /workspace/go ]; do sleep 0.2; done
+c after
+"""
+
+
+def test_a_proxy_restart_keeps_running_jobs_served(proxy_host, origin):
+    # The socket is renamed into the directory containers mount, the CA is kept in
+    # ca_dir, and the relay dials the socket per connection: a restart is invisible.
+    api, keys = proxy_host()
+    job = api.spawn(kind="worker", command=RESTART_SCRIPT, image=AGENT_IMAGE, timeout_s=300)
+    api.wait_for("the first call", lambda: b"before:" in api.logs(job["id"]))
+    api.host.kill("proxy")
+    api.host.start("proxy")
+    (api.host.paths.workspaces / job["id"] / "go").touch()
+    final = api.wait(job["id"])
+    text = api.logs(job["id"]).decode(errors="replace")
+    assert final["status"] == "succeeded" and "before:200" in text and "after:200" in text, text
+    (after,) = origin.seen("/after")
+    assert after["headers"]["authorization"] == f"token {keys['GITHUB_TOKEN']}"
