@@ -40,6 +40,7 @@ from .usage import UsageBook
 
 MAX_HEAD = 65536
 CHUNK = 65536
+SPLICE_BUFFER = 1 << 20
 # Headers that belong to one hop: never passed on (the proxy ones would tell upstream
 # about us; Connection is set to close: one request per intercepted connection).
 HOP_HEADERS = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te"}
@@ -147,6 +148,8 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
     for s in (client, upstream):
         s.settimeout(idle_s)
     readers = [client, upstream]
+    buf = bytearray(SPLICE_BUFFER)
+    view = memoryview(buf)
     while readers:
         ready = [s for s in readers if isinstance(s, ssl.SSLSocket) and s.pending()]
         if not ready:
@@ -156,12 +159,17 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
         for s in ready:
             other = upstream if s is client else client
             try:
-                data = s.recv(CHUNK)
+                n = s.recv_into(view[:CHUNK])
+                # A TLS socket hands out one record (16 KiB) per read: take what is
+                # already decrypted too, so one write carries many records.
+                while n and n < len(buf) and isinstance(s, ssl.SSLSocket) and s.pending():
+                    n += s.recv_into(view[n:], min(s.pending(), len(buf) - n))
             except ssl.SSLWantReadError:
                 continue
             except (OSError, ssl.SSLError):
                 return
-            if not data:
+            data = view[:n]
+            if not n:
                 if s is upstream:
                     return
                 readers.remove(s)  # the client sent all; keep answering it
