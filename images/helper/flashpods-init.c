@@ -20,6 +20,7 @@
 #include "exchange.h"
 #include "handover.h"
 #include "normalize.h"
+#include "relay.h"
 #include "secrets.h"
 #include "svid.h"
 #include "util.h"
@@ -329,6 +330,11 @@ int main(int argc, char **argv)
     step_home();
     if (step_exchange() < 0)
         return EXIT_HELPER_FAILED;
+    struct err relay_err;
+    if (relay_start(&relay_err) < 0) {
+        say("%s", relay_err.msg);
+        return EXIT_HELPER_FAILED;
+    }
 
     restore_fd_limit();
     execvp(argv[first], argv + first);

@@ -9,6 +9,18 @@ from pydantic import BaseModel, Field
 Time = str | int | float | None
 
 
+class ModelUsage(BaseModel):
+    """Model calls the host's credential proxy metered for the job (docs/token.md)."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    budget_tokens: int | None = Field(None, description="The job's cap of input + output tokens")
+    budget_exhausted: bool = Field(False, description="The job used its whole model budget")
+
+
 class JobInfo(BaseModel):
     id: str
     kind: str | None = None
@@ -21,6 +33,7 @@ class JobInfo(BaseModel):
     queue_position: int | None = None
     image: str | None = None
     timeout_s: int | None = None
+    usage: ModelUsage | None = None
 
     @classmethod
     def from_api(cls, job: dict[str, Any]) -> JobInfo:
@@ -33,6 +46,11 @@ class JobInfo(BaseModel):
             parts.append(f"exit {self.exit_code}")
         if self.queue_position is not None:
             parts.append(f"queue position {self.queue_position}")
+        if self.usage is not None and self.usage.requests:
+            u = self.usage
+            parts.append(f"model {u.requests} calls, {u.input_tokens} in / {u.output_tokens} out")
+            if u.budget_exhausted:
+                parts.append("budget_exhausted")
         if self.error:
             parts.append(f"error: {self.error}")
         return " ".join(parts)

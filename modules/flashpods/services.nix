@@ -162,6 +162,9 @@ in
         sub_agent = cfg.token.policy.subAgent;
       };
       secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
+      # No credential proxy in the module yet (issue 15): every secret is opted into
+      # environment delivery explicitly, the weaker way (docs/token.md).
+      env_delivery = builtins.attrNames cfg.token.secrets;
       audit_log = "/var/log/flashpods-token/audit.log";
       spire = {
         bundle_file = null;

@@ -40,6 +40,8 @@ def create_app(
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    # The credential proxy's per-job model usage, shown with each job (job_json.public).
+    app.config["FLASHPODS_USAGE_DIR"] = cfg.raw["storage"].get("usage")
     app.url_map.merge_slashes = False  # "a//b" is a bad artifact path, not a redirect
     app.json.sort_keys = False  # type: ignore[attr-defined]
     store = store or Store(cfg.db_path, cfg.instance)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from flask import current_app, has_app_context
+
 from .store import Store
+from .usage import read_usage
 
 TIMES = (
     "created_at",
@@ -42,4 +45,7 @@ def public(store: Store, job: dict[str, Any] | None) -> dict[str, Any]:
     out["logs_available"] = not job.get("logs_deleted")
     if job["status"] == "queued":
         out["queue_position"] = store.queue_position(job)
+    usage_dir = current_app.config.get("FLASHPODS_USAGE_DIR") if has_app_context() else None
+    if usage_dir:  # the credential proxy's metering (docs/token.md, "Usage and budget")
+        out["usage"] = read_usage(usage_dir, job["id"])
     return out

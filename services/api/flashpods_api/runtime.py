@@ -38,6 +38,9 @@ TOKEN_SOCKET_IN_CONTAINER = "/run/flashpods/token.sock"
 # file keeps the old inode when the token service restarts and renames a new one in.
 TOKEN_DIR_IN_CONTAINER = os.path.dirname(TOKEN_SOCKET_IN_CONTAINER)
 TOKEN_SOCKET_NAME = os.path.basename(TOKEN_SOCKET_IN_CONTAINER)
+# The credential proxy's socket, beside the token socket (docs/design.md): the one
+# other name the mounted directory may hold.
+PROXY_SOCKET_NAME = "proxy.sock"
 AGENT_SOCKET_IN_CONTAINER = "/run/spire/sockets/agent.sock"
 # Likewise the SPIRE agent's socket: a restarted spire-agent creates a new socket file,
 # which a bind mount of the old file never sees (measured: "connection refused").
@@ -167,8 +170,10 @@ def check_token_socket_dir(token_socket: str) -> None:
         names = os.listdir(directory)
     except (FileNotFoundError, PermissionError):
         return  # nothing to see here, or nothing we may see: podman run will say more
-    prefix = f".{TOKEN_SOCKET_NAME}."
-    others = sorted(n for n in names if n != TOKEN_SOCKET_NAME and not n.startswith(prefix))
+    ours = (TOKEN_SOCKET_NAME, PROXY_SOCKET_NAME)
+    others = sorted(
+        n for n in names if n not in ours and not n.startswith(tuple(f".{o}." for o in ours))
+    )
     if others:
         raise PodmanError(
             f"the token socket's directory {directory} is mounted into every job container "

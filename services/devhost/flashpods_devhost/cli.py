@@ -28,6 +28,18 @@ from .host import ATTESTATION_MODES, DEFAULT_ROOT, DEFAULT_VENV, DevHost, HostSe
 
 SECRET_ENV = ("ANTHROPIC_API_KEY", "GITHUB_TOKEN")
 ROLE_WANTS = {"worker": ["GITHUB_TOKEN"], "sub_agent": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}
+# The credential proxy's host rules (docs/design.md): a job holds only a placeholder,
+# the proxy puts the value into requests to these hosts.
+PROXY_RULES = {
+    "ANTHROPIC_API_KEY": ["api.anthropic.com"],
+    "GITHUB_TOKEN": [
+        "github.com",
+        "api.github.com",
+        "uploads.github.com",
+        "codeload.github.com",
+        "raw.githubusercontent.com",
+    ],
+}
 MCP_LINE = "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp"
 RESTART_LIMIT = 5
 
@@ -200,6 +212,9 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         secrets=secrets,
         roles=roles,
         firewall=args.firewall,
+        token_overrides={
+            "proxy": {"rules": {n: PROXY_RULES[n] for n in secrets if n in PROXY_RULES}}
+        },
         venv=Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
         api_overrides={
             "allowed_peers": [args.laptop_addr],

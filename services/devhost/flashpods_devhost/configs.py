@@ -112,4 +112,24 @@ def token_config(
         "audit_log": str(paths.audit_log),
         "spire": {"bundle_file": None, "agent_socket": None, "audience": "flashpods-token"},
     }
-    return deep_merge(base, overrides)
+    return proxy_defaults(deep_merge(base, overrides), paths)
+
+
+def proxy_defaults(config: dict[str, Any], paths: Paths) -> dict[str, Any]:
+    """Fill the credential proxy's paths when a `proxy` block is given, and opt every
+    secret without a host rule into environment delivery (the dev host's default so
+    far; the token service refuses a secret with neither, docs/token.md)."""
+    proxy = config.get("proxy")
+    if proxy is not None:
+        from .render import FIREWALL_TEMPLATE, template_dir
+
+        config["proxy"] = {
+            "socket": str(paths.token_socket.parent / "proxy.sock"),
+            "ca_dir": str(paths.token_state / "proxy-ca"),
+            "firewall_template": str(template_dir() / FIREWALL_TEMPLATE),
+            "usage_dir": str(paths.usage),
+        } | proxy
+    ruled = set((config.get("proxy") or {}).get("rules") or {})
+    if "env_delivery" not in config:
+        config["env_delivery"] = sorted(set(config["secrets"]) - ruled)
+    return config

@@ -30,6 +30,8 @@ SERVICE_ORDER = ("podman", "token", "rsyncd", "api", "reaper")
 # plugin asks it about jobs) and the token service (which streams the agent's bundle).
 SPIRE_SERVICES = ("spire-server", "spire-agent")
 ATTESTATION_MODES = ("peer", "spire")
+# With the credential proxy (a token config with a `proxy` block) it starts right
+# after the token service; service_names adds it only then.
 # Stopped first so nothing starts new containers while the rest goes down.
 STOP_ORDER = ("api", "reaper", "token", "rsyncd", "podman")
 LOOPBACK = "127.0.0.1"
@@ -115,9 +117,13 @@ class DevHost:
     @property
     def service_names(self) -> tuple[str, ...]:
         """The services this host runs, in start order."""
-        if self.settings.attestation != "spire":
-            return SERVICE_ORDER
-        return (SERVICE_ORDER[0], *SPIRE_SERVICES, *SERVICE_ORDER[1:])
+        names = SERVICE_ORDER
+        if self.settings.attestation == "spire":
+            names = (names[0], *SPIRE_SERVICES, *names[1:])
+        if "proxy" in self.token_config:  # known once the configs are written
+            at = names.index("token") + 1
+            names = (*names[:at], "proxy", *names[at:])
+        return names
 
     # ---- what tests and scripts use -------------------------------------------------
 
@@ -132,6 +138,11 @@ class DevHost:
     @property
     def token_socket(self) -> Path:
         return self.paths.token_socket
+
+    @property
+    def proxy_socket(self) -> Path:
+        """The credential proxy's socket, beside the token socket (docs/design.md)."""
+        return self.paths.token_socket.parent / "proxy.sock"
 
     @property
     def podman_url(self) -> str:
@@ -266,6 +277,9 @@ class DevHost:
             secret_files=secret_files,
             overrides=token_overrides,
         )
+        proxy = self.token_config.get("proxy")
+        if proxy and proxy.get("usage_dir") and not self.api_config["storage"].get("usage"):
+            self.api_config["storage"]["usage"] = proxy["usage_dir"]  # shown per job
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
         # Where this host answers, for `flashpods-devhost check` (doctor.py).
         endpoints = {
@@ -352,9 +366,9 @@ class DevHost:
             argv = ["podman", "system", "service", "--time=0", self.podman_url]
             env = self._podman_env()
             umask = 0o007  # socket 0660: group flashpods may drive the sandbox
-        elif name == "token":
+        elif name in ("token", "proxy"):
             account = acc.token
-            argv = [str(venv_bin / "flashpods-token")]
+            argv = [str(venv_bin / f"flashpods-{name}")]
             env = base_env | {
                 "HOME": str(paths.token_home),
                 "XDG_RUNTIME_DIR": str(paths.token_runtime),
@@ -423,7 +437,11 @@ class DevHost:
         service = self._services[name]
         s, paths = self.settings, self.paths
         # A socket left by a killed predecessor would make the readiness probe lie.
-        stale = {"podman": paths.podman_socket, "token": paths.token_socket}.get(name)
+        stale = {
+            "podman": paths.podman_socket,
+            "token": paths.token_socket,
+            "proxy": self.proxy_socket,
+        }.get(name)
         if stale is not None:
             stale.unlink(missing_ok=True)
         if name == "spire-agent":
@@ -450,10 +468,11 @@ class DevHost:
                 service.check_alive,
             )
             os.chmod(paths.podman_socket, 0o660)
-        elif name == "token":
+        elif name in ("token", "proxy"):
+            sock = paths.token_socket if name == "token" else self.proxy_socket
             probes.wait_until(
-                "token service socket",
-                lambda: probes.unix_socket_answers(paths.token_socket),
+                f"{name} service socket",
+                lambda: probes.unix_socket_answers(sock),
                 30,
                 service.check_alive,
             )
@@ -533,7 +552,7 @@ class DevHost:
             self.remove_containers()
         except Exception as error:  # keep stopping the rest
             errors.append(f"removing containers: {error}")
-        for name in ("token", "rsyncd", *reversed(SPIRE_SERVICES), "podman"):
+        for name in ("proxy", "token", "rsyncd", *reversed(SPIRE_SERVICES), "podman"):
             _collect(errors, self._services.get(name))
         if self._firewall_loaded:
             try:

@@ -110,6 +110,11 @@ class Paths:
         return self.root / "state" / "token"
 
     @property
+    def usage(self) -> Path:
+        """The credential proxy's per-job model usage (written by it, read by the API)."""
+        return self.root / "state" / "usage"
+
+    @property
     def audit_log(self) -> Path:
         return self.token_state / "audit.log"
 
@@ -160,6 +165,7 @@ class Layout:
         self._dir(p.token_home, token, None, 0o700)
         self._dir(p.root / "state", None, None, 0o755)
         self._dir(p.token_state, token, None, 0o700)
+        self._dir(p.usage, token, sandbox, 0o2750)
         runtime = a.runtime_dir(podman)
         if a.separated and not runtime.exists():
             self._dir(runtime, podman, None, 0o700)

@@ -48,7 +48,7 @@ def spire_attest_fn(verifier: SpireVerifier) -> AttestFn:
 def build_service(config: TokenConfig) -> tuple[TokenService, Callable[[], None]]:
     """The exchange service for this config, and a function that releases what it holds."""
     podman = PodmanClient(config.podman_url, config.instance)
-    policy = Policy(config.roles, config.secrets)
+    policy = Policy(config.roles, config.secrets, config.proxy.rules if config.proxy else ())
     audit = AuditLog(
         config.audit_log,
         failures_per_window=config.limits.audit_failures_per_window,

@@ -117,6 +117,24 @@ class AuditLog:
                 return None
             return self._write(entry)
 
+    def record_entry(
+        self,
+        entry: dict[str, Any],
+        *,
+        always: bool,
+        spiffe_id: str | None = None,
+        job: str | None = None,
+        peer: str | None = None,
+    ) -> str | None:
+        """Another service's line (the credential proxy's) under the same bounds: unless
+        `always`, it counts against its caller's window like a failed exchange."""
+        entry = {"time": _now(), **entry}
+        with self._lock:
+            outcome = str(entry.get("outcome", "unknown"))[:_MAX_TEXT]
+            if not always and not self._admit_failure(outcome, spiffe_id, job, peer):
+                return None
+            return self._write(entry)
+
     def _admit_failure(
         self, outcome: str, spiffe_id: str | None, job: str | None, peer: str | None
     ) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .identity import ROLES, TOKEN_NAME_RE, is_old_sub_agent_name
+from .proxy_config import ProxyConfigError, ProxySettings, parse_proxy
 
 ENV_VAR = "FLASHPODS_TOKEN_CONFIG"
 MODES = ("peer", "spire")
@@ -79,6 +80,9 @@ class TokenConfig:
     spire: SpireSettings = field(default_factory=SpireSettings)
     limits: Limits = field(default_factory=Limits)
     rate_limit: RateLimit = field(default_factory=RateLimit)
+    # Credential proxy (docs/design.md): secrets it injects, and those opted into env.
+    proxy: ProxySettings | None = None
+    env_delivery: list[str] = field(default_factory=list)
 
 
 _TOP_KEYS = {
@@ -94,6 +98,8 @@ _TOP_KEYS = {
     "spire",
     "limits",
     "rate_limit",
+    "proxy",
+    "env_delivery",
 }
 _REQUIRED = ("socket", "mode", "trust_domain", "podman_url", "instance", "roles", "secrets")
 
@@ -179,6 +185,10 @@ def parse_config(data: object) -> TokenConfig:
         )
     limits = _sub("token config limits", data.get("limits"), Limits)
     limits.check()
+    try:
+        proxy, env_delivery = parse_proxy(data.get("proxy"), secrets, data.get("env_delivery"))
+    except ProxyConfigError as exc:
+        raise ConfigError(str(exc)) from None
     return TokenConfig(
         socket=data["socket"],
         socket_group=data.get("socket_group"),
@@ -192,6 +202,8 @@ def parse_config(data: object) -> TokenConfig:
         spire=spire,
         limits=limits,
         rate_limit=_sub("token config rate_limit", data.get("rate_limit"), RateLimit),
+        proxy=proxy,
+        env_delivery=env_delivery,
     )
 
 

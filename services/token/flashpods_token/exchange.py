@@ -171,7 +171,7 @@ class TokenService:
         values: dict[str, str] = {}
         try:
             for name in decision.granted:
-                values[name] = self._policy.read(name)
+                values[name] = self._policy.value_for(name, ident.job_id)
         except SecretUnavailable as exc:
             self._audit.record(
                 outcome="unavailable",

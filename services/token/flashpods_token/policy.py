@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from .placeholder import placeholder
 
 
 class SecretUnavailable(Exception):
@@ -22,9 +25,16 @@ class Decision:
 
 
 class Policy:
-    def __init__(self, roles: dict[str, list[str]], secrets: dict[str, str]):
+    def __init__(
+        self,
+        roles: dict[str, list[str]],
+        secrets: dict[str, str],
+        proxied: Iterable[str] = (),
+    ):
         self._roles = {role: list(names) for role, names in roles.items()}
         self._secrets = dict(secrets)
+        # Secrets the credential proxy injects: a job gets only their placeholder.
+        self._proxied = frozenset(proxied)
         self._cache: dict[str, tuple[tuple[int, int, int], str]] = {}
         self._lock = threading.Lock()
 
@@ -40,6 +50,12 @@ class Policy:
             granted=[n for n in wanted if n in allowed],
             refused=[n for n in wanted if n not in allowed],
         )
+
+    def value_for(self, name: str, job_id: str) -> str:
+        """What the job is handed for name: its placeholder, or (env delivery) the value."""
+        if name in self._proxied:
+            return placeholder(name, job_id)
+        return self.read(name)
 
     def read(self, name: str) -> str:
         path = self._secrets[name]

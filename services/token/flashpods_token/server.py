@@ -235,6 +235,60 @@ class ExchangeHandler(BaseHTTPRequestHandler):
     do_DELETE = do_PATCH = do_HEAD = do_PUT
 
 
+def bind_in_place(sock: socket.socket, path: str, group: str | None, backlog: int) -> int:
+    """Bind under a temporary name (mode 0600 from the start), set group and mode, listen,
+    then rename over the path, so the socket is never reachable with looser permissions
+    than 0660 and never missing while a predecessor's is replaced. Returns its inode.
+
+    Containers mount the socket's directory, not the socket (a file bind mount would keep
+    the old inode after a restart), so nothing but sockets of these services is ever
+    created there: the temporary name is a dot-name beside it. Also the credential
+    proxy's socket (proxy.py)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            pass  # stale socket of a dead service: replace it below
+        else:
+            raise SystemExit(f"flashpods-token: another service is listening on {path}")
+        finally:
+            probe.close()
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SystemExit(f"flashpods-token: socket_group {group!r} does not exist") from None
+    tmp_path = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
+    # bind() creates the node with the process umask: 0600 until it is ready. No other
+    # thread creates files yet (the server is not serving).
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(tmp_path)
+    finally:
+        os.umask(old_umask)
+    try:
+        if gid != -1:
+            try:
+                os.chown(tmp_path, -1, gid)
+            except PermissionError:
+                raise SystemExit(
+                    f"flashpods-token: cannot give the socket group {group}: "
+                    "the service user must be a member of it"
+                ) from None
+        os.chmod(tmp_path, 0o660)
+        # Listen before the socket becomes visible: whoever sees the path can connect.
+        sock.listen(backlog)
+        os.rename(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_path)
+        raise
+    return os.stat(path).st_ino
+
+
 class TokenServer(socketserver.UnixStreamServer):
     """One thread per admitted connection; admission is decided in the accepting thread,
     from kernel facts only, so a flood of connections never reaches a handler."""
@@ -255,60 +309,10 @@ class TokenServer(socketserver.UnixStreamServer):
         super().__init__(path, ExchangeHandler, bind_and_activate=True)
 
     def server_bind(self) -> None:
-        """Bind under a temporary name (mode 0600 from the start), set group and mode,
-        then rename over the path, so the socket is never reachable with looser
-        permissions than 0660 and never missing while a predecessor's is replaced.
-
-        Containers mount the socket's directory, not the socket (a file bind mount
-        would keep the old inode after a restart), so nothing but sockets of this
-        service is ever created there: the temporary name is a dot-name beside it."""
-        path = self.socket_path
-        parent = os.path.dirname(os.path.abspath(path))
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                pass  # stale socket of a dead service: replace it below
-            else:
-                raise SystemExit(f"flashpods-token: another service is listening on {path}")
-            finally:
-                probe.close()
-        gid = -1
-        if self._group:
-            try:
-                gid = grp.getgrnam(self._group).gr_gid
-            except KeyError:
-                raise SystemExit(
-                    f"flashpods-token: socket_group {self._group!r} does not exist"
-                ) from None
-        tmp_path = os.path.join(parent, f".{os.path.basename(path)}.{secrets.token_hex(8)}")
-        # bind() creates the node with the process umask: 0600 until it is ready. No
-        # other thread creates files yet (the server is not serving).
-        old_umask = os.umask(0o177)
-        try:
-            self.socket.bind(tmp_path)
-        finally:
-            os.umask(old_umask)
-        try:
-            if gid != -1:
-                try:
-                    os.chown(tmp_path, -1, gid)
-                except PermissionError:
-                    raise SystemExit(
-                        f"flashpods-token: cannot give the socket group {self._group}: "
-                        "the service user must be a member of it"
-                    ) from None
-            os.chmod(tmp_path, 0o660)
-            # Listen before the socket becomes visible: whoever sees the path can connect.
-            self.socket.listen(self.request_queue_size)
-            os.rename(tmp_path, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_path)
-            raise
-        self._ino = os.stat(path).st_ino
-        self.server_address = path
+        self._ino = bind_in_place(
+            self.socket, self.socket_path, self._group, self.request_queue_size
+        )
+        self.server_address = self.socket_path
 
     def server_activate(self) -> None:
         pass  # already listening: server_bind listens before it renames into place

@@ -18,7 +18,7 @@ API_KEYS = {
 }  # fmt: skip
 TOKEN_KEYS = {
     "socket", "socket_group", "mode", "trust_domain", "podman_url", "instance", "roles",
-    "secrets", "audit_log", "spire",
+    "secrets", "audit_log", "spire", "env_delivery",
 }  # fmt: skip
 
 
@@ -39,7 +39,15 @@ def test_api_config_has_the_design_keys_and_paths_under_the_root() -> None:
     assert set(config) == API_KEYS
     assert config["db_path"] == str(PATHS.root / "db" / "flashpods.db")
     assert config["podman_url"] == f"unix://{PATHS.root}/run/podman/podman.sock"
-    assert set(config["storage"]) == {"uploads", "workspaces", "artifacts", "logs", "control"}
+    assert set(config["storage"]) == {
+        "uploads",
+        "workspaces",
+        "artifacts",
+        "logs",
+        "control",
+        "usage",
+    }
+    assert config["storage"]["usage"] is None  # set only when the proxy meters (host.py)
     # The warm pool's control root: beside the job-writable dirs, never inside them.
     assert config["storage"]["control"] == str(PATHS.root / "control")
     # Retention given in the settings replaces only the keys it names.
@@ -64,6 +72,8 @@ def test_token_config_has_the_design_keys() -> None:
     )
     assert set(config) == TOKEN_KEYS
     assert config["mode"] == "peer"
+    # No proxy block: the dev host opts each secret into environment delivery itself.
+    assert config["env_delivery"] == ["GITHUB_TOKEN"]
 
 
 def test_a_role_granting_an_unknown_secret_is_refused_with_the_name() -> None:

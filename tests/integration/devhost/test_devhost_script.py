@@ -104,7 +104,9 @@ def _dev_host(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def test_detach_then_stop(dev_env: dict[str, str]) -> None:
     # setup.sh already ran (scripts/test); --no-firewall: the table would bind the whole
-    # machine's flashpods uid, and other tests share it.
+    # machine's flashpods uid, and other tests share it. A secret in the environment
+    # starts the credential proxy too (its host rules are the CLI's).
+    dev_env = dev_env | {"GITHUB_TOKEN": f"ghp_devhost{secrets.token_hex(8)}"}
     started = _dev_host(dev_env, "--detach", "--no-install", "--no-firewall")
     assert started.returncode == 0, started.stdout + started.stderr
     assert "claude mcp add flashpods -- /opt/flashpods/venv/bin/flashpods-mcp" in started.stdout
@@ -126,6 +128,8 @@ def test_detach_then_stop(dev_env: dict[str, str]) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     assert requests.get(f"{api}/jobs", headers=auth, timeout=10).status_code == 200
     assert _listening(rsync_port)
+    proxy_sock = Path(dev_env["FLASHPODS_DEV_ROOT"]) / "run" / "token" / "proxy.sock"
+    assert proxy_sock.is_socket()
 
     # The README's curl walk-through, verbatim in spirit: upload, job, logs, artifact.
     walk = subprocess.run(

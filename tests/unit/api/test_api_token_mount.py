@@ -53,3 +53,17 @@ def test_a_directory_shared_with_the_podman_socket_is_refused(tmp_path):
             check_token_socket_dir(str(tmp_path / "token.sock"))
     finally:
         held.close()
+
+
+def test_the_credential_proxy_socket_may_sit_beside_it(tmp_path):
+    # docs/design.md, "Credential proxy": jobs reach the proxy through the same mount.
+    names = ("token.sock", "proxy.sock", ".proxy.sock.0123abcd")
+    held = [_bind(tmp_path / n) for n in names]
+    try:
+        check_token_socket_dir(str(tmp_path / "token.sock"))
+        (tmp_path / "proxy.sock.bak").touch()
+        with pytest.raises(PodmanError, match=r"also holds proxy.sock.bak"):
+            check_token_socket_dir(str(tmp_path / "token.sock"))
+    finally:
+        for s in held:
+            s.close()

@@ -184,3 +184,21 @@ def test_list_jobs_structured_and_text(env, home, api_routes, open_mcp):
     assert result.structuredContent["jobs"][0]["id"] == JOB
     assert result.content[0].text == "job_0123456789ab worker queued queue position 1"
     assert api_routes.requests[-1]["path"] == "/jobs?status=queued&limit=5"
+
+
+def test_job_results_carry_the_proxys_model_usage(env, home, fake_api, open_mcp):
+    usage = {"requests": 3, "input_tokens": 30, "output_tokens": 80,
+             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+             "budget_tokens": 100, "budget_exhausted": True}  # fmt: skip
+    job = {"id": JOB, "kind": "sub_agent", "status": "failed", "exit_code": 1, "usage": usage}
+    fake_api.routes[("GET", "/jobs")] = (200, {"jobs": [job]})
+
+    async def main():
+        async with open_mcp(env, roots=[home]) as session:
+            return await session.call_tool("list_jobs", {})
+
+    result = anyio.run(main)
+    assert result.structuredContent["jobs"][0]["usage"] == usage
+    assert result.content[0].text == (
+        f"{JOB} sub_agent failed exit 1 model 3 calls, 30 in / 80 out budget_exhausted"
+    )

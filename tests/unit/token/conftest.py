@@ -108,6 +108,7 @@ def base_config(tmp_path: Path, secret_files, podman, **overrides) -> dict:
         "instance": INSTANCE,
         "roles": ROLES,
         "secrets": secret_files,
+        "env_delivery": sorted(secret_files),  # these tests check the exchange of values
         "audit_log": str(tmp_path / "audit.log"),
         "spire": {"bundle_file": None, "agent_socket": None, "audience": "flashpods-token"},
     }

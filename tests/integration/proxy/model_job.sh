@@ -1,0 +1,17 @@
+#!/bin/sh
+# The sub-agent job of test_proxy_usage.py: Messages API calls through the relay, as
+# Claude Code makes them (x-api-key, JSON), plain and streamed, until the budget says no.
+set -u
+call() {
+	curl -sS https://api.anthropic.com/v1/messages -H "x-api-key: $ANTHROPIC_API_KEY" \
+		-H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \
+		-d "{\"model\":\"m\",\"max_tokens\":64,\"stream\":$2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" \
+		-o "/tmp/answer$1" -w "call$1:%{http_code}\n"
+}
+call 1 false
+call 2 true
+call 3 false
+call 4 true
+cat /tmp/answer4
+echo
+grep -c '^event: message_delta' /tmp/answer2 | sed 's/^/stream-events:/'

@@ -1,0 +1,71 @@
+"""Real Claude Code in the agent image reaches the (stand-in) Messages API only through
+the credential proxy: the model sees the real key on every call, the container holds
+only the placeholder (scanned: every process's environment, /tmp, the log, inspect)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from netlab import MODEL_ADDR
+from standin_model import StandinModel, StandinServer
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+MODEL_PORT = 8443  # the stand-in origins hold 443 on the same address
+SCAN = (
+    "for p in /proc/[0-9]*; do cat $p/environ 2>/dev/null; echo; done > /artifacts/environ.txt;"
+    " tar -cf /artifacts/tmp.tar -C /tmp . 2>/dev/null; echo scanned"
+)
+
+
+def pieces(secret: str) -> set[str]:
+    random_part = re.split(r"[_-]", secret)[-1]
+    return {random_part[i : i + 8] for i in range(len(random_part) - 7)}
+
+
+def test_claude_code_uses_the_model_only_through_the_proxy(proxy_host, origin, lab, usage_dir):
+    model = StandinModel({"scan": [{"tool_uses": [{"name": "Bash", "input": {"command": SCAN}}]},
+                                   {"text": "Scanned."}]})  # fmt: skip
+    server = StandinServer(model, host=MODEL_ADDR, port=MODEL_PORT, netns=lab.path(lab.inet))
+    # TLS with the stand-in origins' certificate (it names api.anthropic.com).
+    server._httpd.socket = origin.tls_context.wrap_socket(server._httpd.socket, server_side=True)
+    with server:
+        api, keys = proxy_host(
+            proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
+            api={
+                "sub_agent": {
+                    "env": {
+                        "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
+                        "ANTHROPIC_MODEL": "standin-model",
+                        "FLASHPODS_AGENT_MAX_TURNS": "10",
+                        "CLAUDE_CODE_MAX_RETRIES": "1",
+                    }
+                }
+            },
+        )
+        job = api.spawn(kind="sub_agent", prompt="Scan. [[script:scan]]", timeout_s=300)
+        done = api.wait(job["id"], timeout=300)
+        log = api.logs(job["id"])
+        assert done["status"] == "succeeded", log.decode(errors="replace")[-3000:]
+
+    key = keys["ANTHROPIC_API_KEY"]
+    calls = [r for r in model.requests if r["path"].startswith("/v1/messages")]
+    assert calls and all(r["headers"].get("x-api-key") == key for r in calls), [
+        r["headers"].get("x-api-key", "")[:12] for r in calls
+    ]
+    environ = api.artifact(job["id"], "environ.txt")
+    assert f"fpph.ANTHROPIC_API_KEY.{job['id']}".encode() in environ
+    blobs = {
+        "environ": environ,
+        "tmp": api.artifact(job["id"], "tmp.tar"),
+        "log": log,
+        "inspect": api.host.podman("inspect", job["id"]).stdout.encode(),
+    }
+    for name, blob in blobs.items():
+        for secret_name, secret in keys.items():
+            found = sorted(p for p in pieces(secret) if p.encode() in blob)
+            assert not found, f"{secret_name} pieces in {name}: {found}"
+    usage = json.loads((usage_dir / f"{job['id']}.json").read_text())
+    assert usage["requests"] >= 2 and usage["output_tokens"] > 0, usage
