@@ -117,7 +117,7 @@ class DevHost:
     @property
     def service_names(self) -> tuple[str, ...]:
         """The services this host runs, in start order."""
-        names = SERVICE_ORDER
+        names: tuple[str, ...] = SERVICE_ORDER
         if self.settings.attestation == "spire":
             names = (names[0], *SPIRE_SERVICES, *names[1:])
         if "proxy" in self.token_config:  # known once the configs are written

@@ -147,11 +147,13 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
     One thread: an SSL socket must not be read and written from two threads at once."""
     for s in (client, upstream):
         s.settimeout(idle_s)
-    readers = [client, upstream]
+    readers: list[socket.socket] = [client, upstream]
     buf = bytearray(SPLICE_BUFFER)
     view = memoryview(buf)
     while readers:
-        ready = [s for s in readers if isinstance(s, ssl.SSLSocket) and s.pending()]
+        ready: list[socket.socket] = [
+            s for s in readers if isinstance(s, ssl.SSLSocket) and s.pending()
+        ]
         if not ready:
             ready = select.select(readers, [], [], idle_s)[0]
             if not ready:
@@ -314,7 +316,9 @@ class CredentialProxy:
 
     _pending_sni = threading.local()
 
-    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, ctx) -> int | None:
+    def _on_sni(
+        self, sslobj: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> int | None:
         holder = getattr(self._pending_sni, "name", None)
         try:
             host = check_hostname(server_name or "")
@@ -526,7 +530,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def server_activate(self) -> None:
         pass  # server_bind listens before it renames the socket into place
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         # Admission from kernel facts in the accepting thread, as in the token service:
         # the caller's job is its top PID namespace below ours (peer_key.py).
         key = self._peer_keys.of(request)
@@ -554,7 +558,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             self._release(request)
             self.shutdown_request(request)
 
-    def _release(self, request) -> None:
+    def _release(self, request: socket.socket) -> None:
         with self._lock:
             key = self._keys.pop(id(request), None)
             self._active -= 1
@@ -564,7 +568,7 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             else:
                 self._per_job.pop(key, None)
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         try:
             with self._lock:
                 peer = self._keys.get(id(request))
@@ -580,5 +584,6 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().server_close()
         # Remove our socket, never a successor's (same rule as the token service).
         with contextlib.suppress(OSError):
-            if self._ino is not None and os.stat(self.server_address).st_ino == self._ino:
-                os.unlink(self.server_address)
+            path = self.proxy.settings.socket
+            if self._ino is not None and os.stat(path).st_ino == self._ino:
+                os.unlink(path)

@@ -93,9 +93,15 @@ class HostCA:
             )
         self.cert_pem = (self.directory / CA_CERT).read_bytes()
         self._cert = x509.load_pem_x509_certificate(self.cert_pem)
-        self._key = serialization.load_pem_private_key(
+        key = serialization.load_pem_private_key(
             (self.directory / CA_KEY).read_bytes(), password=None
         )
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise SystemExit(
+                f"flashpods-proxy: {self.directory / CA_KEY} is not the EC key this proxy "
+                "makes; remove both files to make a new CA"
+            )
+        self._key = key
         # One leaf key for every name: leaves live in this process only.
         self._leaf_key = ec.generate_private_key(ec.SECP256R1())
         self._leaf_key_pem = self._leaf_key.private_bytes(

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     server = None
 
-    def stop(signum, frame):
+    def stop(signum: int, frame: object) -> None:
         stopping.set()
         if server is not None:
             threading.Thread(target=server.shutdown, daemon=True).start()
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(
             f"flashpods-proxy: listening on {server.server_address}, rules for "
-            f"{', '.join(sorted(config.proxy.rules)) or 'no secret'}",
+            f"{', '.join(sorted(server.proxy.settings.rules)) or 'no secret'}",
             file=sys.stderr,
             flush=True,
         )

@@ -27,7 +27,9 @@ def is_metered(method: str, target: str) -> bool:
     return method == "POST" and target.split("?", 1)[0] == "/v1/messages"
 
 
-def read_body(sock: socket.socket, have: bytes, headers: list[tuple[str, str]], wait_s: float):
+def read_body(
+    sock: socket.socket, have: bytes, headers: list[tuple[str, str]], wait_s: float
+) -> bytes:
     """The whole request body (Content-Length only: a chunked upload cannot be clamped)."""
     names = {n.lower(): v for n, v in headers}
     if "transfer-encoding" in names:
