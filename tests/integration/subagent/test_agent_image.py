@@ -84,7 +84,7 @@ def test_entrypoint_refuses_to_run_without_a_credential(agent_image, artifacts_d
         env={"FLASHPODS_PROMPT": "hello", "HOME": "/tmp/home", "TMPDIR": "/tmp"},
     )
     assert run.returncode == EXIT_CONFIG, run.stderr
-    assert "no Anthropic credential" in run.stderr and "roles.agent" in run.stderr
+    assert "no Anthropic credential" in run.stderr and "roles.sub_agent" in run.stderr
     summary = json.loads((artifacts_dir / "summary.json").read_text())
     assert summary["exit_reason"] == "config_error" and summary["ok"] is False
 
