@@ -188,7 +188,10 @@ class Reaper:
         with self._job_lock(job_id):
             fresh = self.store.get_job(job_id)
             # Final already: the exit watch recorded its end since the tick's listing.
-            if fresh is not None and fresh["status"] not in FINAL:
+            # Moved on since the jobs were read (its starter ran it after the containers
+            # were listed): the listing predates its container, so its absence there
+            # means nothing; the next tick looks again.
+            if fresh is not None and fresh["status"] == job["status"]:
                 self._step(fresh, container)
                 fresh = self.store.get_job(job_id)
         if fresh is None or fresh["status"] in FINAL:

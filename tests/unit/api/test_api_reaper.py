@@ -62,6 +62,32 @@ def test_vanished_container_is_lost_with_its_log_kept(host):
     assert (Path(host.raw["storage"]["logs"]) / f"{job['id']}.log").read_bytes() == b"last words\n"
 
 
+def test_a_job_started_between_the_tick_reads_is_not_lost(host, monkeypatch):
+    """The tick reads jobs, then containers; a starter may run the job in between.
+
+    The listing then predates the container, so the job must wait for the next tick,
+    not be ended as lost (seen in CI: P4a's fourth job, cold-started under load).
+    """
+    job = host.job()
+    host.store.transition(job["id"], ("running",), status="starting", claimed_at=time.time())
+    listing = host.runtime.containers
+
+    def listed_just_before_the_start() -> list:
+        before = [c for c in listing() if job["id"] not in (c.get("Names") or [])]
+        host.store.transition(job["id"], ("starting",), status="running", started_at=time.time())
+        return before
+
+    monkeypatch.setattr(host.runtime, "containers", listed_just_before_the_start)
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "running"
+    monkeypatch.setattr(host.runtime, "containers", listing)
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "running"
+    host.runtime.exit(job["id"], 0)
+    host.reaper.tick()
+    assert host.store.get_job(job["id"])["status"] == "succeeded"
+
+
 def test_orphan_containers_without_a_record_are_removed(host):
     host.runtime.boxes["job_zzzzzzzzzzzz"] = {"Names": ["job_zzzzzzzzzzzz"], "State": "running"}
     host.reaper.tick()
