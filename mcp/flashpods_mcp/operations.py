@@ -68,25 +68,32 @@ class Flashpods:
         if not source.is_dir():
             raise FlashpodsError(f"{source} is not a directory; give the directory to upload.")
         filters = transfer.filter_args(exclude, include_git)
-        size = transfer.measure(source, filters)
-        transfer.check_size(source, size, self.settings.max_upload_bytes)
+        # The size check runs beside the upload, not before it (see transfer.SizeCheck).
+        size_check = transfer.SizeCheck(source, filters, self.settings.max_upload_bytes)
         if progress:
-            progress(0, size.bytes, f"uploading {size.files} entries, {size.bytes:,} bytes")
+            progress(0, None, f"uploading {source.name}")
 
         basis = self.bases.get(self.settings.api_url, source)
         answer = self.api.create_upload(basis)
         link_dest = answer.get("link_dest")
         if not isinstance(link_dest, str) or not link_dest or "\n" in link_dest:
             link_dest = None
-        stats = transfer.upload(
-            source,
-            self.settings.rsync_url,
-            answer["upload_id"],
-            filters,
-            link_dest=link_dest,
-            progress=progress,
-            total_hint=size.bytes,
-        )
+        if size_check.failed():
+            size_check.result()  # raises: too large or unreadable, before rsync starts
+        try:
+            stats = transfer.upload(
+                source,
+                self.settings.rsync_url,
+                answer["upload_id"],
+                filters,
+                link_dest=link_dest,
+                progress=progress,
+                on_start=size_check.attach,
+            )
+        except FlashpodsError:
+            size_check.result()  # a refused size is the cause to report, not the killed rsync
+            raise
+        size_check.result()
         return UploadReport(
             upload_id=answer["upload_id"],
             source=str(source),

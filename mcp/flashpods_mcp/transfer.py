@@ -5,8 +5,13 @@ of the same source directory, it hands back a `link_dest` (relative to the new u
 directory, see docs/design.md "Upload bases") and rsync hard-links every unchanged file
 from it instead of sending it, so an unchanged tree costs only the file list.
 
-The size cap is checked first with a local dry run using the same filter rules, so
-what is measured is exactly what would be sent.
+The size cap is checked with a local dry run using the same filter rules, so what is
+measured is exactly what would be sent. The dry run overlaps the upload (`SizeCheck`):
+on an unchanged tree it cost as much as the upload's own file list (bench P3, issue 18).
+A tree over the cap still sends no file data in practice: the upload builds and sends
+its whole file list first (`--no-inc-recursive`), by which time the local walk has
+answered and the upload is stopped; an upload stopped that way is never used by a job
+and the host expires it.
 """
 
 from __future__ import annotations
@@ -124,6 +129,56 @@ def check_size(source: Path, size: TreeSize, cap: int) -> None:
         )
 
 
+class SizeCheck:
+    """`measure` + `check_size` on a thread of their own, started now; `attach` hands
+    over the upload's rsync, which is killed as soon as the check fails (or at once if
+    it already has). `result` waits for the check and raises its error."""
+
+    def __init__(self, source: Path, filters: Sequence[str], cap: int) -> None:
+        self._source, self._filters, self._cap = source, filters, cap
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._size: TreeSize | None = None
+        self._error: FlashpodsError | None = None
+        threading.Thread(target=self._run, name="flashpods-measure", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            size = measure(self._source, self._filters)
+            check_size(self._source, size, self._cap)
+            self._size = size
+        except FlashpodsError as exc:
+            self._error = exc
+        except Exception as exc:  # noqa: BLE001 - any failure must stop the upload too
+            self._error = FlashpodsError(f"Cannot measure {self._source} for upload: {exc}.")
+        with self._lock:
+            self._done.set()
+            if self._error is not None and self._process is not None:
+                _kill(self._process)
+
+    def attach(self, process: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._process = process
+            if self._done.is_set() and self._error is not None:
+                _kill(self._process)
+
+    def failed(self) -> bool:
+        return self._done.is_set() and self._error is not None
+
+    def result(self) -> TreeSize:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._size is not None
+        return self._size
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+
+
 def upload(
     source: Path,
     rsync_base: str,
@@ -132,8 +187,11 @@ def upload(
     link_dest: str | None = None,
     progress: ProgressFn | None = None,
     total_hint: int | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> UploadStats:
-    """rsync -a --delete SOURCE/ into rsync_base/upload_id/; returns rsync's statistics."""
+    """rsync -a --delete SOURCE/ into rsync_base/upload_id/; returns rsync's statistics.
+
+    `on_start` gets the rsync process as soon as it runs (a `SizeCheck` may kill it)."""
     target = f"{rsync_base.rstrip('/')}/{upload_id}/"
     argv = [
         rsync_binary(),
@@ -155,6 +213,8 @@ def upload(
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     ) as process:
+        if on_start is not None:
+            on_start(process)
         assert process.stdout is not None and process.stderr is not None
         stderr_pipe = process.stderr
         stdout = cast(io.BufferedReader, process.stdout)  # bytes, buffered: read1 is there

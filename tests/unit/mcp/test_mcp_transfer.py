@@ -2,10 +2,14 @@
 the link-dest basis that makes a re-upload cheap, and refused connections."""
 
 import os
+import signal
+import subprocess
 
 import pytest
 from flashpods_mcp import transfer
+from flashpods_mcp.config import load_settings
 from flashpods_mcp.errors import FlashpodsError
+from flashpods_mcp.operations import Flashpods
 
 
 def make_tree(root, files=50, size=4096):
@@ -139,3 +143,63 @@ def test_parse_stats():
         6144,
         40123,
     )
+
+
+# -- the size check beside the upload (issue 18, bench P3) ------------------------
+
+
+@pytest.mark.slow  # runs the rsync program
+def test_size_check_kills_the_upload_it_raced(project):
+    check = transfer.SizeCheck(project, transfer.filter_args(), cap=1000)
+    stand_in = subprocess.Popen(["sleep", "60"])  # an upload still sending
+    check.attach(stand_in)
+    with pytest.raises(FlashpodsError, match="more than the cap of 1,000 bytes"):
+        check.result()
+    assert stand_in.wait(timeout=10) == -signal.SIGKILL
+
+
+@pytest.mark.slow  # runs the rsync program
+def test_an_upload_attached_after_a_failed_check_is_killed_at_once(project):
+    check = transfer.SizeCheck(project, transfer.filter_args(), cap=1000)
+    with pytest.raises(FlashpodsError):
+        check.result()
+    late = subprocess.Popen(["sleep", "60"])
+    check.attach(late)
+    assert late.wait(timeout=10) == -signal.SIGKILL
+
+
+@pytest.mark.slow  # runs the rsync program
+def test_a_tree_under_the_cap_leaves_the_upload_alone(project):
+    check = transfer.SizeCheck(project, transfer.filter_args(), cap=10**9)
+    quick = subprocess.Popen(["true"])
+    check.attach(quick)
+    assert check.result().bytes == 50 * 4096 + 13
+    assert quick.wait(timeout=10) == 0
+
+
+@pytest.mark.slow  # runs rsync against a real daemon
+def test_spawn_of_a_tree_over_the_cap_fails_with_the_size_and_creates_no_job(
+    project, rsync_daemon, tmp_path
+):
+    created = []
+
+    class Api:
+        def create_upload(self, basis):
+            return {"upload_id": "up_bbbbbbbbbbbbbbbb"}
+
+        def create_job(self, request):
+            created.append(request)
+            return {"id": "job_aaaaaaaaaaaa"}
+
+    settings = load_settings(
+        {
+            "HOME": str(tmp_path),
+            "FLASHPODS_API_URL": "http://127.0.0.1:9",
+            "FLASHPODS_API_TOKEN": "t",
+            "FLASHPODS_RSYNC_URL": rsync_daemon.url,
+            "FLASHPODS_MAX_UPLOAD_BYTES": "1000",
+        }
+    )
+    with pytest.raises(FlashpodsError, match="more than the cap of 1,000 bytes"):
+        Flashpods(settings, api=Api()).spawn("worker", command="true", source=project)
+    assert created == []
