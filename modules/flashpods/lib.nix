@@ -65,6 +65,37 @@ rec {
     else
       rendered;
 
+  # What no job may reach: the elements of the firewall template's
+  # job_nonpublic_v4 and job_nonpublic_v6 sets ("<prefix>/<len>," one per
+  # line), the lines the credential proxy's own egress check reads
+  # (flashpods_token/egress.py). The proxy's unit denies them in the kernel
+  # too (IPAddressDeny), so the template stays the one source.
+  nonpublicNetworks =
+    text:
+    let
+      lines = lib.splitString "\n" text;
+      matches = pattern: line: builtins.match pattern line != null;
+      elementsOf =
+        name:
+        let
+          start = lib.lists.findFirstIndex (matches "[[:space:]]*set ${name} [{][[:space:]]*") null lines;
+          rest = lib.drop (start + 1) lines;
+          end = lib.lists.findFirstIndex (matches "[[:space:]]*}[[:space:]]*") null rest;
+          prefixes = lib.concatMap (
+            line:
+            let
+              found = builtins.match "[[:space:]]*([0-9a-f:.]+/[0-9]+),.*" line;
+            in
+            if found == null then [ ] else found
+          ) (lib.take end rest);
+        in
+        if start == null || end == null || prefixes == [ ] then
+          throw "flashpods: firewall.nft.in has no elements in set ${name}; update nonpublicNetworks in modules/flashpods/lib.nix"
+        else
+          prefixes;
+    in
+    elementsOf "job_nonpublic_v4" ++ elementsOf "job_nonpublic_v6";
+
   # "10.0.0.1/24" -> "10.0.0.1".
   addressWithoutPrefix = cidr: builtins.head (lib.splitString "/" cidr);
 
