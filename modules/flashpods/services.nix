@@ -41,7 +41,10 @@ let
   tokenConfig = tokenConfigFor "flashpods-token";
   proxyConfig = tokenConfigFor "flashpods-proxy";
   secretCredentials =
-    names: map (name: "${name}:${cfg.token.secrets.${name}}") (lib.filter (n: cfg.token.secrets ? ${n}) names);
+    names:
+    map (name: "${name}:${cfg.token.secrets.${name}}") (
+      lib.filter (name: cfg.token.secrets ? ${name}) names
+    );
 
   proxyCa = cfg.proxy.ca;
   generateCa = cfg.proxy.enable && proxyCa.generate;
@@ -172,46 +175,47 @@ in
     # The token service configuration (design.md, FLASHPODS_TOKEN_CONFIG).
     services.flashpods.token.settings = lib.mapAttrsRecursive (_: lib.mkDefault) (
       {
-      inherit (cfg.token) socket;
-      socket_group = "flashpods";
-      mode = if cfg.spire.enable then "spire" else "peer";
-      trust_domain = cfg.spire.trustDomain;
-      podman_url = "unix://${cfg.podman.socket}";
-      # Must match the API's: the service finds a job's container by this label.
-      inherit (cfg.api.settings) instance;
-      roles = {
-        inherit (cfg.token.policy) worker;
-        sub_agent = cfg.token.policy.subAgent;
-      };
-      secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
-      # Opted in explicitly, the weaker way (docs/token.md); every other secret
-      # has a rule (default.nix asserts it, as the service does at load).
-      env_delivery = cfg.token.envDelivery;
-      audit_log = "/var/log/flashpods-token/audit.log";
-      spire = {
-        bundle_file = null;
-        agent_socket = null;
-        audience = "flashpods-token";
-      };
-    }
-    // lib.optionalAttrs cfg.proxy.enable {
-      # The credential proxy's block (docs/design.md "Credential proxy"), read
-      # by flashpods-proxy only.
-      proxy = {
-        # Beside token.sock: jobs already mount that directory.
-        socket = "${builtins.dirOf cfg.token.socket}/proxy.sock";
-        # The host's CA, from the proxy unit's systemd credentials.
-        ca_key_file = credential "flashpods-proxy" "ca-key.pem";
-        ca_cert_file = credential "flashpods-proxy" "ca.pem";
-        # The ruleset this host loads: its job_nonpublic sets are what the
-        # proxy refuses to dial (firewall.nix renders it).
-        firewall_template = "/etc/flashpods/firewall.nft";
-        inherit (cfg.proxy) rules;
-        upstream_ca_file = if cfg.proxy.upstreamCaFile == null then null else toString cfg.proxy.upstreamCaFile;
-        usage_dir = toString cfg.storage.usage;
-        budget_tokens = cfg.proxy.budgetTokens;
-      };
-    }
+        inherit (cfg.token) socket;
+        socket_group = "flashpods";
+        mode = if cfg.spire.enable then "spire" else "peer";
+        trust_domain = cfg.spire.trustDomain;
+        podman_url = "unix://${cfg.podman.socket}";
+        # Must match the API's: the service finds a job's container by this label.
+        inherit (cfg.api.settings) instance;
+        roles = {
+          inherit (cfg.token.policy) worker;
+          sub_agent = cfg.token.policy.subAgent;
+        };
+        secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
+        # Opted in explicitly, the weaker way (docs/token.md); every other secret
+        # has a rule (default.nix asserts it, as the service does at load).
+        env_delivery = cfg.token.envDelivery;
+        audit_log = "/var/log/flashpods-token/audit.log";
+        spire = {
+          bundle_file = null;
+          agent_socket = null;
+          audience = "flashpods-token";
+        };
+      }
+      // lib.optionalAttrs cfg.proxy.enable {
+        # The credential proxy's block (docs/design.md "Credential proxy"), read
+        # by flashpods-proxy only.
+        proxy = {
+          # Beside token.sock: jobs already mount that directory.
+          socket = "${builtins.dirOf cfg.token.socket}/proxy.sock";
+          # The host's CA, from the proxy unit's systemd credentials.
+          ca_key_file = credential "flashpods-proxy" "ca-key.pem";
+          ca_cert_file = credential "flashpods-proxy" "ca.pem";
+          # The ruleset this host loads: its job_nonpublic sets are what the
+          # proxy refuses to dial (firewall.nix renders it).
+          firewall_template = "/etc/flashpods/firewall.nft";
+          inherit (cfg.proxy) rules;
+          upstream_ca_file =
+            if cfg.proxy.upstreamCaFile == null then null else toString cfg.proxy.upstreamCaFile;
+          usage_dir = toString cfg.storage.usage;
+          budget_tokens = cfg.proxy.budgetTokens;
+        };
+      }
     );
 
     systemd.services.flashpods-api = lib.mkMerge [
