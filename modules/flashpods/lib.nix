@@ -75,12 +75,19 @@ rec {
     let
       lines = lib.splitString "\n" text;
       matches = pattern: line: builtins.match pattern line != null;
+      # Index of the first element that satisfies pred, or null (with lib
+      # functions every nixpkgs release has).
+      indexOf =
+        pred: list:
+        lib.findFirst (i: pred (builtins.elemAt list i)) null (
+          lib.range 0 (builtins.length list - 1)
+        );
       elementsOf =
         name:
         let
-          start = lib.lists.findFirstIndex (matches "[[:space:]]*set ${name} [{][[:space:]]*") null lines;
+          start = indexOf (matches "[[:space:]]*set ${name} [{][[:space:]]*") lines;
           rest = lib.drop (start + 1) lines;
-          end = lib.lists.findFirstIndex (matches "[[:space:]]*}[[:space:]]*") null rest;
+          end = indexOf (matches "[[:space:]]*}[[:space:]]*") rest;
           prefixes = lib.concatMap (
             line:
             let
