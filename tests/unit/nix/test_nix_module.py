@@ -184,7 +184,7 @@ def test_the_proxy_gets_its_ca_and_ruled_secrets_as_credentials_and_nothing_else
     # The credential names are the file names the proxy config reads.
     names = {entry.split(":", 1)[0] for entry in service["LoadCredential"]}
     proxy = valid["proxyConfig"]["proxy"]
-    assert {os.path.basename(proxy["ca_key_file"]), os.path.basename(proxy["ca_cert_file"])} <= names
+    assert {os.path.basename(proxy[key]) for key in ("ca_key_file", "ca_cert_file")} <= names
 
 
 def test_the_ca_one_shot_makes_the_key_as_root_without_network(valid):
