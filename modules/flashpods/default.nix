@@ -283,15 +283,121 @@ in
           ANTHROPIC_API_KEY = "/var/lib/flashpods-secrets/anthropic";
         };
         description = ''
-          Secret name -> path of a file on the host holding its value. Each is
-          passed to the token service with `LoadCredential`; values never enter
-          the Nix store.
+          Secret name -> path of a file on the host holding its value. Each
+          needs a host rule (`proxy.rules`: the credential proxy injects it, a
+          job holds a placeholder) or an entry in `token.envDelivery`. Passed
+          with `LoadCredential` to the one unit that reads it (the proxy for a
+          ruled secret, the token service for an env-delivered one); values
+          never enter the Nix store.
+        '';
+      };
+      envDelivery = lib.mkOption {
+        type = lib.types.listOf lib.types.str;
+        default = [ ];
+        example = [ "NPM_TOKEN" ];
+        description = ''
+          Secrets handed to jobs as their real value in the environment, the
+          old and weaker way (docs/token.md): a job can send such a value
+          anywhere. Only for secrets the proxy cannot inject (no HTTP header
+          towards known hosts), or with the proxy off (spire mode). Rendered
+          as the token config's `env_delivery`.
         '';
       };
       settings = lib.mkOption {
         type = lib.types.submodule { freeformType = jsonFormat.type; };
         default = { };
         description = "Extra keys of the token service configuration JSON (`FLASHPODS_TOKEN_CONFIG`).";
+      };
+    };
+
+    proxy = {
+      enable = lib.mkOption {
+        type = lib.types.bool;
+        default = true;
+        description = ''
+          Run the credential proxy (`flashpods-proxy`, docs/design.md
+          "Credential proxy"): jobs hold placeholders and the proxy, on the host,
+          puts a secret into requests to that secret's own hosts only. Its socket
+          `proxy.sock` sits beside `token.sock`, in the directory every job
+          already mounts. Peer attestation only so far: with `spire.enable` set
+          this to false and list the secrets in `token.envDelivery`.
+        '';
+      };
+      rules = lib.mkOption {
+        type = lib.types.attrsOf (lib.types.nonEmptyListOf lib.types.str);
+        default = { };
+        example = {
+          ANTHROPIC_API_KEY = [ "api.anthropic.com" ];
+          GITHUB_TOKEN = [
+            "github.com"
+            "api.github.com"
+            "codeload.github.com"
+          ];
+        };
+        description = ''
+          Secret name -> the host names it is injected towards (exact names,
+          no wildcards). A secret of `token.secrets` with a rule is never put
+          in a job's environment; the job gets a placeholder that works only
+          through the proxy, only from that job, only while it runs.
+        '';
+      };
+      budgetTokens = lib.mkOption {
+        type = lib.types.nullOr lib.types.ints.positive;
+        default = null;
+        example = 2000000;
+        description = ''
+          Per-job cap on model tokens (input + output) through the proxy; each
+          request's `max_tokens` is clamped to what remains and a job at the cap
+          gets `budget_exhausted`. null: no cap (usage is still recorded and
+          shown with each job).
+        '';
+      };
+      upstreamCaFile = lib.mkOption {
+        type = lib.types.nullOr lib.types.path;
+        default = null;
+        description = ''
+          CA bundle the proxy verifies upstream servers against. null: the
+          system store (nixpkgs' OpenSSL reads
+          /etc/ssl/certs/ca-certificates.crt, from `security.pki`).
+        '';
+      };
+      ca = {
+        keyFile = lib.mkOption {
+          type = lib.types.str;
+          default = "/var/lib/flashpods/proxy-ca/ca-key.pem";
+          description = ''
+            Private key of this host's proxy CA (PEM, EC P-256), which signs the
+            certificates the proxy shows jobs for intercepted hosts. Read by
+            systemd only and handed to the proxy as the credential `ca-key.pem`
+            (`LoadCredential`, or `LoadCredentialEncrypted` with `ca.encrypted`).
+            Never a store path; never shared with another host.
+          '';
+        };
+        certFile = lib.mkOption {
+          type = lib.types.str;
+          default = "/var/lib/flashpods/proxy-ca/ca.pem";
+          description = "The CA's certificate (public; jobs fetch it from the proxy), the credential `ca.pem`.";
+        };
+        generate = lib.mkOption {
+          type = lib.types.bool;
+          default = true;
+          description = ''
+            At boot, `flashpods-proxy-ca.service` (root, one-shot) makes what is
+            missing: a key (0600) when `keyFile` does not exist, a certificate
+            for the key when `certFile` does not. It never replaces a file, so
+            the CA jobs trust stays across boots. Their directories are made
+            root-only (0700). False: supply both files yourself (docs/nixos.md).
+          '';
+        };
+        encrypted = lib.mkOption {
+          type = lib.types.bool;
+          default = false;
+          description = ''
+            `keyFile` is a `systemd-creds encrypt --name=ca-key.pem` blob, loaded
+            with `LoadCredentialEncrypted` (bound to this host's TPM or
+            /var/lib/systemd/credential.secret). Needs `ca.generate = false`.
+          '';
+        };
       };
     };
 
@@ -349,6 +455,10 @@ in
       workspaces = pathOption "/var/lib/flashpods/workspaces" "Per-job workspaces mounted at /workspace.";
       db = pathOption "/var/lib/flashpods/db" "Directory of the job database (flashpods.db).";
       logs = pathOption "/var/log/flashpods" "Per-job logs.";
+      usage = pathOption "/var/lib/flashpods/usage" ''
+        Per-job model usage the credential proxy records (`<job id>.json`,
+        written by flashpods-token, read by the API through group flashpods).
+      '';
       control = pathOption "/var/lib/flashpods/control" ''
         Per-job hand-over directories of warm containers (mounted read-only at
         /flashpods/control). Its parent directory must not be writable by group
@@ -424,10 +534,11 @@ in
           lib.filter (p: p != null) [
             cfg.wireguard.privateKeyFile
             cfg.api.tokenFile
+            cfg.proxy.ca.keyFile
           ]
           ++ builtins.attrValues cfg.token.secrets
         );
-        message = "services.flashpods: privateKeyFile, api.tokenFile and token.secrets must be paths on the host outside ${builtins.storeDir}; the Nix store is world-readable.";
+        message = "services.flashpods: privateKeyFile, api.tokenFile, proxy.ca.keyFile and token.secrets must be paths on the host outside ${builtins.storeDir}; the Nix store is world-readable.";
       }
       {
         assertion = builtins.match "[0-9.]+/[0-9]+" cfg.wireguard.hostAddress != null;
@@ -449,6 +560,76 @@ in
           }; add services.flashpods.token.secrets.<NAME> = \"/path/to/file\".";
         }
       )
+      # Every secret has a host rule or an explicit opt-in to environment
+      # delivery: the same check the token service makes at load
+      # (flashpods_token/proxy_config.py), here at evaluation.
+      (
+        let
+          ruled = builtins.attrNames cfg.proxy.rules;
+          unruled = lib.filter (
+            name: !(lib.elem name ruled) && !(lib.elem name cfg.token.envDelivery)
+          ) (builtins.attrNames cfg.token.secrets);
+          first = lib.head (unruled ++ [ "<NAME>" ]);
+        in
+        {
+          assertion = unruled == [ ];
+          message = "services.flashpods.token.secrets.${first} has no host rule and is not opted into environment delivery: give it the hosts it is for (services.flashpods.proxy.rules.${first} = [ \"api.example.com\" ];, the proxy injects it and the job holds a placeholder), or list it in services.flashpods.token.envDelivery to hand the real value to jobs (weaker: a job can send it anywhere; docs/token.md).";
+        }
+      )
+      (
+        let
+          named = builtins.attrNames cfg.proxy.rules ++ cfg.token.envDelivery;
+          unknown = lib.filter (name: !(cfg.token.secrets ? ${name})) named;
+        in
+        {
+          assertion = unknown == [ ];
+          message = "services.flashpods.proxy.rules / token.envDelivery name ${lib.concatStringsSep ", " unknown}, which services.flashpods.token.secrets has no file for; add services.flashpods.token.secrets.<NAME> = \"/path/to/file\" or remove the name.";
+        }
+      )
+      (
+        let
+          both = lib.filter (name: cfg.proxy.rules ? ${name}) cfg.token.envDelivery;
+        in
+        {
+          assertion = both == [ ];
+          message = "services.flashpods: ${lib.concatStringsSep ", " both} is in both proxy.rules and token.envDelivery; pick one (the rule keeps the value out of jobs).";
+        }
+      )
+      {
+        assertion = cfg.proxy.enable || cfg.proxy.rules == { };
+        message = "services.flashpods.proxy.rules is set but services.flashpods.proxy.enable is false: nothing would inject those secrets. Enable the proxy, or move the secrets to services.flashpods.token.envDelivery (weaker).";
+      }
+      {
+        assertion = !(cfg.proxy.enable && cfg.spire.enable);
+        message = "services.flashpods.proxy attests callers in peer mode only so far; with services.flashpods.spire.enable set services.flashpods.proxy.enable = false and list the secrets in services.flashpods.token.envDelivery (the weaker way, docs/token.md).";
+      }
+      (
+        let
+          caDirs = lib.unique [
+            (dirOf cfg.proxy.ca.keyFile)
+            (dirOf cfg.proxy.ca.certFile)
+          ];
+          managed = map toString (
+            builtins.attrValues cfg.storage
+            ++ [
+              (dirOf cfg.token.socket)
+              (dirOf cfg.podman.socket)
+            ]
+          );
+          # Equal, above or below: made root-only 0700 it would lock the
+          # services out, or sit where group flashpods (jobs) can rename it.
+          related = a: b: a == b || lib.hasPrefix "${a}/" "${b}/" || lib.hasPrefix "${b}/" "${a}/";
+          clashes = lib.filter (m: lib.any (d: related d m) caDirs) managed;
+        in
+        {
+          assertion = !(cfg.proxy.enable && cfg.proxy.ca.generate) || clashes == [ ];
+          message = "services.flashpods.proxy.ca.keyFile and certFile must sit in a directory of their own (made root-only at boot), not in, at or above ${lib.concatStringsSep ", " clashes}; use e.g. /var/lib/flashpods/proxy-ca/ca-key.pem.";
+        }
+      )
+      {
+        assertion = !(cfg.proxy.ca.encrypted && cfg.proxy.ca.generate);
+        message = "services.flashpods.proxy.ca.encrypted needs services.flashpods.proxy.ca.generate = false: the one-shot writes a plain key; encrypt one yourself with `systemd-creds encrypt --name=ca-key.pem` (docs/nixos.md).";
+      }
       {
         assertion = builtins.all (name: builtins.match "[A-Za-z_][A-Za-z0-9_]*" name != null) (
           builtins.attrNames cfg.token.secrets

@@ -65,6 +65,44 @@ rec {
     else
       rendered;
 
+  # What no job may reach: the elements of the firewall template's
+  # job_nonpublic_v4 and job_nonpublic_v6 sets ("<prefix>/<len>," one per
+  # line), the lines the credential proxy's own egress check reads
+  # (flashpods_token/egress.py). The proxy's unit denies them in the kernel
+  # too (IPAddressDeny), so the template stays the one source.
+  nonpublicNetworks =
+    text:
+    let
+      lines = lib.splitString "\n" text;
+      matches = pattern: line: builtins.match pattern line != null;
+      # Index of the first element that satisfies pred, or null (with lib
+      # functions every nixpkgs release has).
+      indexOf =
+        pred: list:
+        lib.findFirst (i: pred (builtins.elemAt list i)) null (
+          lib.range 0 (builtins.length list - 1)
+        );
+      elementsOf =
+        name:
+        let
+          start = indexOf (matches "[[:space:]]*set ${name} [{][[:space:]]*") lines;
+          rest = lib.drop (start + 1) lines;
+          end = indexOf (matches "[[:space:]]*}[[:space:]]*") rest;
+          prefixes = lib.concatMap (
+            line:
+            let
+              found = builtins.match "[[:space:]]*([0-9a-f:.]+/[0-9]+),.*" line;
+            in
+            if found == null then [ ] else found
+          ) (lib.take end rest);
+        in
+        if start == null || end == null || prefixes == [ ] then
+          throw "flashpods: firewall.nft.in has no elements in set ${name}; update nonpublicNetworks in modules/flashpods/lib.nix"
+        else
+          prefixes;
+    in
+    elementsOf "job_nonpublic_v4" ++ elementsOf "job_nonpublic_v6";
+
   # "10.0.0.1/24" -> "10.0.0.1".
   addressWithoutPrefix = cidr: builtins.head (lib.splitString "/" cidr);
 

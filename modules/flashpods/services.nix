@@ -26,7 +26,29 @@ let
       cfg.api.settings // { token_file = credential unit "api-token"; }
     );
 
-  tokenConfig = jsonFormat.generate "flashpods-token.json" cfg.token.settings;
+  # One file per unit, like the API's: each reads secrets from its own
+  # credentials directory, and loads only the ones it uses (the token service
+  # the env-delivered ones, the proxy the ruled ones and the CA).
+  tokenConfigFor =
+    unit:
+    jsonFormat.generate "${unit}.json" (
+      cfg.token.settings
+      // {
+        secrets =
+          cfg.token.settings.secrets // lib.mapAttrs (name: _: credential unit name) cfg.token.secrets;
+      }
+    );
+  tokenConfig = tokenConfigFor "flashpods-token";
+  proxyConfig = tokenConfigFor "flashpods-proxy";
+  secretCredentials =
+    names:
+    map (name: "${name}:${cfg.token.secrets.${name}}") (
+      lib.filter (name: cfg.token.secrets ? ${name}) names
+    );
+
+  proxyCa = cfg.proxy.ca;
+  generateCa = cfg.proxy.enable && proxyCa.generate;
+  firewallRuleset = config.environment.etc."flashpods/firewall.nft".text;
 
   storageDirs = with cfg.storage; [
     uploads
@@ -106,6 +128,8 @@ in
             logs
             control
             ;
+          # The proxy's per-job model usage, shown with each job.
+          usage = if cfg.proxy.enable then toString cfg.storage.usage else null;
         };
         warm_pool = cfg.api.warmPool;
         podman_url = "unix://${cfg.podman.socket}";
@@ -149,29 +173,50 @@ in
     );
 
     # The token service configuration (design.md, FLASHPODS_TOKEN_CONFIG).
-    services.flashpods.token.settings = lib.mapAttrsRecursive (_: lib.mkDefault) {
-      inherit (cfg.token) socket;
-      socket_group = "flashpods";
-      mode = if cfg.spire.enable then "spire" else "peer";
-      trust_domain = cfg.spire.trustDomain;
-      podman_url = "unix://${cfg.podman.socket}";
-      # Must match the API's: the service finds a job's container by this label.
-      inherit (cfg.api.settings) instance;
-      roles = {
-        inherit (cfg.token.policy) worker;
-        sub_agent = cfg.token.policy.subAgent;
-      };
-      secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
-      # No credential proxy in the module yet (issue 15): every secret is opted into
-      # environment delivery explicitly, the weaker way (docs/token.md).
-      env_delivery = builtins.attrNames cfg.token.secrets;
-      audit_log = "/var/log/flashpods-token/audit.log";
-      spire = {
-        bundle_file = null;
-        agent_socket = null;
-        audience = "flashpods-token";
-      };
-    };
+    services.flashpods.token.settings = lib.mapAttrsRecursive (_: lib.mkDefault) (
+      {
+        inherit (cfg.token) socket;
+        socket_group = "flashpods";
+        mode = if cfg.spire.enable then "spire" else "peer";
+        trust_domain = cfg.spire.trustDomain;
+        podman_url = "unix://${cfg.podman.socket}";
+        # Must match the API's: the service finds a job's container by this label.
+        inherit (cfg.api.settings) instance;
+        roles = {
+          inherit (cfg.token.policy) worker;
+          sub_agent = cfg.token.policy.subAgent;
+        };
+        secrets = lib.mapAttrs (name: _: credential "flashpods-token" name) cfg.token.secrets;
+        # Opted in explicitly, the weaker way (docs/token.md); every other secret
+        # has a rule (default.nix asserts it, as the service does at load).
+        env_delivery = cfg.token.envDelivery;
+        audit_log = "/var/log/flashpods-token/audit.log";
+        spire = {
+          bundle_file = null;
+          agent_socket = null;
+          audience = "flashpods-token";
+        };
+      }
+      // lib.optionalAttrs cfg.proxy.enable {
+        # The credential proxy's block (docs/design.md "Credential proxy"), read
+        # by flashpods-proxy only.
+        proxy = {
+          # Beside token.sock: jobs already mount that directory.
+          socket = "${builtins.dirOf cfg.token.socket}/proxy.sock";
+          # The host's CA, from the proxy unit's systemd credentials.
+          ca_key_file = credential "flashpods-proxy" "ca-key.pem";
+          ca_cert_file = credential "flashpods-proxy" "ca.pem";
+          # The ruleset this host loads: its job_nonpublic sets are what the
+          # proxy refuses to dial (firewall.nix renders it).
+          firewall_template = "/etc/flashpods/firewall.nft";
+          inherit (cfg.proxy) rules;
+          upstream_ca_file =
+            if cfg.proxy.upstreamCaFile == null then null else toString cfg.proxy.upstreamCaFile;
+          usage_dir = toString cfg.storage.usage;
+          budget_tokens = cfg.proxy.budgetTokens;
+        };
+      }
+    );
 
     systemd.services.flashpods-api = lib.mkMerge [
       (apiUnitBase "flashpods-api")
@@ -248,7 +293,9 @@ in
         ExecStart = lib.getExe' cfg.package.token "flashpods-token";
         User = "flashpods-token";
         Group = "flashpods-token";
-        LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.token.secrets;
+        # Only the secrets it hands out as values; a ruled secret's value is
+        # the proxy's alone (the service hands a placeholder for it).
+        LoadCredential = secretCredentials cfg.token.envDelivery;
         # The socket's own directory (storage.nix): containers mount it, so it
         # holds nothing but the socket (default.nix asserts it is not the
         # Podman socket's directory or one of its parents).
@@ -276,6 +323,100 @@ in
         # accept, before any request is read) counts connections by it. Without
         # it the cap falls back to the caller's /proc/<pid>/cgroup, which
         # ProtectProc=invisible would hide too.
+        CapabilityBoundingSet = [ "CAP_SYS_PTRACE" ];
+        AmbientCapabilities = [ "CAP_SYS_PTRACE" ];
+        ProtectProc = "default";
+        SystemCallFilter = [ "@system-service" ];
+      };
+    };
+
+    # The host's proxy CA, made once (docs/nixos.md "The credential proxy's
+    # CA"): root writes it into a root-only directory (storage.nix), and the
+    # proxy only ever sees it as its own systemd credentials.
+    systemd.services.flashpods-proxy-ca = lib.mkIf generateCa {
+      description = "Flashpods credential proxy: make the host's CA if it is missing";
+      after = [ "systemd-tmpfiles-setup.service" ];
+      serviceConfig = fpLib.hardening // {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = lib.escapeShellArgs [
+          (lib.getExe' cfg.package.token "flashpods-proxy")
+          "make-ca"
+          proxyCa.keyFile
+          proxyCa.certFile
+        ];
+        # Root without capabilities (the shared hardening): the directories are
+        # root's own, nothing else is writable.
+        ReadWritePaths = lib.unique [
+          (builtins.dirOf proxyCa.keyFile)
+          (builtins.dirOf proxyCa.certFile)
+        ];
+        UMask = "0077";
+        PrivateTmp = true;
+        PrivateNetwork = true;
+        RestrictAddressFamilies = [ "AF_UNIX" ];
+        IPAddressDeny = "any";
+      };
+    };
+
+    # The credential proxy: the token service's second face (same package,
+    # user and peer attestation), its own process and socket.
+    systemd.services.flashpods-proxy = lib.mkIf cfg.proxy.enable {
+      description = "Flashpods credential proxy (unix socket beside the token socket)";
+      wantedBy = [ "multi-user.target" ];
+      after = [
+        "flashpods-token.service"
+        "flashpods-podman.service"
+        "systemd-tmpfiles-setup.service"
+      ]
+      ++ lib.optional generateCa "flashpods-proxy-ca.service";
+      wants = [ "flashpods-token.service" ];
+      requires = lib.optional generateCa "flashpods-proxy-ca.service";
+      environment.FLASHPODS_TOKEN_CONFIG = toString proxyConfig;
+      restartTriggers = [
+        proxyConfig
+        firewallRuleset
+      ];
+      serviceConfig = fpLib.hardening // {
+        ExecStart = lib.getExe' cfg.package.token "flashpods-proxy";
+        User = "flashpods-token";
+        Group = "flashpods-token";
+        # $CREDENTIALS_DIRECTORY (/run/credentials/flashpods-proxy.service):
+        # the CA and the secrets it injects, readable by this unit only.
+        LoadCredential = [
+          "ca.pem:${proxyCa.certFile}"
+        ]
+        ++ lib.optional (!proxyCa.encrypted) "ca-key.pem:${proxyCa.keyFile}"
+        ++ secretCredentials (builtins.attrNames cfg.proxy.rules);
+        # Its socket goes beside token.sock; usage files for the API.
+        ReadWritePaths = [
+          (builtins.dirOf cfg.token.socket)
+          cfg.storage.usage
+        ];
+        # Leaf certificates pass through a private temporary directory.
+        PrivateTmp = true;
+        # The unix socket, and upstream connections over IP.
+        RestrictAddressFamilies = [
+          "AF_UNIX"
+          "AF_INET"
+          "AF_INET6"
+        ];
+        # Second layer behind its own egress check: the kernel refuses the
+        # proxy's sockets every range no job may reach (the firewall
+        # template's sets), except the resolvers jobs may query too.
+        IPAddressDeny = fpLib.nonpublicNetworks firewallRuleset;
+        IPAddressAllow = cfg.firewall.jobResolvers;
+        # A client and an upstream socket per connection (512 at most).
+        LimitNOFILE = 4096;
+        Restart = "always";
+        RestartSec = 2;
+      }
+      // lib.optionalAttrs proxyCa.encrypted {
+        LoadCredentialEncrypted = [ "ca-key.pem:${proxyCa.keyFile}" ];
+      }
+      // {
+        # Peer attestation, as the token service: another uid's pid namespace
+        # through a pidfd needs CAP_SYS_PTRACE, /proc of the jobs visible.
         CapabilityBoundingSet = [ "CAP_SYS_PTRACE" ];
         AmbientCapabilities = [ "CAP_SYS_PTRACE" ];
         ProtectProc = "default";

@@ -46,6 +46,19 @@ in
       ${builtins.dirOf cfg.token.socket} = dir "flashpods-token" "flashpods" "0750";
       # Its parent (also the Podman socket's) stays root's.
       "/run/flashpods" = dir "root" "root" "0755";
-    };
+    }
+    // lib.optionalAttrs cfg.proxy.enable {
+      # The credential proxy's per-job usage files: it writes (0640, group
+      # flashpods), the API reads.
+      ${cfg.storage.usage} = dir "flashpods-token" "flashpods" "0750";
+    }
+    // lib.optionalAttrs (cfg.proxy.enable && cfg.proxy.ca.generate) (
+      # Where the one-shot makes the proxy's CA: root's alone. systemd reads
+      # it and hands the proxy its credentials.
+      lib.genAttrs (lib.unique [
+        (builtins.dirOf cfg.proxy.ca.keyFile)
+        (builtins.dirOf cfg.proxy.ca.certFile)
+      ]) (_: dir "root" "root" "0700")
+    );
   };
 }

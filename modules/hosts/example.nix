@@ -63,6 +63,17 @@
         GITHUB_TOKEN = "/var/lib/flashpods-secrets/github";
       };
     };
+    # Every secret stays on the host: the credential proxy adds it to
+    # requests to these hosts only; jobs hold placeholders. Its CA is made
+    # at first boot in /var/lib/flashpods/proxy-ca (docs/nixos.md).
+    proxy.rules = {
+      ANTHROPIC_API_KEY = [ "api.anthropic.com" ];
+      GITHUB_TOKEN = [
+        "github.com"
+        "api.github.com"
+        "codeload.github.com"
+      ];
+    };
   };
 
   system.stateVersion = "25.11";

@@ -91,6 +91,17 @@ check_module() {
 			log "missing settings are not all reported: $(jq -c .broken.missingEverything "$out")"
 			return 1
 		}
+	# The credential proxy: its unit from the package, its CA as credentials, and a
+	# secret with neither a host rule nor an env-delivery opt-in refused by name.
+	jq -e '.valid.units["flashpods-proxy"].serviceConfig as $s |
+		($s.ExecStart | endswith("/bin/flashpods-proxy")) and
+		($s.LoadCredential | index("ca-key.pem:/var/lib/flashpods/proxy-ca/ca-key.pem")) != null and
+		.valid.proxyConfig.proxy.ca_key_file == "/run/credentials/flashpods-proxy.service/ca-key.pem" and
+		(.broken.secretWithoutRule | any(contains("SLACK_TOKEN has no host rule")))' "$out" >/dev/null ||
+		{
+			log "the credential proxy unit, its CA credential or the rule-less secret check is wrong: $(jq -c '[.valid.units["flashpods-proxy"].serviceConfig.LoadCredential, .broken.secretWithoutRule]' "$out")"
+			return 1
+		}
 	jq -e '.valid.everythingChecked and .example.everythingChecked' "$out" >/dev/null ||
 		{
 			log "the module's configuration does not evaluate in full on the typed stubs"

@@ -1,6 +1,7 @@
 # V15-V17: secrets never land on disk or in Podman, retention removes what
 # has expired, and the host survives kill -9 of the API and the reaper while
-# jobs run; V9/V10 with the module's default (peer) attestation.
+# jobs run; V9/V10 with the module's default (peer) attestation; the
+# credential proxy unit, and the placeholder a job holds instead of a secret.
 { self }:
 let
   topology = import ./lib/nodes.nix {
@@ -21,6 +22,9 @@ in
     { nodes, ... }:
     let
       cfg = nodes.host.services.flashpods;
+      proxySocket = "${builtins.dirOf cfg.token.socket}/proxy.sock";
+      caKey = cfg.proxy.ca.keyFile;
+      caCert = cfg.proxy.ca.certFile;
     in
     ''
       ${topology.preamble nodes}
@@ -66,6 +70,25 @@ in
           job, output = run_job(granted, kind="sub_agent")
           assert job["status"] == "succeeded", (job, output)
           assert names(output) == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"], output
+          assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}"])
+
+      with subtest("V15 credential proxy: the unit runs, a job holds a placeholder, the CA key stays root's"):
+          host.wait_for_unit("flashpods-proxy-ca.service")
+          host.wait_for_unit("flashpods-proxy.service")
+          host.succeed("test -S ${proxySocket}")
+          # Made at first boot by the one-shot: root's, 0600, in a root-only
+          # directory; the proxy's own user cannot open it, only its credential.
+          assert host.succeed("stat -c '%U %a' ${caKey}").strip() == "root 600"
+          assert host.succeed("stat -c '%U %a' ${builtins.dirOf caKey}").strip() == "root 700"
+          host.fail("runuser -u flashpods-token -- cat ${caKey}")
+          job, output = run_job(
+              "printenv GITHUB_TOKEN; curl -sf --unix-socket /run/flashpods/proxy.sock"
+              " http://proxy/ca.pem | sha256sum")
+          assert job["status"] == "succeeded", (job, output)
+          lines = output.split()
+          assert f"fpph.GITHUB_TOKEN.{job['id']}" in lines, output
+          # The certificate the proxy serves jobs is the host's, made by the one-shot.
+          assert host.succeed("sha256sum ${caCert}").split()[0] in lines, output
           assert_no_secret_leaked(["${secrets.github}", "${secrets.anthropic}"])
 
       with subtest("V16: uploads leave after start, artifacts and logs after their TTL"):

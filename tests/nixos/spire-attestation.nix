@@ -10,11 +10,24 @@
 let
   topology = import ./lib/nodes.nix {
     inherit self;
-    hostModule.services.flashpods.spire = {
-      # Off by default (peer attestation).
-      enable = true;
-      # Short-lived SVIDs, so expiry is tested within the run.
-      jwtSvidTtl = "30s";
+    hostModule.services.flashpods = {
+      spire = {
+        # Off by default (peer attestation).
+        enable = true;
+        # Short-lived SVIDs, so expiry is tested within the run.
+        jwtSvidTtl = "30s";
+      };
+      # The credential proxy attests in peer mode only so far: with SPIRE the
+      # secrets go the old way, named explicitly (what this test checks: the
+      # token service hands each role exactly its values).
+      proxy = {
+        enable = false;
+        rules = { };
+      };
+      token.envDelivery = [
+        "GITHUB_TOKEN"
+        "ANTHROPIC_API_KEY"
+      ];
     };
   };
   inherit (topology) secrets;

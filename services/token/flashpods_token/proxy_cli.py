@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ from .egress import Egress, nonpublic_networks
 from .podman import PodmanClient, PodmanError
 from .policy import Policy
 from .proxy import CredentialProxy, ProxyServer
-from .proxy_ca import HostCA
+from .proxy_ca import HostCA, make_ca
 from .ratelimit import RateLimiter
 from .usage import UsageBook
 
@@ -57,7 +58,11 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
         Policy(config.roles, config.secrets, settings.rules),
         attestor.attest,
         Egress(forbidden, settings.static_hosts, settings.connect_timeout_s),
-        HostCA(settings.ca_dir),
+        (
+            HostCA.from_files(settings.ca_key_file, settings.ca_cert_file)
+            if settings.ca_key_file and settings.ca_cert_file
+            else HostCA(str(settings.ca_dir))
+        ),
         audit=audit,
         usage=(
             UsageBook(settings.usage_dir, settings.budget_tokens, config.socket_group)
@@ -71,7 +76,17 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: flashpods-proxy [CONFIG.json]  (default: $FLASHPODS_TOKEN_CONFIG)")
+        print(
+            "usage: flashpods-proxy [CONFIG.json]  (default: $FLASHPODS_TOKEN_CONFIG)\n"
+            "       flashpods-proxy make-ca KEY CERT  (make what is missing of a CA)"
+        )
+        return 0
+    if argv and argv[0] == "make-ca":
+        if len(argv) != 3 or not all(os.path.isabs(a) for a in argv[1:]):
+            print("usage: flashpods-proxy make-ca /abs/ca-key.pem /abs/ca.pem", file=sys.stderr)
+            return 2
+        made = make_ca(argv[1], argv[2])
+        print(f"flashpods-proxy: made {', '.join(made) or 'nothing (both exist)'}", file=sys.stderr)
         return 0
     try:
         config = load_config(argv[0] if argv else None)

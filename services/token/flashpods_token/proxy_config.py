@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from .egress import EgressRefused, check_hostname
 
@@ -20,7 +21,7 @@ class ProxyConfigError(Exception):
 @dataclass(frozen=True)
 class ProxySettings:
     socket: str
-    ca_dir: str
+    ca_dir: str | None  # the proxy makes its CA here; or a CA made elsewhere:
     firewall_template: str
     rules: dict[str, list[str]] = field(default_factory=dict)  # secret -> its hosts
     upstream_ca_file: str | None = None
@@ -34,10 +35,14 @@ class ProxySettings:
     model_secret: str = "ANTHROPIC_API_KEY"
     usage_dir: str | None = None
     budget_tokens: int | None = None  # input + output tokens per job; None: no cap
+    # A CA made elsewhere, only read (NixOS: systemd credentials); instead of ca_dir.
+    ca_key_file: str | None = None
+    ca_cert_file: str | None = None
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
-_REQUIRED = ("socket", "ca_dir", "firewall_template")
+_REQUIRED = ("socket", "firewall_template")
+_CA_FILES = ("ca_key_file", "ca_cert_file")
 
 
 def parse_proxy(
@@ -63,11 +68,26 @@ def parse_proxy(
                 f"token config proxy: unknown key {unknown[0]!r}; allowed keys are "
                 f"{', '.join(sorted(_KEYS))}"
             )
+        ca_files = [key for key in _CA_FILES if data.get(key) is not None]
+        if data.get("ca_dir") is None and not ca_files:
+            raise ProxyConfigError(
+                "token config proxy: missing key 'ca_dir' (where the proxy makes its CA), "
+                "or give ca_key_file and ca_cert_file (a CA made elsewhere)"
+            )
+        if ca_files and len(ca_files) != len(_CA_FILES):
+            raise ProxyConfigError("token config proxy: give both ca_key_file and ca_cert_file")
+        if ca_files and data.get("ca_dir") is not None:
+            raise ProxyConfigError(
+                "token config proxy: give ca_dir or ca_key_file and ca_cert_file, not both"
+            )
         for key in _REQUIRED:
             if key not in data:
                 raise ProxyConfigError(f"token config proxy: missing key {key!r}")
-        for key in ("socket", "ca_dir", "firewall_template"):
-            if not isinstance(data[key], str) or not os.path.isabs(data[key]):
+        for key in ("socket", "firewall_template", "ca_dir", *_CA_FILES):
+            value = data.get(key)
+            if (key in _REQUIRED or value is not None) and not (
+                isinstance(value, str) and os.path.isabs(value)
+            ):
                 raise ProxyConfigError(f"token config proxy.{key} must be an absolute path")
         if os.path.basename(data["socket"]) != "proxy.sock":
             raise ProxyConfigError(
@@ -111,7 +131,8 @@ def parse_proxy(
         ):
             raise ProxyConfigError("token config proxy.static_hosts must map names to addresses")
         try:
-            proxy = ProxySettings(**(data | {"rules": rules, "static_hosts": static}))
+            fields: dict[str, Any] = {"ca_dir": None, **data}
+            proxy = ProxySettings(**(fields | {"rules": rules, "static_hosts": static}))
         except TypeError as exc:
             raise ProxyConfigError(f"token config proxy: {exc}") from None
     missing = sorted(n for n in secrets if n not in rules and n not in env_delivery)

@@ -100,6 +100,12 @@ let
             ANTHROPIC_API_KEY = "/etc/flashpods-test/anthropic";
           };
         };
+        # The credential proxy injects both (peer mode, the default): jobs
+        # hold placeholders. Hosts of the stand-in internet's DNS.
+        proxy.rules = lib.mkDefault {
+          GITHUB_TOKEN = [ "github.example.test" ];
+          ANTHROPIC_API_KEY = [ "api.example.test" ];
+        };
         spire.jwtSvidTtl = lib.mkDefault "5m";
       };
     };

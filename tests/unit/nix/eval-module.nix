@@ -50,8 +50,37 @@ let
         secrets = {
           ANTHROPIC_API_KEY = "/var/lib/flashpods-secrets/anthropic";
           GITHUB_TOKEN = "/var/lib/flashpods-secrets/github";
+          NPM_TOKEN = "/var/lib/flashpods-secrets/npm";
         };
+        # No HTTP header to inject it into: the weaker way, on purpose.
+        envDelivery = [ "NPM_TOKEN" ];
       };
+      proxy = {
+        rules = {
+          ANTHROPIC_API_KEY = [ "api.anthropic.com" ];
+          GITHUB_TOKEN = [
+            "github.com"
+            "api.github.com"
+          ];
+        };
+        budgetTokens = 1000000;
+      };
+    };
+  };
+
+  # SPIRE mode: the proxy attests in peer mode only, so the secrets go the
+  # old way, named explicitly.
+  spireWithoutProxy = {
+    services.flashpods = {
+      proxy = {
+        enable = false;
+        rules = lib.mkForce { };
+      };
+      token.envDelivery = lib.mkForce [
+        "ANTHROPIC_API_KEY"
+        "GITHUB_TOKEN"
+        "NPM_TOKEN"
+      ];
     };
   };
 
@@ -122,19 +151,32 @@ let
       "ProtectProc"
       "LimitNOFILE"
       "Restart"
+      "LoadCredentialEncrypted"
+      "PrivateNetwork"
+      "Type"
+      "RemainAfterExit"
+      "ProtectHome"
+      "ProtectKernelTunables"
+      "RestrictNamespaces"
+      "RestrictSUIDSGID"
+      "MemoryDenyWriteExecute"
     ] unit.serviceConfig;
+    inherit (unit) restartTriggers;
   }) units;
 
   # SPIRE on, with a given package version. The version check is an
   # assertion, so the configuration is generated for an old one too.
   withSpire =
     version:
-    evaluate (withFlashpods {
-      spire = {
-        enable = true;
-        package = stubs.spireOf version;
-      };
-    });
+    evaluate (
+      withFlashpods {
+        spire = {
+          enable = true;
+          package = stubs.spireOf version;
+        };
+      }
+      ++ [ spireWithoutProxy ]
+    );
   spireFacts =
     version:
     let
@@ -192,6 +234,7 @@ in
     apiConfig = builtins.fromJSON units.flashpods-api.environment.FLASHPODS_API_CONFIG;
     reaperConfig = builtins.fromJSON units.flashpods-reaper.environment.FLASHPODS_API_CONFIG;
     tokenConfig = builtins.fromJSON units.flashpods-token.environment.FLASHPODS_TOKEN_CONFIG;
+    proxyConfig = builtins.fromJSON units.flashpods-proxy.environment.FLASHPODS_TOKEN_CONFIG;
     units = unitFacts;
     firewall = good.environment.etc."flashpods/firewall.nft".text;
     firewallTableBody = good.networking.nftables.tables.flashpods.content;
@@ -269,14 +312,79 @@ in
       };
   };
 
+  proxy =
+    let
+      facts = c: {
+        failedAssertions = failedAssertions c;
+        everythingChecked = everythingChecked c;
+        units = lib.mapAttrs (_: unit: {
+          inherit (unit) after requires wants;
+          serviceConfig = pick [
+            "LoadCredential"
+            "LoadCredentialEncrypted"
+            "ExecStart"
+          ] unit.serviceConfig;
+        }) (lib.filterAttrs (name: _: lib.hasPrefix "flashpods-proxy" name) c.systemd.services);
+        tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
+        apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
+        tmpfiles = builtins.attrNames c.systemd.tmpfiles.settings."10-flashpods";
+      };
+    in
+    {
+      # An operator's own key, encrypted with systemd-creds.
+      encryptedKey = facts (evaluate (withFlashpods {
+        proxy.ca = {
+          generate = false;
+          encrypted = true;
+          keyFile = "/var/lib/flashpods-secrets/proxy-ca-key.cred";
+          certFile = "/var/lib/flashpods-secrets/proxy-ca.pem";
+        };
+      }));
+      disabled = facts (evaluate [
+        valid
+        spireWithoutProxy
+      ]);
+    };
+
   broken = {
+    # A secret with neither a host rule nor an opt-in to env delivery.
+    secretWithoutRule = failedAssertions (evaluate (withFlashpods {
+      token.secrets.SLACK_TOKEN = "/var/lib/flashpods-secrets/slack";
+    }));
+    ruleWithoutSecret = failedAssertions (evaluate (withFlashpods {
+      proxy.rules.SLACK_TOKEN = [ "slack.com" ];
+    }));
+    ruleAndEnvDelivery = failedAssertions (evaluate (withFlashpods {
+      token.envDelivery = [ "GITHUB_TOKEN" ];
+    }));
+    rulesWithProxyOff = failedAssertions (evaluate (withFlashpods {
+      proxy.enable = false;
+    }));
+    proxyWithSpire = failedAssertions (evaluate (withFlashpods {
+      spire.enable = true;
+    }));
+    encryptedGeneratedKey = failedAssertions (evaluate (withFlashpods {
+      proxy.ca.encrypted = true;
+    }));
+    caKeyInStore = failedAssertions (evaluate (withFlashpods {
+      proxy.ca = {
+        generate = false;
+        keyFile = "/nix/store/00000000000000000000000000000000-ca-key.pem";
+      };
+    }));
+    caDirAboveStorage = failedAssertions (evaluate (withFlashpods {
+      proxy.ca.keyFile = "/var/lib/flashpods/ca-key.pem";
+    }));
+    emptyRuleFails = evaluationFails (withFlashpods { proxy.rules.GITHUB_TOKEN = lib.mkForce [ ]; }) (
+      c: c.services.flashpods.proxy.rules
+    );
     # Nothing set but enable: every required setting is named.
     missingEverything = failedAssertions (evaluate [
       buildScaffold
       { services.flashpods.enable = true; }
     ]);
     policyWithoutSecret = failedAssertions (evaluate (withFlashpods {
-      token.policy.worker = [ "NPM_TOKEN" ];
+      token.policy.worker = [ "DOCKER_TOKEN" ];
     }));
     secretInStore = failedAssertions (evaluate (withFlashpods {
       api.tokenFile = lib.mkForce "/nix/store/00000000000000000000000000000000-token";

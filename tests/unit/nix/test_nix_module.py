@@ -12,6 +12,7 @@ Needs nixpkgs' lib (tests/unit/nix/nixlib.py); skipped with that reason without 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -90,7 +91,170 @@ def test_token_config_is_accepted_by_the_token_service_itself(valid):
     assert set(parsed.secrets.values()) == {
         "/run/credentials/flashpods-token.service/ANTHROPIC_API_KEY",
         "/run/credentials/flashpods-token.service/GITHUB_TOKEN",
+        "/run/credentials/flashpods-token.service/NPM_TOKEN",
     }
+    # Ruled secrets are handed out as placeholders; only the opted-in one as a value.
+    assert parsed.env_delivery == ["NPM_TOKEN"]
+    assert set(parsed.proxy.rules) == {"ANTHROPIC_API_KEY", "GITHUB_TOKEN"}
+    # The token service loads only what it hands out as a value.
+    service = valid["units"]["flashpods-token"]["serviceConfig"]
+    assert service["LoadCredential"] == ["NPM_TOKEN:/var/lib/flashpods-secrets/npm"]
+
+
+def test_the_proxy_config_is_accepted_by_the_proxy_itself(valid):
+    from flashpods_token import config as token_config
+
+    parsed = token_config.parse_config(valid["proxyConfig"])
+    proxy = parsed.proxy
+    assert parsed.mode == "peer"
+    # Beside token.sock, in the directory every job mounts at /run/flashpods.
+    assert proxy.socket == "/run/flashpods/token/proxy.sock"
+    assert os.path.dirname(proxy.socket) == os.path.dirname(parsed.socket)
+    # The CA from the proxy unit's own credentials ($CREDENTIALS_DIRECTORY), no ca_dir.
+    creds = "/run/credentials/flashpods-proxy.service"
+    assert proxy.ca_dir is None
+    assert (proxy.ca_key_file, proxy.ca_cert_file) == (f"{creds}/ca-key.pem", f"{creds}/ca.pem")
+    assert proxy.rules == {
+        "ANTHROPIC_API_KEY": ["api.anthropic.com"],
+        "GITHUB_TOKEN": ["github.com", "api.github.com"],
+    }
+    assert proxy.budget_tokens == 1000000
+    assert proxy.upstream_ca_file is None
+    # The ruleset this host loads: the proxy refuses what the firewall refuses jobs.
+    assert proxy.firewall_template == "/etc/flashpods/firewall.nft"
+    # The secrets it injects come from its own credentials directory.
+    assert parsed.secrets["GITHUB_TOKEN"] == f"{creds}/GITHUB_TOKEN"
+    # The same keys as the token service's file, but for the secrets' paths.
+    shared = {k: v for k, v in valid["tokenConfig"].items() if k != "secrets"}
+    assert {k: v for k, v in valid["proxyConfig"].items() if k != "secrets"} == shared
+    # The API shows the usage the proxy records.
+    assert valid["apiConfig"]["storage"]["usage"] == proxy.usage_dir == "/var/lib/flashpods/usage"
+
+
+def test_the_proxy_unit_is_hardened_like_the_token_service(valid):
+    units = valid["units"]
+    proxy, token = units["flashpods-proxy"], units["flashpods-token"]
+    service = proxy["serviceConfig"]
+    assert service["ExecStart"].endswith("-flashpods-token/bin/flashpods-proxy")
+    assert (service["User"], service["Group"]) == ("flashpods-token", "flashpods-token")
+    for key in (
+        "ProtectSystem",
+        "NoNewPrivileges",
+        "CapabilityBoundingSet",
+        "AmbientCapabilities",
+        "ProtectProc",
+        "SystemCallFilter",
+        "ProtectHome",
+        "ProtectKernelTunables",
+        "RestrictNamespaces",
+        "RestrictSUIDSGID",
+        "UMask",
+        "PrivateTmp",
+    ):
+        assert service[key] == token["serviceConfig"][key], key
+    assert service["AmbientCapabilities"] == ["CAP_SYS_PTRACE"]
+    assert service["ProtectSystem"] == "strict"
+    # Writes only its socket's directory and the usage files.
+    assert service["ReadWritePaths"] == ["/run/flashpods/token", "/var/lib/flashpods/usage"]
+    # Upstream over IP, and a descriptor budget for 512 spliced connections.
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    assert service["LimitNOFILE"] >= 2 * 512
+    assert service["Restart"] == "always"
+    # After (and with) the token service and the CA's one-shot.
+    assert "flashpods-token.service" in proxy["after"]
+    assert "flashpods-token.service" in proxy["wants"]
+    assert proxy["requires"] == ["flashpods-proxy-ca.service"]
+    assert "flashpods-proxy-ca.service" in proxy["after"]
+    assert proxy["wantedBy"] == ["multi-user.target"]
+    # A changed config or ruleset restarts it.
+    assert valid["units"]["flashpods-proxy"]["restartTriggers"][0] == json.dumps(
+        valid["proxyConfig"], separators=(",", ":"), sort_keys=True
+    )
+
+
+def test_the_proxy_gets_its_ca_and_ruled_secrets_as_credentials_and_nothing_else(valid):
+    service = valid["units"]["flashpods-proxy"]["serviceConfig"]
+    assert service["LoadCredential"] == [
+        "ca.pem:/var/lib/flashpods/proxy-ca/ca.pem",
+        "ca-key.pem:/var/lib/flashpods/proxy-ca/ca-key.pem",
+        "ANTHROPIC_API_KEY:/var/lib/flashpods-secrets/anthropic",
+        "GITHUB_TOKEN:/var/lib/flashpods-secrets/github",
+    ]
+    assert "LoadCredentialEncrypted" not in service
+    # The credential names are the file names the proxy config reads.
+    names = {entry.split(":", 1)[0] for entry in service["LoadCredential"]}
+    proxy = valid["proxyConfig"]["proxy"]
+    assert {os.path.basename(proxy[key]) for key in ("ca_key_file", "ca_cert_file")} <= names
+
+
+def test_the_ca_one_shot_makes_the_key_as_root_without_network(valid):
+    unit = valid["units"]["flashpods-proxy-ca"]
+    service = unit["serviceConfig"]
+    assert service["ExecStart"].split()[1:] == [
+        "make-ca",
+        "/var/lib/flashpods/proxy-ca/ca-key.pem",
+        "/var/lib/flashpods/proxy-ca/ca.pem",
+    ]
+    assert service["ExecStart"].split()[0].endswith("/bin/flashpods-proxy")
+    assert (service["Type"], service["RemainAfterExit"]) == ("oneshot", True)
+    assert "User" not in service  # root, but with no capability at all
+    assert service["CapabilityBoundingSet"] == ""
+    assert service["UMask"] == "0077"
+    assert service["PrivateNetwork"] is True
+    assert service["IPAddressDeny"] == "any"
+    assert service["ReadWritePaths"] == ["/var/lib/flashpods/proxy-ca"]
+    assert unit["wantedBy"] == []  # pulled in by the proxy only
+    # Its directory is root's alone; the usage directory is the proxy's, read by the API.
+    entries = {path: entry["d"] for path, entry in valid["tmpfiles"].items()}
+    ca_dir = entries["/var/lib/flashpods/proxy-ca"]
+    assert (ca_dir["user"], ca_dir["group"], ca_dir["mode"]) == ("root", "root", "0700")
+    usage = entries["/var/lib/flashpods/usage"]
+    assert (usage["user"], usage["group"], usage["mode"]) == (
+        "flashpods-token",
+        "flashpods",
+        "0750",
+    )
+
+
+def test_the_kernel_holds_the_proxy_to_the_jobs_forbidden_ranges(valid):
+    from flashpods_token.egress import nonpublic_networks
+
+    service = valid["units"]["flashpods-proxy"]["serviceConfig"]
+    denied = [ipaddress.ip_network(n) for n in service["IPAddressDeny"]]
+    # Exactly the sets the proxy's own check reads from the rendered ruleset.
+    assert denied == nonpublic_networks(valid["firewall"])
+    assert ipaddress.ip_network("169.254.0.0/16") in denied
+    # Only the resolvers jobs may query too are let through.
+    assert service["IPAddressAllow"] == ["203.0.113.53", "2001:db8::53"]
+
+
+def test_an_encrypted_operator_key_is_loaded_encrypted(evaluated):
+    facts = evaluated["proxy"]["encryptedKey"]
+    assert facts["failedAssertions"] == []
+    assert facts["everythingChecked"] is True
+    service = facts["units"]["flashpods-proxy"]["serviceConfig"]
+    assert service["LoadCredentialEncrypted"] == [
+        "ca-key.pem:/var/lib/flashpods-secrets/proxy-ca-key.cred"
+    ]
+    assert service["LoadCredential"][0] == "ca.pem:/var/lib/flashpods-secrets/proxy-ca.pem"
+    assert not [e for e in service["LoadCredential"] if e.startswith("ca-key.pem:")]
+    # The operator supplies the CA: no one-shot, no root-only directory made.
+    assert set(facts["units"]) == {"flashpods-proxy"}
+    assert facts["units"]["flashpods-proxy"]["requires"] == []
+    assert "/var/lib/flashpods-secrets" not in facts["tmpfiles"]
+
+
+def test_with_the_proxy_off_secrets_go_the_old_way_only_when_named(evaluated):
+    from flashpods_token import config as token_config
+
+    facts = evaluated["proxy"]["disabled"]
+    assert facts["failedAssertions"] == []
+    assert facts["units"] == {}
+    parsed = token_config.parse_config(facts["tokenConfig"])
+    assert parsed.proxy is None
+    assert parsed.env_delivery == ["ANTHROPIC_API_KEY", "GITHUB_TOKEN", "NPM_TOKEN"]
+    assert facts["apiConfig"]["storage"]["usage"] is None
+    assert "/var/lib/flashpods/usage" not in facts["tmpfiles"]
 
 
 def test_the_reaper_sees_job_processes_to_hold_them_to_their_limits(valid):
@@ -125,14 +289,17 @@ def test_services_never_run_as_the_container_user(valid):
     assert as_flashpods == ["flashpods-images", "flashpods-podman"]
 
 
-@pytest.mark.parametrize("unit", ["flashpods-api", "flashpods-reaper", "flashpods-token"])
+@pytest.mark.parametrize(
+    "unit", ["flashpods-api", "flashpods-reaper", "flashpods-token", "flashpods-proxy"]
+)
 def test_services_are_hardened_and_get_secrets_as_credentials(valid, unit):
     service = valid["units"][unit]["serviceConfig"]
     assert service["ProtectSystem"] == "strict"
     assert service["NoNewPrivileges"] is True
-    if unit != "flashpods-token":  # peer attestation: CAP_SYS_PTRACE, tested above
+    if unit not in ("flashpods-token", "flashpods-proxy"):  # peer attestation: CAP_SYS_PTRACE
         assert service["CapabilityBoundingSet"] == ""
-    assert service["IPAddressDeny"] == "any"
+    if unit != "flashpods-proxy":  # it dials the internet: the forbidden ranges only, above
+        assert service["IPAddressDeny"] == "any"
     assert service["LoadCredential"], "secrets come through LoadCredential"
     for entry in service["LoadCredential"]:
         name, path = entry.split(":", 1)
@@ -541,6 +708,19 @@ BROKEN_CASES = {
     ],
     "subIdsHoldAUid": ["services.flashpods.podman.subIdStart", "the uid of user flashpods"],
     "subIdsOverlapAnotherUser": ["podman.subIdStart", "the subordinate uids of user alice"],
+    # The load-time check of the token service (proxy_config.py), at evaluation.
+    "secretWithoutRule": [
+        "services.flashpods.token.secrets.SLACK_TOKEN has no host rule",
+        "services.flashpods.proxy.rules.SLACK_TOKEN",
+        "services.flashpods.token.envDelivery",
+    ],
+    "ruleWithoutSecret": ["name SLACK_TOKEN", "services.flashpods.token.secrets.<NAME>"],
+    "ruleAndEnvDelivery": ["GITHUB_TOKEN is in both proxy.rules and token.envDelivery"],
+    "rulesWithProxyOff": ["services.flashpods.proxy.enable is false"],
+    "proxyWithSpire": ["peer mode only", "services.flashpods.proxy.enable = false"],
+    "encryptedGeneratedKey": ["services.flashpods.proxy.ca.generate = false"],
+    "caKeyInStore": ["proxy.ca.keyFile", "outside /nix/store"],
+    "caDirAboveStorage": ["services.flashpods.proxy.ca.keyFile", "/var/lib/flashpods/workspaces"],
 }
 
 
@@ -554,6 +734,10 @@ def test_broken_configurations_fail_with_a_message_saying_what_to_set(evaluated,
 
 def test_a_duration_typo_fails_evaluation(evaluated):
     assert evaluated["broken"]["badDurationFails"] is True
+
+
+def test_a_rule_without_hosts_fails_evaluation(evaluated):
+    assert evaluated["broken"]["emptyRuleFails"] is True
 
 
 def test_nothing_is_set_up_when_disabled(evaluated):
