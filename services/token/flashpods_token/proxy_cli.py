@@ -56,7 +56,12 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
         settings,
         Policy(config.roles, config.secrets, settings.rules),
         attestor.attest,
-        Egress(forbidden, settings.static_hosts, settings.connect_timeout_s),
+        Egress(
+            forbidden,
+            settings.static_hosts,
+            settings.connect_timeout_s,
+            settings.refused_interfaces,
+        ),
         HostCA(settings.ca_dir),
         audit=audit,
         usage=(
