@@ -191,7 +191,9 @@ pid {work / "nginx.pid"};
 error_log {work / "nginx-error.log"} warn;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    # Which connections resumed a TLS session ("r"): the proxy's upstream ones should.
+    log_format resumed "$ssl_session_reused";
+    access_log {work / "access.log"} resumed;
     {paths}
     sendfile on;
     server {{
@@ -326,11 +328,13 @@ def _measure(host_ns: str, work: Path, samples: int, rounds: int) -> dict[str, A
         for via in (False, True):
             curl.first_byte(via)
         direct_ttfb, proxy_ttfb, handshakes = [], [], []
+        cpu_before = _cpu_s(proxy_pid)
         for _ in range(samples):
             direct_ttfb.append(curl.first_byte(False)[0])
             first, handshake = curl.first_byte(True)
             proxy_ttfb.append(first)
             handshakes.append(handshake)
+        call_cpu = (_cpu_s(proxy_pid) - cpu_before) / samples
         direct_mibs, proxy_mibs, cpu = [], [], []
         for _ in range(rounds):
             direct_mibs.append(curl.download(False))
@@ -345,6 +349,7 @@ def _measure(host_ns: str, work: Path, samples: int, rounds: int) -> dict[str, A
         "direct_ttfb": direct_ttfb,
         "proxy_ttfb": proxy_ttfb,
         "proxy_handshake": handshakes,
+        "proxy_cpu_per_call_s": call_cpu,
         "direct_mibs": direct_mibs,
         "proxy_mibs": proxy_mibs,
         "proxy_cpu_s": cpu,
@@ -364,6 +369,8 @@ def proxy_cost(smoke: bool) -> list[Result]:
         _, chain, key = _origin_tls(work)
         with _nginx(inet_ns, work, chain, key):
             got = _in_netns(host_ns, lambda: _measure(host_ns, work, samples, rounds))
+        # A curl process never resumes: every "r" is one of the proxy's connections.
+        resumed = (work / "access.log").read_text().split().count("r")
     if not got["usage_recorded"]:
         raise RuntimeError(
             "the proxy recorded no usage: the Messages API call was not metered; "
@@ -391,7 +398,10 @@ def proxy_cost(smoke: bool) -> list[Result]:
                 "the key in, meters the stream and opens its own TLS connection upstream; "
                 f"of the proxied p50, {ms(shake)} until the job's TLS handshake with the "
                 "proxy is done (accept, attestation, handshake), the rest the request, the "
-                "proxy's upstream connection and TLS handshake, and the answer"
+                "proxy's upstream connection and TLS handshake, and the answer; the proxy "
+                f"spent {ms(got['proxy_cpu_per_call_s'])} of CPU per call; {resumed} of its "
+                f"{len(got['proxy_ttfb']) + len(got['proxy_mibs']) + 1} upstream connections "
+                "resumed a TLS session"
             ),
             extra={"added_s": added, "direct_p50_s": d50, "proxy_p50_s": p50, "handshake_s": shake},
         ),
