@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import completion, e2e, scale, spawn, token_exchange, transfer
+from . import completion, credential_proxy, e2e, scale, spawn, token_exchange, transfer
 from .common import Result, machine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
             ("P5", lambda: transfer.log_and_artifacts(2)),
             ("P5d", lambda: transfer.follow_latency(5)),
             ("P6", lambda: token_exchange.exchange(smoke=True)),
+            ("P7", lambda: credential_proxy.proxy_cost(smoke=True)),
             ("P8", lambda: completion.cold(3)),
             ("P8w", lambda: completion.warm(3)),
             ("P8o", lambda: completion.output_wakeup(3)),
@@ -49,6 +50,7 @@ def plan(smoke: bool) -> list[tuple[str, Callable[[], Result | list[Result]]]]:
         ("P5", lambda: transfer.log_and_artifacts(64, rounds=11)),
         ("P5d", lambda: transfer.follow_latency(30)),
         ("P6", lambda: token_exchange.exchange(smoke=False)),
+        ("P7", lambda: credential_proxy.proxy_cost(smoke=False)),
         ("P8", lambda: completion.cold(12)),
         ("P8w", lambda: completion.warm(12)),
         ("P8o", lambda: completion.output_wakeup(12)),

@@ -7,6 +7,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 packages=(podman uidmap runc crun slirp4netns fuse-overlayfs rsync nftables iproute2
 	busybox-static debootstrap curl jq gcc libc6-dev python3-venv nix-bin shellcheck
 	util-linux procps)
+# Test tools (scripts/test sets FLASHPODS_SETUP_TEST_TOOLS=1): nginx is the fast stand-in
+# origin of benchmark P7 (bench/credential_proxy.py); a dev host does not need it.
+if [[ ${FLASHPODS_SETUP_TEST_TOOLS:-0} == 1 ]]; then
+	packages+=(nginx)
+fi
 # wireguard-tools recommends a kernel image: never pull one in.
 no_recommends=(wireguard-go wireguard-tools)
 

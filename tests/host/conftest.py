@@ -2,22 +2,35 @@
 
 Session-scoped: one topology and one dev host per run, built once and torn down at the
 end, also when a test failed or the run was interrupted. The dev host is the real one
-(flashpods_devhost.host.DevHost: podman service, token service, rsyncd, API, reaper)
-started inside the host namespace with the project's firewall loaded from the shared
-template, exactly as `scripts/dev-host` and the NixOS module use it.
+(flashpods_devhost.host.DevHost: podman service, token service, credential proxy,
+rsyncd, API, reaper) started inside the host namespace with the project's firewall
+loaded from the shared template, exactly as `scripts/dev-host` and the NixOS module
+use it.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import topology as topo
 from flashpods_devhost.host import DevHost
-from flashpods_devhost.pytest_plugin import new_settings
-from host_settings import RETENTION, WORKER_IMAGE, firewall_values
+from flashpods_devhost.pytest_plugin import TEST_SECRETS, new_settings
+from host_settings import (
+    AGENT_IMAGE,
+    PROXY_INTERNET_NAME,
+    PROXY_RULED_INTERNET,
+    PROXY_SECRET,
+    RETENTION,
+    WORKER_IMAGE,
+    firewall_values,
+    proxy_block,
+)
 from job_runner import ApiJobs, PodmanJobs
+from tls_material import write_ca_and_leaf
 from topology import Topology
 
 if os.geteuid() != 0:  # pragma: no cover - CI runs as root
@@ -34,16 +47,36 @@ def topology() -> Iterator[Topology]:
         t.down()
 
 
+@pytest.fixture(scope="session")
+def upstream_tls(topology: Topology) -> Iterator[Path]:
+    """A TLS server in the test internet (port 443 on every address of the router, so
+    also on 169.254.169.254 and the private neighbours); its CA file, which the proxy
+    trusts upstream."""
+    with tempfile.TemporaryDirectory(prefix="fp-host-tls-", dir="/var/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        names = [PROXY_INTERNET_NAME, PROXY_RULED_INTERNET, topo.INTERNET]
+        ca, chain, key = write_ca_and_leaf(Path(tmp), names)
+        topology.standin(
+            "inet", "tls", "tls-internet", "443", "--cert", str(chain), "--key", str(key)
+        )
+        yield ca
+
+
 # What both dev hosts' APIs run: a sub-agent is the busybox image running its prompt as a
 # shell script (the rows about sub-agents need what it can do, not Claude Code).
 JOB_IMAGES = {
-    "images": {"worker": WORKER_IMAGE, "sub_agent": WORKER_IMAGE, "allowed": [WORKER_IMAGE]},
+    "images": {
+        "worker": WORKER_IMAGE,
+        "sub_agent": WORKER_IMAGE,
+        # The proxy rows need curl and python3 in the job.
+        "allowed": [WORKER_IMAGE, AGENT_IMAGE],
+    },
     "sub_agent": {"command": ["sh", "-c", 'eval "$FLASHPODS_PROMPT"'], "env": {}},
 }
 
 
 @pytest.fixture(scope="session")
-def devhost(topology: Topology) -> Iterator[DevHost]:
+def devhost(topology: Topology, upstream_tls: Path) -> Iterator[DevHost]:
     values = firewall_values(topology)
     settings = new_settings(
         netns=topology.ns["host"],
@@ -54,6 +87,9 @@ def devhost(topology: Topology) -> Iterator[DevHost]:
         rsync_host=topo.HOST_TUNNEL,
         rsync_port=topo.RSYNC_PORT,
         retention=dict(RETENTION),
+        # The credential proxy runs, as on a real host (a secret of its own has a rule).
+        secrets={**TEST_SECRETS, PROXY_SECRET: "proxy-probe-" + os.urandom(12).hex()},
+        token_overrides={"proxy": proxy_block(str(upstream_tls))},
         # The API's own second layer: only the laptop's address is a valid peer.
         api_overrides={
             "allowed_peers": [topo.LAPTOP_TUNNEL],

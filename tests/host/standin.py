@@ -4,6 +4,9 @@
         On each port (every address, IPv4 and IPv6 unless --bind names addresses),
         answer every connection with one line "NAME <local address> <port>" and close.
         A client that receives that line has reached this server, nothing else.
+    standin.py tls NAME PORT --cert CHAIN --key KEY
+        On PORT (every address), complete a TLS handshake with CHAIN and answer one HTTP
+        request with 200 and the body "NAME <local address> <port>".
     standin.py dns ADDR [ADDR...]
         Answer every DNS query on UDP port 53 of each address with one A record
         (203.0.113.10), so a job can check that its resolver answers.
@@ -17,8 +20,10 @@ import argparse
 import contextlib
 import selectors
 import socket
+import ssl
 import struct
 import sys
+import threading
 
 ANSWER = bytes([203, 0, 113, 10])
 
@@ -51,6 +56,33 @@ def serve_tcp(name: str, ports: list[int], binds: list[str]) -> None:
                 host = local[0].removeprefix("::ffff:")
                 with contextlib.suppress(OSError):
                     conn.sendall(f"{name} {host} {local[1]}\n".encode())
+
+
+def _tls_answer(conn: socket.socket, ctx: ssl.SSLContext, name: str) -> None:
+    with contextlib.suppress(OSError), conn:
+        conn.settimeout(10)
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            data = b""
+            while b"\r\n\r\n" not in data and len(data) < 65536:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            local = tls.getsockname()
+            body = f"{name} {local[0].removeprefix('::ffff:')} {local[1]}\n".encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            tls.sendall(head.encode() + body)
+
+
+def serve_tls(name: str, port: int, cert: str, key: str) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    (listener,) = _tcp_sockets([port], [])
+    print("ready", flush=True)
+    while True:
+        conn, _peer = listener.accept()
+        # One thread per connection: a handshake that stalls never blocks the next one.
+        threading.Thread(target=_tls_answer, args=(conn, ctx, name), daemon=True).start()
 
 
 def _answer(query: bytes) -> bytes | None:
@@ -89,11 +121,18 @@ def main(argv: list[str]) -> None:
     tcp.add_argument("name")
     tcp.add_argument("ports", nargs="+", type=int)
     tcp.add_argument("--bind", action="append", default=[])
+    tls = sub.add_parser("tls")
+    tls.add_argument("name")
+    tls.add_argument("port", type=int)
+    tls.add_argument("--cert", required=True)
+    tls.add_argument("--key", required=True)
     dns = sub.add_parser("dns")
     dns.add_argument("addresses", nargs="+")
     args = parser.parse_args(argv)
     if args.kind == "tcp":
         serve_tcp(args.name, args.ports, args.bind)
+    elif args.kind == "tls":
+        serve_tls(args.name, args.port, args.cert, args.key)
     else:
         serve_dns(args.addresses)
 

@@ -32,7 +32,7 @@ def test_job_user_is_unprivileged_and_owns_nothing_of_the_api(machine, devhost):
 
 
 def test_sockets_are_reachable_by_group_flashpods_only(machine, devhost):
-    for path in (devhost.paths.token_socket, devhost.paths.podman_socket):
+    for path in (devhost.paths.token_socket, devhost.proxy_socket, devhost.paths.podman_socket):
         sock = machine.file(str(path))
         assert sock.is_socket
         assert sock.group == "flashpods"

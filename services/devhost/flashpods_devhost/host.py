@@ -278,6 +278,9 @@ class DevHost:
             overrides=token_overrides,
         )
         proxy = self.token_config.get("proxy")
+        if proxy is not None and s.firewall_values.get("wg_if"):
+            # The proxy holds its upstream connections to the firewall's tunnel rule too.
+            proxy.setdefault("refused_interfaces", [s.firewall_values["wg_if"]])
         if proxy and proxy.get("usage_dir") and not self.api_config["storage"].get("usage"):
             self.api_config["storage"]["usage"] = proxy["usage_dir"]  # shown per job
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")

@@ -5,7 +5,9 @@ the same rule is applied here. The forbidden ranges are read from the firewall
 template's own sets (`job_nonpublic_v4`, `job_nonpublic_v6`, NAT64 and 6to4 forms of
 private IPv4 included), so there is one list. Addresses local to the host are refused
 too (the firewall's `fib daddr type unicast`): the kernel says which, by letting a
-bind to them succeed.
+bind to them succeed. So are addresses the host routes out of a refused interface (the
+firewall's `oifname "wg0" goto job_refuse`: the laptop's tunnel carries public-looking
+addresses too): the kernel's own route lookup (netlink RTM_GETROUTE) says which.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import ipaddress
 import re
 import socket
+import struct
 from collections.abc import Iterable
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -63,16 +66,52 @@ def is_host_local(address: IpAddress) -> bool:
     return True
 
 
+# rtnetlink (linux/rtnetlink.h): ask the kernel which interface a destination leaves by.
+_RTM_NEWROUTE, _RTM_GETROUTE, _NLMSG_ERROR, _NLM_F_REQUEST = 24, 26, 2, 1
+_RTA_DST, _RTA_OIF = 1, 4
+
+
+def route_interface(address: IpAddress) -> str | None:
+    """The interface the host would send to address by (`ip route get`), None if unrouted."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    dst = address.packed
+    # struct rtmsg (family, dst_len, src_len, tos, table, protocol, scope, type, flags)
+    body = struct.pack("=BBBBBBBBI", family, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0)
+    body += struct.pack("=HH", 4 + len(dst), _RTA_DST) + dst
+    request = struct.pack("=IHHII", 16 + len(body), _RTM_GETROUTE, _NLM_F_REQUEST, 1, 0) + body
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        nl.settimeout(2.0)
+        nl.send(request)
+        reply = nl.recv(65536)
+    length, kind = struct.unpack_from("=IH", reply)
+    if kind == _NLMSG_ERROR:
+        return None  # no route: the connect fails on its own
+    if kind != _RTM_NEWROUTE:
+        raise OSError(f"unexpected netlink answer {kind} to a route lookup")
+    offset = 16 + 12  # nlmsghdr, rtmsg
+    while offset + 4 <= min(length, len(reply)):
+        attr_len, attr_type = struct.unpack_from("=HH", reply, offset)
+        if attr_len < 4:
+            break
+        if attr_type == _RTA_OIF:
+            (index,) = struct.unpack_from("=I", reply, offset + 4)
+            return socket.if_indextoname(index)
+        offset += (attr_len + 3) & ~3
+    return None
+
+
 class Egress:
     def __init__(
         self,
         forbidden: Iterable[IpNetwork],
         static_hosts: dict[str, str] | None = None,
         connect_timeout_s: float = 10.0,
+        refused_interfaces: Iterable[str] = (),
     ):
         self._forbidden = list(forbidden)
         self._static = {k.lower(): v for k, v in (static_hosts or {}).items()}
         self._timeout = connect_timeout_s
+        self._refused_interfaces = frozenset(refused_interfaces)
 
     def refusal(self, address: IpAddress) -> str | None:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
@@ -84,6 +123,13 @@ class Egress:
             return f"{address} is not a unicast address"
         if is_host_local(address):
             return f"{address} is an address of the host itself"
+        if self._refused_interfaces:
+            try:
+                via = route_interface(address)
+            except OSError as exc:  # cannot tell where it would go: do not send it
+                return f"{address}: the route lookup failed ({exc})"
+            if via in self._refused_interfaces:
+                return f"{address} is routed into {via}, which jobs may not use"
         return None
 
     def resolve(self, host: str, port: int) -> list[IpAddress]:

@@ -162,10 +162,16 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
             other = upstream if s is client else client
             try:
                 n = s.recv_into(view[:CHUNK])
-                # A TLS socket hands out one record (16 KiB) per read: take what is
-                # already decrypted too, so one write carries many records.
-                while n and n < len(buf) and isinstance(s, ssl.SSLSocket) and s.pending():
-                    n += s.recv_into(view[n:], min(s.pending(), len(buf) - n))
+                # A TLS socket hands out one record (16 KiB) per read: take every record
+                # that has already arrived too (decrypted, or waiting in the socket), so
+                # one write carries many and the loop turns once per burst, not per record.
+                while n and n < len(buf) and isinstance(s, ssl.SSLSocket):
+                    if not s.pending() and not select.select([s], [], [], 0)[0]:
+                        break
+                    got = s.recv_into(view[n:], min(CHUNK, len(buf) - n))
+                    if not got:
+                        break  # the end: seen again (and handled) at the next turn
+                    n += got
             except ssl.SSLWantReadError:
                 continue
             except (OSError, ssl.SSLError):
@@ -208,6 +214,10 @@ class CredentialProxy:
         self._ruled_hosts = set().union(*self._rules.values()) if self._rules else set()
         self._upstream_ctx = ssl.create_default_context(cafile=settings.upstream_ca_file)
         self._upstream_ctx.set_alpn_protocols(["http/1.1"])
+        # The last TLS session per upstream (host, port): the next connection resumes it
+        # (no certificate chain to send and verify again). Shared by all jobs, like the
+        # proxy's source address: it tells the upstream nothing more about a job.
+        self._upstream_sessions: dict[tuple[str, int], ssl.SSLSession] = {}
         self._sni_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._sni_ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         self._sni_ctx.set_alpn_protocols(["http/1.1"])
@@ -399,7 +409,7 @@ class CredentialProxy:
             record.clear()
             splice(client, upstream, self.settings.idle_timeout_s)
         finally:
-            upstream.close()
+            self._close_upstream(upstream, host, port)
 
     def _forward_metered(
         self,
@@ -445,7 +455,7 @@ class CredentialProxy:
                 head, after = read_head(upstream, b"", time.monotonic() + idle)
                 seen = relay_response(upstream, client, head, after, idle)
             finally:
-                upstream.close()
+                self._close_upstream(upstream, host, port)
             self.usage.settle(ident.job_id, reserved, seen)
             settled = True
             self._log_record(record | {"outcome": "forwarded", "usage": seen})
@@ -456,11 +466,22 @@ class CredentialProxy:
 
     def _open_upstream(self, host: str, port: int) -> ssl.SSLSocket:
         raw = self._connect(host, port)
+        session = self._upstream_sessions.get((host, port))
         try:
-            return self._upstream_ctx.wrap_socket(raw, server_hostname=host)
+            return self._upstream_ctx.wrap_socket(raw, server_hostname=host, session=session)
         except (ssl.SSLError, OSError) as exc:
             raw.close()
             raise Refused(502, "upstream_tls", f"TLS to {host}:{port} failed: {exc}") from None
+
+    def _close_upstream(self, upstream: ssl.SSLSocket, host: str, port: int) -> None:
+        # A TLS 1.3 ticket arrives after the handshake: the session is worth keeping now.
+        with contextlib.suppress(OSError, ValueError):
+            session = upstream.session
+            if session is not None and session.has_ticket:
+                if len(self._upstream_sessions) > 1024:
+                    self._upstream_sessions.clear()  # bound memory against many hosts
+                self._upstream_sessions[(host, port)] = session
+        upstream.close()
 
     def _rewrite(self, ident: JobIdentity, host: str, value: str, injected: list[str]) -> str:
         for found in find(value):

@@ -57,7 +57,12 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
         settings,
         Policy(config.roles, config.secrets, settings.rules),
         attestor.attest,
-        Egress(forbidden, settings.static_hosts, settings.connect_timeout_s),
+        Egress(
+            forbidden,
+            settings.static_hosts,
+            settings.connect_timeout_s,
+            settings.refused_interfaces,
+        ),
         (
             HostCA.from_files(settings.ca_key_file, settings.ca_cert_file)
             if settings.ca_key_file and settings.ca_cert_file

@@ -26,6 +26,9 @@ class ProxySettings:
     rules: dict[str, list[str]] = field(default_factory=dict)  # secret -> its hosts
     upstream_ca_file: str | None = None
     static_hosts: dict[str, str] = field(default_factory=dict)
+    # Interfaces no upstream connection may leave by: the laptop's WireGuard tunnel (the
+    # firewall's `oifname "wg0" goto job_refuse`; it routes public-looking addresses).
+    refused_interfaces: list[str] = field(default_factory=list)
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 10.0
     idle_timeout_s: float = 300.0
@@ -130,9 +133,21 @@ def parse_proxy(
             isinstance(k, str) and isinstance(v, str) for k, v in static.items()
         ):
             raise ProxyConfigError("token config proxy.static_hosts must map names to addresses")
+        refused_ifs = data.get("refused_interfaces") or []
+        if not isinstance(refused_ifs, list) or not all(
+            isinstance(i, str) and 0 < len(i) < 16 and "/" not in i for i in refused_ifs
+        ):
+            raise ProxyConfigError(
+                'token config proxy.refused_interfaces must list interface names (e.g. ["wg0"])'
+            )
         try:
             fields: dict[str, Any] = {"ca_dir": None, **data}
-            proxy = ProxySettings(**(fields | {"rules": rules, "static_hosts": static}))
+            proxy = ProxySettings(
+                **(
+                    fields
+                    | {"rules": rules, "static_hosts": static, "refused_interfaces": refused_ifs}
+                )
+            )
         except TypeError as exc:
             raise ProxyConfigError(f"token config proxy: {exc}") from None
     missing = sorted(n for n in secrets if n not in rules and n not in env_delivery)

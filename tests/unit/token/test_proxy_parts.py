@@ -4,6 +4,8 @@ read from the firewall template (the real template; the kernel answers "is it lo
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,8 @@ CONFIG_CASES = [
     ({"proxy": _proxy(socket="/run/x/other.sock")}, "must be named proxy.sock"),
     ({"proxy": _proxy(sockt="/x")}, "unknown key 'sockt'"),
     ({"proxy": {"socket": "/run/x/proxy.sock"}}, "missing key 'ca_dir'"),
+    ({"proxy": _proxy(refused_interfaces="wg0")}, "refused_interfaces must list interface"),
+    ({"proxy": _proxy(refused_interfaces=["a/b"])}, "refused_interfaces must list interface"),
 ]  # fmt: skip
 
 
@@ -84,6 +88,38 @@ def test_a_name_pinned_to_a_private_address_is_still_refused():
         egress.resolve("github.com", 443)
     with pytest.raises(EgressRefused, match="not a host name"):
         egress.resolve("evil.com\r\nX: y", 443)
+
+
+ROUTED = """
+import ipaddress, sys
+from flashpods_token.egress import Egress, route_interface
+egress = Egress([], refused_interfaces=["fptun0"])
+print(route_interface(ipaddress.ip_address("192.0.2.10")))
+print(egress.refusal(ipaddress.ip_address("192.0.2.10")))
+print(egress.refusal(ipaddress.ip_address("198.51.100.7")))
+print(route_interface(ipaddress.ip_address("198.51.100.7")))
+"""
+
+
+def test_an_address_routed_into_a_refused_interface_is_refused():
+    # A namespace of its own (unshare): a tunnel-like interface that carries a public
+    # address, as the laptop's WireGuard interface carries its routed addresses.
+    setup = " && ".join(
+        [f"ip link add {a} type veth peer name {b} && ip link set {a} up && ip link set {b} up"
+         for a, b in (("fptun0", "fptun1"), ("fpeth0", "fpeth1"))]
+        + ["ip route add 192.0.2.10/32 dev fptun0", "ip addr add 198.51.100.1/24 dev fpeth0"]
+    )  # fmt: skip
+    done = subprocess.run(
+        ["unshare", "-rn", "sh", "-c", f'{setup} && exec "$0" -c "$1"', sys.executable, ROUTED],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    via, refused, allowed, other = done.stdout.splitlines()
+    assert via == "fptun0"
+    assert refused == "192.0.2.10 is routed into fptun0, which jobs may not use"
+    assert (allowed, other) == ("None", "fpeth0")
 
 
 def _chunked(parts: list[bytes]) -> bytes:
