@@ -34,6 +34,8 @@ class ProxySettings:
     model_secret: str = "ANTHROPIC_API_KEY"
     usage_dir: str | None = None
     budget_tokens: int | None = None  # input + output tokens per job; None: no cap
+    # Per-job budgets, written by the API (job_budget.py); the lower of the two applies.
+    budget_dir: str | None = None
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
@@ -104,6 +106,15 @@ def parse_proxy(
         if budget is not None and usage_dir is None:
             raise ProxyConfigError(
                 "token config proxy.budget_tokens needs proxy.usage_dir (where usage is kept)"
+            )
+        budget_dir = data.get("budget_dir")
+        if budget_dir is not None and not (
+            isinstance(budget_dir, str) and os.path.isabs(budget_dir)
+        ):
+            raise ProxyConfigError("token config proxy.budget_dir must be an absolute path")
+        if budget_dir is not None and usage_dir is None:
+            raise ProxyConfigError(
+                "token config proxy.budget_dir needs proxy.usage_dir (where usage is kept)"
             )
         static = data.get("static_hosts") or {}
         if not isinstance(static, dict) or not all(

@@ -32,6 +32,8 @@ CONFIG_CASES = [
     ({"proxy": _proxy(socket="/run/x/other.sock")}, "must be named proxy.sock"),
     ({"proxy": _proxy(sockt="/x")}, "unknown key 'sockt'"),
     ({"proxy": {"socket": "/run/x/proxy.sock"}}, "missing key 'ca_dir'"),
+    ({"proxy": _proxy(budget_dir="/b")}, "budget_dir needs proxy.usage_dir"),
+    ({"proxy": _proxy(usage_dir="/u", budget_dir="b")}, "budget_dir must be an absolute path"),
 ]  # fmt: skip
 
 
