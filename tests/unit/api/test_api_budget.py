@@ -188,3 +188,24 @@ def test_an_older_database_gains_the_column_in_place_and_keeps_its_rows(tmp_path
         columns = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
     conn.close()
     assert columns.count("budget_tokens") == 1 and columns[-1] == "budget_tokens"
+
+
+def test_a_warm_job_has_its_budget_written_before_its_command_is_handed_over(
+    metered, monkeypatch
+):
+    from flashpods_api import warm
+
+    host = metered(warm_pool={"worker": 1})
+    host.reaper.tick()
+    ready = host.store.warm_rows()[0]["id"]  # made before the job existed
+    seen: list[bool] = []
+    hand_over = warm.WarmPool.hand_over
+
+    def spy(self, job):
+        seen.append((Path(host.config.storage["budgets"]) / f"{job['id']}.json").exists())
+        return hand_over(self, job)
+
+    monkeypatch.setattr(warm.WarmPool, "hand_over", spy)
+    job = host.job("sleep 100", budget_tokens=70)
+    assert job["id"] == ready and job["status"] == "running"
+    assert seen == [True]
