@@ -190,9 +190,7 @@ def test_an_older_database_gains_the_column_in_place_and_keeps_its_rows(tmp_path
     assert columns.count("budget_tokens") == 1 and columns[-1] == "budget_tokens"
 
 
-def test_a_warm_job_has_its_budget_written_before_its_command_is_handed_over(
-    metered, monkeypatch
-):
+def test_a_warm_job_has_its_budget_written_before_its_command_is_handed_over(metered, monkeypatch):
     from flashpods_api import warm
 
     host = metered(warm_pool={"worker": 1})
