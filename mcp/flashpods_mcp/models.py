@@ -33,6 +33,10 @@ class JobInfo(BaseModel):
     queue_position: int | None = None
     image: str | None = None
     timeout_s: int | None = None
+    budget_tokens: int | None = Field(None, description="The job's own model token budget")
+    stop_reason: str | None = Field(
+        None, description="Why Flashpods stopped the job (kill, timeout, budget_exhausted, ...)"
+    )
     usage: ModelUsage | None = None
 
     @classmethod
@@ -46,11 +50,14 @@ class JobInfo(BaseModel):
             parts.append(f"exit {self.exit_code}")
         if self.queue_position is not None:
             parts.append(f"queue position {self.queue_position}")
-        if self.usage is not None and self.usage.requests:
-            u = self.usage
+        u = self.usage
+        if u is not None and u.requests:
             parts.append(f"model {u.requests} calls, {u.input_tokens} in / {u.output_tokens} out")
-            if u.budget_exhausted:
-                parts.append("budget_exhausted")
+        budget = (u.budget_tokens if u is not None else None) or self.budget_tokens
+        if budget is not None:
+            parts.append(f"budget {budget} tokens")
+        if self.stop_reason == "budget_exhausted" or (u is not None and u.budget_exhausted):
+            parts.append("budget_exhausted")
         if self.error:
             parts.append(f"error: {self.error}")
         return " ".join(parts)

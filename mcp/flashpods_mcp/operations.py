@@ -139,6 +139,7 @@ class Flashpods:
         timeout_s: int | None = None,
         cpus: float | None = None,
         memory: int | None = None,
+        budget_tokens: int | None = None,
         progress: ProgressFn | None = None,
     ) -> tuple[dict[str, Any], UploadReport | None]:
         request: dict[str, Any] = {"kind": kind}
@@ -157,6 +158,8 @@ class Flashpods:
             request["image"] = image
         if timeout_s is not None:
             request["timeout_s"] = timeout_s
+        if budget_tokens is not None:
+            request["budget_tokens"] = budget_tokens
         resources = {k: v for k, v in (("cpus", cpus), ("memory", memory)) if v is not None}
         if resources:
             request["resources"] = resources

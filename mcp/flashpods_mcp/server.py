@@ -82,6 +82,17 @@ TimeoutArg = Annotated[
     int | None,
     Field(ge=1, description="Seconds before the host stops the job (default 1 h)"),
 ]
+BudgetArg = Annotated[
+    int | None,
+    Field(
+        ge=1,
+        description=(
+            "Model token budget (input + output) for this job, lower than the host's "
+            "default; at it the model endpoint refuses and the job is stopped "
+            "(budget_exhausted). Only on hosts that meter model calls."
+        ),
+    ),
+]
 CpusArg = Annotated[float | None, Field(gt=0, description="CPU limit, e.g. 1.5")]
 MemoryArg = Annotated[int | None, Field(ge=16, description="Memory limit in MiB")]
 ImageArg = Annotated[
@@ -164,6 +175,7 @@ async def spawn_worker(
     timeout_s: TimeoutArg = None,
     cpus: CpusArg = None,
     memory: MemoryArg = None,
+    budget_tokens: BudgetArg = None,
 ) -> Annotated[CallToolResult, SpawnResult]:
     """Upload a local directory and run a shell command on it in a container on the host.
 
@@ -182,6 +194,7 @@ async def spawn_worker(
         timeout_s=timeout_s,
         cpus=cpus,
         memory=memory,
+        budget_tokens=budget_tokens,
     )
 
 
@@ -205,6 +218,7 @@ async def spawn_sub_agent(
     timeout_s: TimeoutArg = None,
     cpus: CpusArg = None,
     memory: MemoryArg = None,
+    budget_tokens: BudgetArg = None,
 ) -> Annotated[CallToolResult, SpawnResult]:
     """Upload a local directory and start an AI coding agent on it with a prompt.
 
@@ -223,6 +237,7 @@ async def spawn_sub_agent(
         timeout_s=timeout_s,
         cpus=cpus,
         memory=memory,
+        budget_tokens=budget_tokens,
     )
 
 

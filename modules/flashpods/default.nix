@@ -464,6 +464,12 @@ in
         /flashpods/control). Its parent directory must not be writable by group
         flashpods, so a job cannot swap the directory out.
       '';
+      budgets = pathOption "/var/lib/flashpods/budgets" ''
+        Per-job model budgets: the API writes `<job id>.json` before a job starts,
+        the credential proxy reads it (group flashpods-token); no job can read or
+        write it. Used once the proxy is on (API `storage.budgets`, proxy
+        `budget_dir`).
+      '';
     };
 
     rsync.port = lib.mkOption {

@@ -50,14 +50,18 @@ let
   generateCa = cfg.proxy.enable && proxyCa.generate;
   firewallRuleset = config.environment.etc."flashpods/firewall.nft".text;
 
-  storageDirs = with cfg.storage; [
-    uploads
-    workspaces
-    artifacts
-    logs
-    db
-    control
-  ];
+  storageDirs =
+    with cfg.storage;
+    [
+      uploads
+      workspaces
+      artifacts
+      logs
+      db
+      control
+    ]
+    # The API writes each job's budget file for the proxy.
+    ++ lib.optional cfg.proxy.enable budgets;
 
   apiUnitBase = unit: {
     after = [
@@ -128,9 +132,15 @@ in
             logs
             control
             ;
-          # The proxy's per-job model usage, shown with each job.
+          # The proxy's per-job model usage, shown with each job (and read by
+          # the reaper, which stops a job at its budget).
           usage = if cfg.proxy.enable then toString cfg.storage.usage else null;
+          # Per-job budgets, written by the API for the proxy (docs/design.md,
+          # "Per-job budget").
+          budgets = if cfg.proxy.enable then toString cfg.storage.budgets else null;
         };
+        # The host's budget, which a job may only lower in POST /jobs.
+        limits.job_budget_tokens = if cfg.proxy.enable then cfg.proxy.budgetTokens else null;
         warm_pool = cfg.api.warmPool;
         podman_url = "unix://${cfg.podman.socket}";
         rsync_url = "rsync://${hostIp}:${toString cfg.rsync.port}/uploads";
@@ -213,7 +223,11 @@ in
           upstream_ca_file =
             if cfg.proxy.upstreamCaFile == null then null else toString cfg.proxy.upstreamCaFile;
           usage_dir = toString cfg.storage.usage;
+          budget_dir = toString cfg.storage.budgets;
           budget_tokens = cfg.proxy.budgetTokens;
+          # Addresses routed into the tunnel are the laptop's: refused, as the
+          # firewall's `oifname wg` rule refuses them to jobs (V18).
+          refused_interfaces = [ cfg.wireguard.interface ];
         };
       }
     );

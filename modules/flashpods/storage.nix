@@ -39,6 +39,10 @@ in
       # read. Its parent is root's and not group-writable (default.nix asserts
       # it is none of the shared dirs), so no job can swap the directory.
       ${cfg.storage.control} = dir "flashpods-api" "flashpods" "2750";
+      # Per-job model budgets (docs/design.md, "Per-job budget"): the API
+      # writes, the proxy (group flashpods-token) reads; the setgid bit gives
+      # the API's files that group. Not group flashpods: jobs never see it.
+      ${cfg.storage.budgets} = dir "flashpods-api" "flashpods-token" "2750";
       # The token socket's directory: writable by the token service only (so
       # no one else can replace its socket), traversable by group flashpods
       # (containers, the API, the SPIRE agent) to reach the sockets inside.

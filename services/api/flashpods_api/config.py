@@ -130,7 +130,20 @@ def _check(cfg: dict[str, Any]) -> None:
     for key, value in cfg["retention"].items():
         positive(f"retention.{key}", value, (int, float))
     for key, value in cfg["limits"].items():
+        if key == "job_budget_tokens" and value is None:
+            continue  # no host-wide model budget (the credential proxy's budget_tokens)
         positive(f"limits.{key}", value)
+    storage = cfg["storage"]
+    for key in ("usage", "budgets"):
+        if storage[key] is not None and not (
+            isinstance(storage[key], str) and os.path.isabs(storage[key])
+        ):
+            raise ConfigError(f"storage.{key} must be an absolute path or null.")
+    if storage["budgets"] is not None and storage["usage"] is None:
+        raise ConfigError(
+            "storage.budgets needs storage.usage: the reaper stops a job at its budget by "
+            "reading the usage the credential proxy records there (its proxy.usage_dir)."
+        )
     _check_job_limits(cfg["limits"])
     positive("reaper.interval_s", cfg["reaper"]["interval_s"], (int, float))
     if cfg["network_mode"] not in NETWORK_MODES:

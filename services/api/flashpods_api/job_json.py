@@ -21,7 +21,7 @@ TIMES = (
 PUBLIC = (
     "id", "kind", "status", "command", "prompt", "image", "env", "upload_id", "timeout_s",
     "resources", "artifacts_glob", "exit_code", "error", "log_bytes", "instance",
-    "limits_not_applied", "workspace_changes",
+    "limits_not_applied", "workspace_changes", "budget_tokens", "stop_reason",
 )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from . import artifacts, ids, job_limits, jobtree, logs, workspace_diff
+from . import artifacts, budgets, ids, job_limits, jobtree, logs, workspace_diff
 from .config import Config
 from .container_spec import ContainerSpecs
 from .job_files import JobFiles
@@ -69,6 +69,8 @@ class Engine:
         if warm is None:
             warm = self.warm.owns(job_id)
         try:
+            # Before the job's first instruction runs: the proxy reads it from there.
+            budgets.write_budget(self.config, job)
             if warm:
                 note = self.warm.hand_over(job)
             else:
@@ -128,6 +130,7 @@ class Engine:
         with contextlib.suppress(PodmanError):  # else the reaper removes it once final
             self.runtime.remove(job_id)
         drop_identity(self.registrar, job_id)
+        budgets.remove_budget(self.config, job_id)
         if self.store.transition(
             job_id, ("starting",), status="failed", error=error, **self._final_times()
         ):
@@ -213,6 +216,9 @@ class Engine:
                 "bytes) and was killed; "
                 "write large output to /artifacts instead of stdout."
             )
+        elif reason == budgets.STOP_REASON:
+            status = "failed"
+            error = budgets.error_for(job, self.config)
         elif reason in job_limits.REASONS:
             status = "failed"
             error = job_limits.error_for(reason, job, self.config)
@@ -240,6 +246,7 @@ class Engine:
         if job.get("upload_id"):
             self.store.set_upload(job["upload_id"], "used", last_used_at=time.time())
         drop_identity(self.registrar, job_id)
+        budgets.remove_budget(self.config, job_id)
         self._after_warm(job)
         self.files.remove_tree(self.files.workspace(job_id))
         try:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import artifacts, exits, ids, job_limits, jobtree, logs
+from . import artifacts, budgets, exits, ids, job_limits, jobtree, logs
 from .jobs import Engine
 from .runtime import PodmanError
 from .store import ACTIVE, FINAL, LIVE
@@ -261,6 +261,7 @@ class Reaper:
             job = self.store.get_job(job_id) or job
         self._enforce_log_cap(job)
         self._enforce_artifact_cap(job)
+        self._enforce_budget(job)
         job = self.store.get_job(job_id) or job
         if self.limits.check(job, container):
             job = self.store.get_job(job_id) or job
@@ -305,6 +306,18 @@ class Reaper:
         ):
             self.store.transition(
                 job_id, ("running",), stop_requested_at=time.time(), stop_reason="artifact_cap"
+            )
+
+    def _enforce_budget(self, job: dict[str, Any]) -> None:
+        """A job whose model usage reached its budget is stopped like a timeout: TERM,
+        then KILL after kill_grace_s (the proxy refuses its model calls meanwhile)."""
+        if job["stop_reason"] is None and budgets.exhausted(self.config, job):
+            log.warning("job %s used its model token budget: stopping it", job["id"])
+            self.store.transition(
+                job["id"],
+                ("running",),
+                stop_requested_at=time.time(),
+                stop_reason=budgets.STOP_REASON,
             )
 
     def _watch_starting(self, job: dict[str, Any], container: dict[str, Any] | None) -> None:

@@ -47,7 +47,8 @@ _SCHEMA = (
         log_capped INTEGER NOT NULL DEFAULT 0,
         workspace_changes TEXT,
         artifacts_deleted INTEGER NOT NULL DEFAULT 0,
-        logs_deleted INTEGER NOT NULL DEFAULT 0
+        logs_deleted INTEGER NOT NULL DEFAULT 0,
+        budget_tokens INTEGER
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (instance, status, seq)",
     """CREATE TABLE IF NOT EXISTS uploads (
@@ -80,6 +81,11 @@ _SCHEMA = (
         name TEXT PRIMARY KEY, at REAL NOT NULL, ok INTEGER NOT NULL, detail TEXT NOT NULL
     )""",
 )
+
+# Columns added after a table was first made, (table, column, SQL type): a database of
+# an older version gains them in place at start (ALTER TABLE ADD COLUMN keeps every
+# row; old rows read NULL, which each column means as "not set").
+_ADDED_COLUMNS = (("jobs", "budget_tokens", "INTEGER"),)
 
 _JSON_FIELDS = ("env", "resources", "workspace_changes")
 
@@ -120,10 +126,19 @@ class Store:
         with self._tx(write=True):
             for statement in _SCHEMA:
                 self.db.executable.execute(text(statement))
+            self._migrate()
         self.jobs = self.db["jobs"]
         self.uploads = self.db["uploads"]
         self.heartbeats = self.db["heartbeats"]
         endnotice.ensure(self.end_notice)
+
+    def _migrate(self) -> None:
+        """Add the columns of _ADDED_COLUMNS that this database lacks (inside the start's
+        write transaction: two processes starting at once add each column once)."""
+        for table, column, sql_type in _ADDED_COLUMNS:
+            have = {row[1] for row in self._exec(f"PRAGMA table_info({table})").fetchall()}
+            if column not in have:
+                self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     def _begin(self, conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if getattr(self._local, "write", False) else "BEGIN")

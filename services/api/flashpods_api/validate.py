@@ -37,6 +37,7 @@ JOB_FIELDS = {
     "timeout_s",
     "resources",
     "artifacts_glob",
+    "budget_tokens",
 }
 RESOURCE_BOUNDS = {"cpus": (0.01, 1024.0), "memory": (6, 4 * 1024 * 1024), "pids": (16, 1_000_000)}
 
@@ -115,9 +116,41 @@ def job_request(body: Any, config: Config) -> dict[str, Any]:
     if glob is not None:
         _text(glob, "artifacts_glob", MAX_GLOB)
     record["artifacts_glob"] = glob
+    record["budget_tokens"] = budget_tokens(body.get("budget_tokens"), config)
     # Last: a valid request on a host below its disk reserve gets 507, not a queue slot.
     job_disk.DiskGuard(config).refuse_if_low()
     return record
+
+
+MAX_BUDGET_TOKENS = 2**53  # what the proxy reads back exactly (job_budget.MAX_TOKENS)
+
+
+def budget_tokens(value: Any, config: Config) -> int | None:
+    """A job's own model budget (input + output tokens): lower than the host's, never higher."""
+    if value is None:
+        return None
+    host = config.limits["job_budget_tokens"]
+    if config.storage["budgets"] is None:
+        raise bad_request(
+            "budget_not_metered",
+            "This host does not meter model calls per job (no storage.budgets: no credential "
+            "proxy budget directory), so 'budget_tokens' cannot be enforced; leave it out.",
+        )
+    most = host if host is not None else MAX_BUDGET_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request(
+            "bad_budget_tokens",
+            f"'budget_tokens' must be a positive whole number of tokens (at most {most}), "
+            f"not {json.dumps(value)[:40]}.",
+        )
+    if value > most:
+        where = "this host's budget (limits.job_budget_tokens)" if host else "the largest budget"
+        raise bad_request(
+            "bad_budget_tokens",
+            f"'budget_tokens' {value} is above {where} of {most} tokens; ask for {most} or "
+            "fewer, or leave it out to get the host's default.",
+        )
+    return value
 
 
 def env(value: Any) -> dict[str, str]:

@@ -128,6 +128,7 @@ def proxy_defaults(config: dict[str, Any], paths: Paths) -> dict[str, Any]:
             "ca_dir": str(paths.token_state / "proxy-ca"),
             "firewall_template": str(template_dir() / FIREWALL_TEMPLATE),
             "usage_dir": str(paths.usage),
+            "budget_dir": str(paths.budgets),
         } | proxy
     ruled = set((config.get("proxy") or {}).get("rules") or {})
     if "env_delivery" not in config:

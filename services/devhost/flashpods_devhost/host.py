@@ -283,6 +283,13 @@ class DevHost:
             proxy.setdefault("refused_interfaces", [s.firewall_values["wg_if"]])
         if proxy and proxy.get("usage_dir") and not self.api_config["storage"].get("usage"):
             self.api_config["storage"]["usage"] = proxy["usage_dir"]  # shown per job
+        if proxy and proxy.get("budget_dir") and self.api_config["storage"].get("usage"):
+            # Per-job budgets: the API writes them where the proxy reads them, and
+            # refuses a job's budget above the proxy's host default.
+            storage, limits = self.api_config["storage"], self.api_config["limits"]
+            storage["budgets"] = storage.get("budgets") or proxy["budget_dir"]
+            if limits.get("job_budget_tokens") is None:
+                limits["job_budget_tokens"] = proxy.get("budget_tokens")
         layout.write_public(paths.api_config, json.dumps(self.api_config, indent=2) + "\n")
         # Where this host answers, for `flashpods-devhost check` (doctor.py).
         endpoints = {

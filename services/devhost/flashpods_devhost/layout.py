@@ -115,6 +115,11 @@ class Paths:
         return self.root / "state" / "usage"
 
     @property
+    def budgets(self) -> Path:
+        """Per-job model budgets: written by the API, read by the proxy, never by a job."""
+        return self.root / "state" / "budgets"
+
+    @property
     def audit_log(self) -> Path:
         return self.token_state / "audit.log"
 
@@ -166,6 +171,9 @@ class Layout:
         self._dir(p.root / "state", None, None, 0o755)
         self._dir(p.token_state, token, None, 0o700)
         self._dir(p.usage, token, sandbox, 0o2750)
+        # The API's, group of the token user (setgid: the API's files get that group),
+        # nothing for group flashpods: jobs can neither write nor read a budget.
+        self._dir(p.budgets, api, token.gid, 0o2750)
         runtime = a.runtime_dir(podman)
         if a.separated and not runtime.exists():
             self._dir(runtime, podman, None, 0o700)

@@ -29,6 +29,7 @@ from .attest_peer import AttestationError
 from .audit import AuditLog
 from .egress import Egress, EgressRefused, check_hostname
 from .identity import JobIdentity
+from .job_budget import BudgetUnreadable
 from .peer_key import PeerKeys
 from .placeholder import find
 from .policy import Policy, SecretUnavailable
@@ -429,12 +430,16 @@ class CredentialProxy:
             _, asked = clamp(body, None)
         except MeterError as exc:
             raise Refused(exc.status, exc.code, str(exc)) from None
-        reserved = self.usage.reserve(ident.job_id, asked)
+        try:
+            reserved = self.usage.reserve(ident.job_id, asked)
+        except BudgetUnreadable as exc:  # never the host default instead: it may be higher
+            raise Refused(503, "budget_unreadable", f"the job's budget file: {exc}") from None
         if reserved == 0:
             raise Refused(
                 403,
                 "budget_exhausted",
-                f"job {ident.job_id} has used its model token budget ({self.usage.budget} tokens)",
+                f"job {ident.job_id} has used its model token budget "
+                f"({self.usage.budget_of(ident.job_id)} tokens)",
             )
         settled = False
         try:

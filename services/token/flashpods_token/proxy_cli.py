@@ -70,7 +70,12 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
         ),
         audit=audit,
         usage=(
-            UsageBook(settings.usage_dir, settings.budget_tokens, config.socket_group)
+            UsageBook(
+                settings.usage_dir,
+                settings.budget_tokens,
+                config.socket_group,
+                budget_dir=settings.budget_dir,
+            )
             if settings.usage_dir
             else None
         ),

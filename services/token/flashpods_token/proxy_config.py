@@ -41,6 +41,8 @@ class ProxySettings:
     # A CA made elsewhere, only read (NixOS: systemd credentials); instead of ca_dir.
     ca_key_file: str | None = None
     ca_cert_file: str | None = None
+    # Per-job budgets, written by the API (job_budget.py); the lower of the two applies.
+    budget_dir: str | None = None
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
@@ -127,6 +129,15 @@ def parse_proxy(
         if budget is not None and usage_dir is None:
             raise ProxyConfigError(
                 "token config proxy.budget_tokens needs proxy.usage_dir (where usage is kept)"
+            )
+        budget_dir = data.get("budget_dir")
+        if budget_dir is not None and not (
+            isinstance(budget_dir, str) and os.path.isabs(budget_dir)
+        ):
+            raise ProxyConfigError("token config proxy.budget_dir must be an absolute path")
+        if budget_dir is not None and usage_dir is None:
+            raise ProxyConfigError(
+                "token config proxy.budget_dir needs proxy.usage_dir (where usage is kept)"
             )
         static = data.get("static_hosts") or {}
         if not isinstance(static, dict) or not all(

@@ -7,10 +7,13 @@ output tokens (cache tokens apart). It writes `<usage_dir>/<job_id>.json` after 
 response (temp + rename; 0640, group `socket_group`) so the API can show it and a
 proxy restart continues from it.
 
-Budget: `input_tokens + output_tokens` may not exceed `budget_tokens`. Each request's
-`max_tokens` is clamped to what remains minus what concurrent requests of the job have
-reserved; a job with nothing left is refused (`budget_exhausted`). Input tokens are
-known only from the answer, so one request can overshoot by its own input.
+Budget: `input_tokens + output_tokens` may not exceed the job's budget, the lower of
+the host's `budget_tokens` and the job's own (job_budget.py: written by the API before
+the job starts). Each request's `max_tokens` is clamped to what remains minus what
+concurrent requests of the job have reserved; a job with nothing left is refused
+(`budget_exhausted`). Input tokens are known only from the answer, so one request can
+overshoot by its own input. `budget_exhausted` in the file means the usage reached the
+budget (what the reaper stops the job for), never that reservations filled it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .identity import JOB_ID_RE
+from .job_budget import read_job_budget
 
 
 @dataclass
@@ -42,9 +46,19 @@ class Usage:
 
 
 class UsageBook:
-    def __init__(self, directory: str, budget_tokens: int | None, group: str | None = None):
+    def __init__(
+        self,
+        directory: str,
+        budget_tokens: int | None,
+        group: str | None = None,
+        budget_dir: str | None = None,
+    ):
         self.directory = Path(directory)
         self.budget = budget_tokens
+        self.budget_dir = budget_dir
+        # A job's own budget never changes once written: read once, kept. No file is
+        # not kept (read again next call), nor is a file that failed its checks.
+        self._job_budgets: dict[str, int] = {}
         self._gid = -1
         if group:
             with contextlib.suppress(KeyError):
@@ -75,19 +89,37 @@ class UsageBook:
             self._jobs[job_id] = usage
         return usage
 
+    def budget_of(self, job_id: str) -> int | None:
+        """The job's budget: the lower of the host's and its own; None: no cap.
+
+        Raises job_budget.BudgetUnreadable when the job's file is there but untrusted."""
+        own = self._job_budgets.get(job_id)
+        if own is None and self.budget_dir is not None:
+            own = read_job_budget(self.budget_dir, job_id)
+            if own is not None:
+                with self._lock:
+                    self._job_budgets[job_id] = own
+        if own is None:
+            return self.budget
+        return own if self.budget is None else min(own, self.budget)
+
     def get(self, job_id: str) -> Usage:
         with self._lock:
             return Usage(**asdict(self._load(job_id)))
 
     def reserve(self, job_id: str, max_tokens: int | None) -> int | None:
         """The max_tokens this request may ask for (None: no budget); 0: exhausted."""
+        budget = self.budget_of(job_id)  # outside the lock: it may read a file
         with self._lock:
             usage = self._load(job_id)
-            if self.budget is None:
+            if budget is None:
                 return max_tokens
-            left = self.budget - usage.used - self._reserved.get(job_id, 0)
+            if usage.budget_tokens != budget:
+                usage.budget_tokens = budget
+                self._write(job_id, usage)
+            left = budget - usage.used - self._reserved.get(job_id, 0)
             if left <= 0:
-                if not usage.budget_exhausted:
+                if usage.used >= budget and not usage.budget_exhausted:
                     usage.budget_exhausted = True
                     self._write(job_id, usage)
                 return 0
@@ -123,7 +155,8 @@ class UsageBook:
                 value = seen.get(key)
                 if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                     setattr(usage, key, getattr(usage, key) + value)
-            if self.budget is not None and usage.used >= self.budget:
+            budget = usage.budget_tokens
+            if budget is not None and usage.used >= budget:
                 usage.budget_exhausted = True
             self._write(job_id, usage)
 

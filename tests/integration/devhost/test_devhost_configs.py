@@ -46,8 +46,10 @@ def test_api_config_has_the_design_keys_and_paths_under_the_root() -> None:
         "logs",
         "control",
         "usage",
+        "budgets",
     }
-    assert config["storage"]["usage"] is None  # set only when the proxy meters (host.py)
+    # Set only when the proxy meters (host.py)
+    assert config["storage"]["usage"] is None and config["storage"]["budgets"] is None
     # The warm pool's control root: beside the job-writable dirs, never inside them.
     assert config["storage"]["control"] == str(PATHS.root / "control")
     # Retention given in the settings replaces only the keys it names.
@@ -74,6 +76,19 @@ def test_token_config_has_the_design_keys() -> None:
     assert config["mode"] == "peer"
     # No proxy block: the dev host opts each secret into environment delivery itself.
     assert config["env_delivery"] == ["GITHUB_TOKEN"]
+
+
+def test_the_proxy_reads_job_budgets_where_the_dev_host_makes_them() -> None:
+    config = configs.token_config(
+        paths=PATHS,
+        instance="t-cfg",
+        socket_group="flashpods",
+        roles={"worker": ["GITHUB_TOKEN"], "sub_agent": []},
+        secret_files={"GITHUB_TOKEN": "/x/GITHUB_TOKEN"},
+        overrides={"proxy": {"rules": {"GITHUB_TOKEN": ["github.com"]}}},
+    )
+    assert config["proxy"]["budget_dir"] == str(PATHS.budgets) == str(PATHS.root / "state/budgets")
+    assert config["proxy"]["usage_dir"] == str(PATHS.usage)
 
 
 def test_a_role_granting_an_unknown_secret_is_refused_with_the_name() -> None:

@@ -95,7 +95,9 @@ class FakeRegistrar:
         self.swept.append(set(live_job_ids))
 
 
-def make_config(root: Path, **overrides: Any) -> dict[str, Any]:
+def make_config(
+    root: Path, storage_extra: dict[str, str] | None = None, **overrides: Any
+) -> dict[str, Any]:
     (root / "etc").mkdir(parents=True, exist_ok=True)
     (root / "etc" / "api-token").write_text(TOKEN + "\n")
     helper = root / "helper"
@@ -115,6 +117,7 @@ def make_config(root: Path, **overrides: Any) -> dict[str, Any]:
         "warm_pool": {},  # cold unless a test asks: the packaged default fills a pool
     }
     cfg.update(overrides)
+    cfg["storage"] = {**cfg["storage"], **(storage_extra or {})}  # usage, budgets
     for path in [root / "db", *(Path(p) for p in cfg["storage"].values())]:
         path.mkdir(parents=True, exist_ok=True)
     return cfg

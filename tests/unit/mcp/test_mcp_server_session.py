@@ -200,5 +200,45 @@ def test_job_results_carry_the_proxys_model_usage(env, home, fake_api, open_mcp)
     result = anyio.run(main)
     assert result.structuredContent["jobs"][0]["usage"] == usage
     assert result.content[0].text == (
-        f"{JOB} sub_agent failed exit 1 model 3 calls, 30 in / 80 out budget_exhausted"
+        f"{JOB} sub_agent failed exit 1 model 3 calls, 30 in / 80 out budget 100 tokens "
+        "budget_exhausted"
     )
+
+
+def test_spawn_sub_agent_asks_for_a_budget_and_the_summary_says_budget_exhausted(
+    env, home, fake_api, open_mcp
+):
+    job = {"id": JOB, "kind": "sub_agent", "status": "running", "budget_tokens": 100}
+    stopped = job | {
+        "status": "failed",
+        "stop_reason": "budget_exhausted",
+        "error": "budget_exhausted: the job used its model token budget of 100 ...",
+        "usage": {"requests": 3, "input_tokens": 30, "output_tokens": 80, "budget_tokens": 100,
+                  "budget_exhausted": True},
+    }  # fmt: skip
+    fake_api.routes[("POST", "/uploads")] = (201, {"upload_id": "up_aaaaaaaaaaaaaaaa"})
+    fake_api.routes[("POST", "/jobs")] = (201, {"job": job})
+    fake_api.routes[("GET", f"/jobs/{JOB}")] = (200, {"job": stopped})
+
+    async def main():
+        async with open_mcp(env, roots=[home / "proj"]) as session:
+            spawned = await session.call_tool(
+                "spawn_sub_agent", {"prompt": "fix it", "budget_tokens": 100}
+            )
+            status = await session.call_tool("get_job_status", {"job_id": JOB})
+            refused = await session.call_tool(
+                "spawn_sub_agent", {"prompt": "fix it", "budget_tokens": 0}
+            )
+            return spawned, status, refused
+
+    spawned, status, refused = anyio.run(main)
+    assert not spawned.isError, spawned.content
+    request = [r for r in fake_api.requests if r["path"] == "/jobs"][0]["json"]
+    assert request["budget_tokens"] == 100
+    assert spawned.structuredContent["job"]["budget_tokens"] == 100
+    assert "budget 100 tokens" in spawned.content[0].text
+    assert status.structuredContent["stop_reason"] == "budget_exhausted"
+    assert status.structuredContent["usage"]["output_tokens"] == 80
+    assert "budget_exhausted" in status.content[0].text
+    # 0 is refused by the tool's schema, before any request
+    assert refused.isError and len([r for r in fake_api.requests if r["path"] == "/jobs"]) == 1

@@ -129,6 +129,18 @@ def test_the_proxy_config_is_accepted_by_the_proxy_itself(valid):
     assert {k: v for k, v in valid["proxyConfig"].items() if k != "secrets"} == shared
     # The API shows the usage the proxy records.
     assert valid["apiConfig"]["storage"]["usage"] == proxy.usage_dir == "/var/lib/flashpods/usage"
+    # Per-job budgets: the API writes them where the proxy reads them, and takes the
+    # proxy's host budget as the most a job may ask for.
+    api = valid["apiConfig"]
+    assert api["storage"]["budgets"] == proxy.budget_dir == "/var/lib/flashpods/budgets"
+    assert api["limits"]["job_budget_tokens"] == proxy.budget_tokens
+    # An address routed into the tunnel is the laptop's: refused, as the firewall does (V18).
+    assert proxy.refused_interfaces == ["wg0"]
+    # ... and the API's unit may write that directory.
+    assert (
+        "/var/lib/flashpods/budgets"
+        in valid["units"]["flashpods-api"]["serviceConfig"]["ReadWritePaths"]
+    )
 
 
 def test_the_proxy_unit_is_hardened_like_the_token_service(valid):

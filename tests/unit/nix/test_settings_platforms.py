@@ -27,11 +27,13 @@ DEVHOST_MAY_CHANGE = {
 }  # fmt: skip
 # The host's name, its systemd credential, its storage options, the tunnel address,
 # the init package's store path, Podman 5's pasta, the module's own SPIRE sockets,
-# the usage files of the credential proxy unit it runs.
+# the usage and budget files of the credential proxy unit it runs, and that proxy's
+# host budget (the most a job may ask for: one option feeds both services).
 NIXOS_MAY_CHANGE = {
     "instance", "token_file", "db_path", *STORAGE, "podman_url", "rsync_url",
     "allowed_peers", "network_mode", "helper_path", "token_socket",
-    "spire.server_socket", "spire.agent_socket", "storage.usage",
+    "spire.server_socket", "spire.agent_socket", "storage.usage", "storage.budgets",
+    "limits.job_budget_tokens",
 }  # fmt: skip
 # With services.flashpods.spire.enable: the mode and the SPIRE package's CLI.
 NIXOS_SPIRE_MAY_CHANGE = NIXOS_MAY_CHANGE | {"attestation", "spire.server_cli"}

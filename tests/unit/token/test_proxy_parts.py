@@ -36,6 +36,8 @@ CONFIG_CASES = [
     ({"proxy": {"socket": "/run/x/proxy.sock"}}, "missing key 'ca_dir'"),
     ({"proxy": _proxy(refused_interfaces="wg0")}, "refused_interfaces must list interface"),
     ({"proxy": _proxy(refused_interfaces=["a/b"])}, "refused_interfaces must list interface"),
+    ({"proxy": _proxy(budget_dir="/b")}, "budget_dir needs proxy.usage_dir"),
+    ({"proxy": _proxy(usage_dir="/u", budget_dir="b")}, "budget_dir must be an absolute path"),
 ]  # fmt: skip
 
 
