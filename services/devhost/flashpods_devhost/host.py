@@ -596,7 +596,7 @@ class DevHost:
         try:
             for attempt in range(3):
                 try:
-                    shutil.rmtree(root)
+                    _remove_tree(root)
                     break
                 except OSError as error:
                     # A process that just exited (conmon) may still have added a file.
@@ -625,3 +625,16 @@ def _collect(errors: list[str], service: Service | None) -> None:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _remove_tree(root: Path) -> None:
+    """shutil.rmtree, or coreutils' rm for a tree too deep for it (a job may nest
+    directories thousands deep; rmtree recurses once per level)."""
+    try:
+        shutil.rmtree(root)
+    except RecursionError:
+        done = subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise OSError(f"rm -rf {root} failed: {done.stderr.strip()}") from None
