@@ -132,8 +132,12 @@ class SpireVerifier:
         audience: str,
         leeway_s: int,
         podman: PodmanClient | None,
+        exclusive_of: frozenset[str] = frozenset(),
     ) -> None:
         self._bundle = bundle
+        # Audiences of the other Flashpods services: an SVID that also names one of them
+        # was minted for that service and is refused here (no replay between them).
+        self._exclusive_of = exclusive_of - {audience}
         self._trust_domain = trust_domain
         self._audience = audience
         self._leeway = leeway_s
@@ -182,6 +186,13 @@ class SpireVerifier:
         except jwt.InvalidTokenError as exc:
             reason = type(exc).__name__
             raise VerificationError("format", f"the token is malformed ({reason})") from None
+        aud = claims.get("aud")
+        named = {aud} if isinstance(aud, str) else set(aud if isinstance(aud, list) else ())
+        foreign = sorted(named & self._exclusive_of)
+        if foreign:
+            raise VerificationError(
+                "audience", f"aud also names {foreign[0]}: an SVID for that service is no good here"
+            )
         try:
             identity = parse_spiffe_id(self._trust_domain, claims.get("sub"))
         except IdentityError as exc:
