@@ -32,7 +32,7 @@
  * many bytes and milliseconds; a fetch of a new SVID may take this long. */
 #define FIRST_LINE_MAX 8192
 #define FIRST_LINE_MS 10000
-#define SVID_FETCH_WAIT_S 10
+#define SVID_FETCH_WAIT_MAX_S 10
 /* A cached SVID is replaced when this much of its life is left (at most half
  * of it), so the proxy never sees one that expires while it checks it. */
 #define SVID_REFRESH_MARGIN_S 30
@@ -43,6 +43,7 @@
 struct svid_cache {
     const char *agent;
     const char *endpoint;
+    long wait_s; /* FLASHPODS_SVID_WAIT_S, at most SVID_FETCH_WAIT_MAX_S: a client waits */
     struct buf jwt;
     long long refresh_at; /* wall clock, seconds: the proxy checks exp against it */
 };
@@ -193,7 +194,7 @@ static int svid_current(struct svid_cache *c, struct err *e)
     if (c->jwt.len && now < c->refresh_at)
         return 0;
     buf_wipe(&c->jwt);
-    if (svid_fetch(c->agent, c->endpoint, SVID_PROXY_AUDIENCE, SVID_FETCH_WAIT_S, &c->jwt, e) < 0)
+    if (svid_fetch(c->agent, c->endpoint, SVID_PROXY_AUDIENCE, c->wait_s, &c->jwt, e) < 0)
         return -1;
     long long exp = svid_expiry(c->jwt.data, c->jwt.len);
     long long left = exp - (long long)now;
@@ -221,8 +222,18 @@ static void answer_error(int client, const char *code, const char *msg)
                      "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
                      "Content-Length: %d\r\nX-Flashpods-Proxy: %s\r\nConnection: close\r\n\r\n%s",
                      bn, code, body);
-    if (n > 0 && (size_t)n < sizeof out)
-        (void)write_all(client, out, (size_t)n);
+    if (n <= 0 || (size_t)n >= sizeof out || write_all(client, out, (size_t)n) < 0)
+        return;
+    /* Closing with the client's request unread would reset the connection and
+     * could take the answer with it: read what it sent first (briefly). */
+    shutdown(client, SHUT_WR);
+    long long deadline = now_ms() + 2000;
+    for (;;) {
+        long long left = deadline - now_ms();
+        struct pollfd p = {.fd = client, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0 || read_retry(client, out, sizeof out) <= 0)
+            break;
+    }
 }
 
 /* Spire mode: reads the client's request line and sends it to the proxy with
@@ -324,6 +335,10 @@ int relay_start(struct err *e)
             err_set(e, "SPIFFE_ENDPOINT_SOCKET must be unix:///<absolute path>; got %.200s", uri);
             return -1;
         }
+        if (env_seconds("FLASHPODS_SVID_WAIT_S", 30, 86400, &svid.wait_s, e) < 0)
+            return -1;
+        if (svid.wait_s > SVID_FETCH_WAIT_MAX_S)
+            svid.wait_s = SVID_FETCH_WAIT_MAX_S;
     }
 
     struct buf ca = {0};
