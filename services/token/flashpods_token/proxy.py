@@ -198,10 +198,11 @@ class CredentialProxy:
         ca: HostCA,
         audit: AuditLog | None = None,
         usage: UsageBook | None = None,
-        attest_head: Callable[[list[tuple[str, str]]], JobIdentity] | None = None,
+        attest_head: Callable[[list[tuple[str, str]], str | None], JobIdentity] | None = None,
     ):
         # attest: the job behind the connection, or None when it is known only from the
-        # first request head (spire mode: attest_head reads the JWT-SVID there).
+        # first request head (spire mode: attest_head reads the JWT-SVID there, and gets
+        # the connection's peer key to check the SVID is presented from its own job).
         self.attest_head = attest_head
         self.usage = usage
         self.settings = settings
@@ -319,7 +320,8 @@ class CredentialProxy:
         if self.attest_head is None:
             raise Refused(403, "unauthenticated", "not a running job: no attestation")
         try:
-            return self._attested(self.attest_head(headers), record)
+            peer = getattr(self._caller, "peer", None)
+            return self._attested(self.attest_head(headers, peer), record)
         except AttestationError as exc:
             record["check"] = exc.check
             raise Refused(403, "unauthenticated", f"not a running job: {exc}") from None

@@ -13,7 +13,9 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,40 @@ def test_the_token_audience_may_not_be_the_proxys(tmp_path, secret_files, podman
     cfg = base_config(tmp_path, secret_files, podman, spire={"bundle_file": "/b", "audience": AUD})
     with pytest.raises(ConfigError, match="must not be 'flashpods-proxy'"):
         parse_config(cfg)
+
+
+CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(f"CONNECT {sys.argv[2]} HTTP/1.1\\r\\nHost: x\\r\\n{sys.argv[3]}\\r\\n\\r\\n".encode())
+print(s.recv(4096).split(b"\\r\\n\\r\\n", 1)[1].decode())
+"""
+
+
+@pytest.mark.root
+def test_an_svid_replayed_from_outside_its_jobs_container_is_refused(proxy, ca, podman):
+    # The job's container: a PID namespace of its own, as a real container has.
+    init = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "60"])
+    try:
+        for _ in range(50):
+            child = Path(f"/proc/{init.pid}/task/{init.pid}/children").read_text().split()
+            if child:
+                break
+            time.sleep(0.05)
+        podman.add_job(JOB, "worker", pid=int(child[0]))
+        header = bearer(svid(ca))
+        # From inside the job's namespace (as podman exec would be): accepted.
+        inside = subprocess.run(
+            ["nsenter", "-t", child[0], "-p", "--", sys.executable, "-c", CLIENT,
+             proxy.server_address, METADATA, header],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert json.loads(inside.stdout)["code"] == "egress_refused", inside
+        # The same valid SVID from anywhere else (here: the host): refused.
+        status, body = connect(proxy.server_address, METADATA, header)
+        assert (status, body["code"]) == (403, "unauthenticated"), body
+        assert "(peer_container)" in body["error"]["message"], body
+    finally:
+        init.kill()
+        init.wait()
