@@ -17,6 +17,7 @@ c() { curl -sS --cacert "$FLASHPODS_PROXY_CA" --unix-socket $S -H "Authorization
 c -H "Proxy-Authorization: Bearer $PROXY_SVID" https://api.github.com/direct -o /dev/null -w 'direct:%{http_code}\n'
 c https://api.github.com/nosvid -w '\nnosvid:%{http_code}\n'
 c -H "Proxy-Authorization: Bearer eyJhbGciOiJFUzI1NiJ9.e30.c2ln" https://api.github.com/garbage -w '\ngarbage:%{http_code}\n'
+# (garbage: JWT-shaped, signed by no key of the bundle: refused at its missing kid)
 # The SVID flashpods-init shows the token service: not good at the proxy.
 c -H "Proxy-Authorization: Bearer $TOKEN_SVID" https://api.github.com/tokenaud -w '\ntokenaud:%{http_code}\n'
 # ... and the proxy's SVID is not good at the token service.
