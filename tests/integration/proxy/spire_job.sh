@@ -11,7 +11,7 @@ svid() {  # the job's JWT-SVID for audience $1 from the SPIRE agent mounted into
 }
 PROXY_SVID=$(svid flashpods-proxy)
 TOKEN_SVID=$(svid flashpods-token)
-[ -n "$PROXY_SVID" ] && [ -n "$TOKEN_SVID" ] || { echo "no SVID from the agent"; exit 3; }
+if [ -z "$PROXY_SVID" ] || [ -z "$TOKEN_SVID" ]; then echo "no SVID from the agent"; exit 3; fi
 c() { curl -sS --cacert "$FLASHPODS_PROXY_CA" --unix-socket $S -H "Authorization: token $GITHUB_TOKEN" "$@"; }
 # TLS straight away (curl --unix-socket): the SVID in the request's Proxy-Authorization.
 c -H "Proxy-Authorization: Bearer $PROXY_SVID" https://api.github.com/direct -o /dev/null -w 'direct:%{http_code}\n'
