@@ -42,9 +42,6 @@
 #define DEFAULT_INPUT "/flashpods/input"
 #define DEFAULT_WORKSPACE "/workspace"
 #define DEFAULT_TOKEN_SOCKET "/run/flashpods/token.sock"
-#define DEFAULT_SPIRE_AGENT "/flashpods/bin/spire-agent"
-#define DEFAULT_SPIFFE_SOCKET "/run/spire/sockets/agent.sock"
-#define SVID_AUDIENCE "flashpods-token"
 
 static const char usage[] =
     "usage: flashpods-init [--] COMMAND [ARG...]\n"
@@ -197,20 +194,17 @@ static int exchange(int *count, int *skipped, struct err *e)
     if (!strcmp(mode, "spire")) {
         if (env_seconds("FLASHPODS_SVID_WAIT_S", 30, 86400, &wait_s, e) < 0)
             return -1;
-        const char *endpoint = env_or("SPIFFE_ENDPOINT_SOCKET", DEFAULT_SPIFFE_SOCKET);
         /* The Workload API address is a URI (unix:///path or unix:/path);
          * the CLI's -socketPath wants the bare path. */
-        if (!strncmp(endpoint, "unix://", 7))
-            endpoint += 7;
-        else if (!strncmp(endpoint, "unix:", 5))
-            endpoint += 5;
-        if (*endpoint != '/') {
+        const char *endpoint =
+            svid_endpoint_path(env_or("SPIFFE_ENDPOINT_SOCKET", SVID_DEFAULT_ENDPOINT));
+        if (!endpoint) {
             err_set(e, "SPIFFE_ENDPOINT_SOCKET must be unix:///<absolute path>; got %.200s",
                     getenv("SPIFFE_ENDPOINT_SOCKET"));
             return -1;
         }
-        const char *agent = env_or("FLASHPODS_SPIRE_AGENT", DEFAULT_SPIRE_AGENT);
-        if (svid_fetch(agent, endpoint, SVID_AUDIENCE, wait_s, &jwt, e) < 0)
+        const char *agent = env_or("FLASHPODS_SPIRE_AGENT", SVID_DEFAULT_AGENT);
+        if (svid_fetch(agent, endpoint, SVID_TOKEN_AUDIENCE, wait_s, &jwt, e) < 0)
             return -1;
     } else if (strcmp(mode, "peer") != 0) {
         err_set(e, "FLASHPODS_ATTESTATION must be 'peer' or 'spire'; got %.40s", mode);

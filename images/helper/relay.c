@@ -1,9 +1,12 @@
-/* See relay.h. The relay adds no trust: the host's proxy attests whoever is
- * at the other end of the unix socket, and that is this job's own process. */
+/* See relay.h. The relay adds no trust: in peer mode the host's proxy attests
+ * whoever is at the other end of the unix socket, and that is this job's own
+ * process; in spire mode it presents the job's own JWT-SVID, which any process
+ * of the job could fetch from the SPIRE agent itself. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include "relay.h"
+#include "svid.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -19,11 +22,31 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PROXY_SOCKET_DEFAULT "/run/flashpods/proxy.sock"
 #define CA_DIR "/tmp/flashpods"
 #define CA_MAX (64 * 1024)
+/* Spire mode: the request line the SVID is put under must arrive within this
+ * many bytes and milliseconds; a fetch of a new SVID may take this long. */
+#define FIRST_LINE_MAX 8192
+#define FIRST_LINE_MS 10000
+#define SVID_FETCH_WAIT_MAX_S 10
+/* A cached SVID is replaced when this much of its life is left (at most half
+ * of it), so the proxy never sees one that expires while it checks it. */
+#define SVID_REFRESH_MARGIN_S 30
+
+/* Spire mode: where the relay gets the job's JWT-SVID for the proxy, and the
+ * one it holds (fetched by the listening process, handed to each connection's
+ * child by the fork). */
+struct svid_cache {
+    const char *agent;
+    const char *endpoint;
+    long wait_s; /* FLASHPODS_SVID_WAIT_S, at most SVID_FETCH_WAIT_MAX_S: a client waits */
+    struct buf jwt;
+    long long refresh_at; /* wall clock, seconds: the proxy checks exp against it */
+};
 
 static const char *const SYSTEM_BUNDLES[] = {
     "/etc/ssl/certs/ca-certificates.crt", /* Debian, Alpine */
@@ -163,23 +186,125 @@ static void pump(int a, int b)
     }
 }
 
-static void serve(int listener, const char *path)
+/* The cached SVID, fetched anew when it is missing or close to its expiry.
+ * Returns 0, or -1 with e filled (the caller answers the client with it). */
+static int svid_current(struct svid_cache *c, struct err *e)
 {
-    /* Children are reaped by the kernel: no zombies, no SIGCHLD handling. */
-    struct sigaction sa = {.sa_handler = SIG_IGN, .sa_flags = SA_NOCLDWAIT};
-    sigaction(SIGCHLD, &sa, NULL);
+    time_t now = time(NULL);
+    if (c->jwt.len && now < c->refresh_at)
+        return 0;
+    buf_wipe(&c->jwt);
+    if (svid_fetch(c->agent, c->endpoint, SVID_PROXY_AUDIENCE, c->wait_s, &c->jwt, e) < 0)
+        return -1;
+    long long exp = svid_expiry(c->jwt.data, c->jwt.len);
+    long long left = exp - (long long)now;
+    long long margin = left / 2 < SVID_REFRESH_MARGIN_S ? left / 2 : SVID_REFRESH_MARGIN_S;
+    /* No readable exp: use it for this connection only. */
+    c->refresh_at = exp > 0 ? exp - margin : 0;
+    return 0;
+}
+
+/* Answers a TCP client the relay could not serve, in the proxy's error shape. */
+static void answer_error(int client, const char *code, const char *msg)
+{
+    char body[2 * ERRBUF_SIZE], clean[ERRBUF_SIZE + 128], out[3 * ERRBUF_SIZE];
+    size_t j = 0;
+    for (const char *p = msg; *p && j + 1 < sizeof clean; p++)
+        clean[j++] = (*p == '"' || *p == '\\') ? '\'' : *p; /* stays a JSON string */
+    clean[j] = '\0';
+    int bn = snprintf(body, sizeof body,
+                      "{\"type\": \"error\", \"error\": {\"type\": \"%s\", \"message\": \"%s\"}, "
+                      "\"code\": \"%s\", \"by\": \"flashpods-init relay\"}\n",
+                      code, clean, code);
+    if (bn < 0 || (size_t)bn >= sizeof body)
+        return;
+    int n = snprintf(out, sizeof out,
+                     "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nX-Flashpods-Proxy: %s\r\nConnection: close\r\n\r\n%s",
+                     bn, code, body);
+    if (n <= 0 || (size_t)n >= sizeof out || write_all(client, out, (size_t)n) < 0)
+        return;
+    /* Closing with the client's request unread would reset the connection and
+     * could take the answer with it: read what it sent first (briefly). */
+    shutdown(client, SHUT_WR);
+    long long deadline = now_ms() + 2000;
+    for (;;) {
+        long long left = deadline - now_ms();
+        struct pollfd p = {.fd = client, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0 || read_retry(client, out, sizeof out) <= 0)
+            break;
+    }
+}
+
+/* Spire mode: reads the client's request line and sends it to the proxy with
+ * `Proxy-Authorization: Bearer <SVID>` right after it, then what else came.
+ * Bytes that are no HTTP request line (a TLS ClientHello, say) go on as they
+ * are: the proxy then refuses them for want of an SVID and says so. */
+static int forward_with_svid(int client, int up, const char *jwt)
+{
+    char first[FIRST_LINE_MAX];
+    size_t have = 0;
+    char *eol = NULL;
+    long long deadline = now_ms() + FIRST_LINE_MS;
+    while (!eol && have < sizeof first) {
+        long long left = deadline - now_ms();
+        struct pollfd p = {.fd = client, .events = POLLIN};
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+            return -1;
+        ssize_t n = read_retry(client, first + have, sizeof first - have);
+        if (n <= 0)
+            return -1;
+        have += (size_t)n;
+        eol = memmem(first, have, "\r\n", 2);
+        if (first[0] == 0x16) /* TLS straight away: no line will come */
+            break;
+    }
+    if (!eol || !memmem(first, (size_t)(eol - first), " HTTP/1.", 8))
+        return write_all(up, first, have);
+    size_t line = (size_t)(eol - first) + 2;
+    static const char name[] = "Proxy-Authorization: Bearer ";
+    if (write_all(up, first, line) < 0 || write_all(up, name, sizeof name - 1) < 0 ||
+        write_all(up, jwt, strlen(jwt)) < 0 || write_all(up, "\r\n", 2) < 0)
+        return -1;
+    return write_all(up, first + line, have - line);
+}
+
+static void serve(int listener, const char *path, struct svid_cache *svid)
+{
+    /* Children are reaped after each accept (not by ignoring SIGCHLD: the
+     * SVID fetch waits for its own spire-agent child). */
+    struct err e;
+    if (svid)
+        (void)svid_current(svid, &e); /* ready before the first connection */
     for (;;) {
         int client = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+        while (waitpid(-1, NULL, WNOHANG) > 0)
+            ;
         if (client < 0) {
             if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE)
                 continue;
             _exit(1);
         }
+        int no_svid = svid && svid_current(svid, &e) < 0;
         pid_t pid = fork();
         if (pid == 0) {
             close(listener);
+            if (no_svid) {
+                char msg[ERRBUF_SIZE + 128];
+                snprintf(msg, sizeof msg, "flashpods-init's relay has no JWT-SVID for the "
+                         "credential proxy: %s", e.msg);
+                answer_error(client, "no_svid", msg);
+                _exit(0);
+            }
             int up = connect_proxy(path);
-            if (up >= 0)
+            if (up < 0) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "cannot connect to the credential proxy at %.200s: %s",
+                         path, strerror(errno));
+                answer_error(client, "proxy_unreachable", msg);
+                _exit(0);
+            }
+            if (!svid || forward_with_svid(client, up, svid->jwt.data) == 0)
                 pump(client, up);
             _exit(0);
         }
@@ -195,6 +320,26 @@ int relay_start(struct err *e)
     struct stat sb;
     if (stat(path, &sb) < 0 || !S_ISSOCK(sb.st_mode))
         return 0; /* no credential proxy on this host */
+
+    /* Spire mode: the proxy knows the job only from its JWT-SVID (audience
+     * flashpods-proxy), which the relay puts on every connection. */
+    int spire = !strcmp(getenv("FLASHPODS_ATTESTATION") ? getenv("FLASHPODS_ATTESTATION") : "",
+                        "spire");
+    struct svid_cache svid = {0};
+    if (spire) {
+        const char *uri = getenv("SPIFFE_ENDPOINT_SOCKET");
+        svid.endpoint = svid_endpoint_path(uri && *uri ? uri : SVID_DEFAULT_ENDPOINT);
+        const char *agent = getenv("FLASHPODS_SPIRE_AGENT");
+        svid.agent = agent && *agent ? agent : SVID_DEFAULT_AGENT;
+        if (!svid.endpoint) {
+            err_set(e, "SPIFFE_ENDPOINT_SOCKET must be unix:///<absolute path>; got %.200s", uri);
+            return -1;
+        }
+        if (env_seconds("FLASHPODS_SVID_WAIT_S", 30, 86400, &svid.wait_s, e) < 0)
+            return -1;
+        if (svid.wait_s > SVID_FETCH_WAIT_MAX_S)
+            svid.wait_s = SVID_FETCH_WAIT_MAX_S;
+    }
 
     struct buf ca = {0};
     if (fetch_ca(path, &ca, e) < 0)
@@ -241,7 +386,7 @@ int relay_start(struct err *e)
             int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
             if (devnull >= 0)
                 dup2(devnull, STDIN_FILENO);
-            serve(listener, path);
+            serve(listener, path, spire ? &svid : NULL);
         }
         _exit(0);
     }

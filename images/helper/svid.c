@@ -5,11 +5,14 @@
 #endif
 #include "svid.h"
 
+#include "base64.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -225,4 +228,63 @@ int svid_fetch(const char *agent, const char *socket, const char *audience, long
             "entry for this job",
             audience, socket, wait_s, attempts, why[0] ? why : "none");
     return -1;
+}
+
+const char *svid_endpoint_path(const char *uri)
+{
+    if (!strncmp(uri, "unix://", 7))
+        uri += 7;
+    else if (!strncmp(uri, "unix:", 5))
+        uri += 5;
+    return *uri == '/' ? uri : NULL;
+}
+
+long long svid_expiry(const char *jwt, size_t len)
+{
+    const char *first = memchr(jwt, '.', len);
+    if (!first)
+        return -1;
+    const char *payload = first + 1;
+    const char *second = memchr(payload, '.', len - (size_t)(payload - jwt));
+    if (!second)
+        return -1;
+    size_t n = (size_t)(second - payload);
+    if (n == 0 || n > MAX_JWT)
+        return -1;
+    /* base64url -> base64: the decoder takes the standard alphabet. */
+    char *std = malloc(n + 1);
+    unsigned char *json = malloc(n / 4 * 3 + 4);
+    long long exp = -1;
+    if (!std || !json)
+        goto out;
+    for (size_t i = 0; i < n; i++)
+        std[i] = payload[i] == '-' ? '+' : payload[i] == '_' ? '/' : payload[i];
+    long got = base64_decode(std, n, json);
+    if (got <= 0)
+        goto out;
+    json[got] = '\0';
+    /* A quoted "exp" followed by a colon is a key: a string value would be
+     * followed by ',', '}' or ']', and quotes inside strings are escaped. */
+    const char *k = memmem(json, (size_t)got, "\"exp\"", 5);
+    if (!k)
+        goto out;
+    k += 5;
+    while (*k == ' ' || *k == '\t' || *k == '\n' || *k == '\r')
+        k++;
+    if (*k++ != ':')
+        goto out;
+    while (*k == ' ' || *k == '\t' || *k == '\n' || *k == '\r')
+        k++;
+    if (*k < '0' || *k > '9')
+        goto out;
+    long long v = 0;
+    while (*k >= '0' && *k <= '9' && v < 100000000000LL)
+        v = v * 10 + (*k++ - '0');
+    exp = v;
+out:
+    free(std);
+    if (json)
+        explicit_bzero(json, n / 4 * 3 + 4);
+    free(json);
+    return exp;
 }

@@ -12,6 +12,7 @@ from .config import TokenConfig
 from .exchange import Caller, Refusal, TokenService
 from .podman import PodmanClient, PodmanError
 from .policy import Policy
+from .proxy_attest import PROXY_AUDIENCE
 from .ratelimit import RateLimiter
 from .server import TokenServer
 from .verify_spire import BundleFile, BundleKeys, SpireVerifier, VerificationError
@@ -43,6 +44,20 @@ def spire_attest_fn(verifier: SpireVerifier) -> AttestFn:
         return Caller(svid.identity, svid.expires_at)
 
     return attest
+
+
+def open_bundle(config: TokenConfig, program: str) -> BundleKeys:
+    """The JWT keys spire mode verifies against: a bundle file or the agent's stream."""
+    try:
+        if config.spire.bundle_file:
+            return BundleFile(config.spire.bundle_file)
+        from .workload_bundle import WorkloadApiBundle  # grpcio only when used
+
+        agent_socket = config.spire.agent_socket
+        assert agent_socket  # parse_config: spire mode has a bundle_file or this
+        return WorkloadApiBundle(agent_socket, config.trust_domain)
+    except ValueError as exc:
+        raise SystemExit(f"{program}: {exc}") from None
 
 
 def build_service(config: TokenConfig) -> tuple[TokenService, Callable[[], None]]:
@@ -77,20 +92,14 @@ def build_service(config: TokenConfig) -> tuple[TokenService, Callable[[], None]
             attestor.close()
             audit.close()
     else:
-        bundle: BundleKeys
-        try:
-            if config.spire.bundle_file:
-                bundle = BundleFile(config.spire.bundle_file)
-            else:
-                from .workload_bundle import WorkloadApiBundle  # grpcio only when used
-
-                agent_socket = config.spire.agent_socket
-                assert agent_socket  # parse_config: spire mode has a bundle_file or this
-                bundle = WorkloadApiBundle(agent_socket, config.trust_domain)
-        except ValueError as exc:
-            raise SystemExit(f"flashpods-token: {exc}") from None
+        bundle = open_bundle(config, "flashpods-token")
         verifier = SpireVerifier(
-            bundle, config.trust_domain, config.spire.audience, config.spire.leeway_s, podman
+            bundle,
+            config.trust_domain,
+            config.spire.audience,
+            config.spire.leeway_s,
+            podman,
+            exclusive_of=frozenset({PROXY_AUDIENCE}),
         )
         attest = spire_attest_fn(verifier)
 

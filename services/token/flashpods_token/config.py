@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .identity import ROLES, TOKEN_NAME_RE, is_old_sub_agent_name
+from .proxy_attest import PROXY_AUDIENCE
 from .proxy_config import ProxyConfigError, ProxySettings, parse_proxy
 
 ENV_VAR = "FLASHPODS_TOKEN_CONFIG"
@@ -182,6 +183,12 @@ def parse_config(data: object) -> TokenConfig:
             "token config: spire mode needs exactly one of spire.bundle_file "
             "(from `spire-server bundle show -format spiffe`) or spire.agent_socket "
             "(the SPIRE agent's Workload API socket)"
+        )
+    if spire.audience == PROXY_AUDIENCE:
+        raise ConfigError(
+            f"token config: spire.audience must not be {PROXY_AUDIENCE!r}, the credential "
+            "proxy's audience: an SVID for one service must never be accepted by the other; "
+            "leave it at 'flashpods-token'"
         )
     limits = _sub("token config limits", data.get("limits"), Limits)
     limits.check()

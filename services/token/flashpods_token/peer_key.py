@@ -36,9 +36,14 @@ class PeerKeys:
         except OSError:
             return None
         try:
-            return self._top_namespace(pidfd) or _cgroup(pidfd)
+            return self.of_pidfd(pidfd)
         finally:
             os.close(pidfd)
+
+    def of_pidfd(self, pidfd: int) -> str | None:
+        """The same name for the process behind a pidfd (the proxy in spire mode compares
+        a connection's with the job's init: proxy_attest.py)."""
+        return self._top_namespace(pidfd) or _cgroup(pidfd)
 
     def _top_namespace(self, pidfd: int) -> str | None:
         try:

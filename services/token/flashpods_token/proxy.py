@@ -1,9 +1,10 @@
 """The credential proxy: puts a job's secrets into its requests on the host side.
 
 docs/design.md, "Credential proxy", is the design; in short: each connection on the
-proxy socket is attested before a byte is read (the token service's peer attestation),
-then it is a CONNECT (HTTPS_PROXY clients, through the in-container relay), a TLS
-ClientHello straight away (SNI names the host), or `GET /ca.pem`. Requests to a host
+proxy socket is attested before a byte is read (the token service's peer attestation;
+in spire mode by the JWT-SVID in its first request head, proxy_attest.py), then it is
+a CONNECT (HTTPS_PROXY clients, through the in-container relay), a TLS ClientHello
+straight away (SNI names the host), or `GET /ca.pem`. Requests to a host
 that some secret's rule names are intercepted: TLS is terminated with a leaf of this
 host's CA, the request head's placeholders are replaced, bodies and the response are
 spliced through untouched, one request per connection. Everything else is tunnelled
@@ -199,12 +200,17 @@ class CredentialProxy:
         self,
         settings: ProxySettings,
         policy: Policy,
-        attest: Callable[[socket.socket], JobIdentity],
+        attest: Callable[[socket.socket], JobIdentity | None],
         egress: Egress,
         ca: HostCA,
         audit: AuditLog | None = None,
         usage: UsageBook | None = None,
+        attest_head: Callable[[list[tuple[str, str]], str | None], JobIdentity] | None = None,
     ):
+        # attest: the job behind the connection, or None when it is known only from the
+        # first request head (spire mode: attest_head reads the JWT-SVID there, and gets
+        # the connection's peer key to check the SVID is presented from its own job).
+        self.attest_head = attest_head
         self.usage = usage
         self.settings = settings
         self.policy = policy
@@ -242,8 +248,8 @@ class CredentialProxy:
             refusal: Refused | None = None
             try:
                 ident = self.attest(conn)
-                record |= {"job": ident.job_id, "role": ident.role}
-                self._caller.spiffe_id = ident.spiffe_id
+                if ident is not None:
+                    self._attested(ident, record)
             except AttestationError as exc:
                 record["check"] = exc.check
                 refusal = Refused(403, "unauthenticated", f"not a running job: {exc}")
@@ -256,11 +262,10 @@ class CredentialProxy:
                 record |= {"host": host, "port": 443, "shape": "tls"}
                 if refusal is not None:
                     raise refusal
-                assert ident is not None
                 self._intercept(ident, client, host, 443, b"", deadline, record)
                 return
             head, rest = read_head(conn, b"", deadline)
-            (method, target, _), _headers = parse_head(head)
+            (method, target, _), connect_headers = parse_head(head)
             if method == "GET" and target == CA_PATH:
                 # The certificate is public: served also to callers that are no job.
                 body = self.ca.cert_pem
@@ -273,7 +278,8 @@ class CredentialProxy:
                 return
             if refusal is not None:
                 raise refusal
-            assert ident is not None
+            if ident is None:
+                ident = self._attest_head(connect_headers, record)
             if method != "CONNECT":
                 raise Refused(
                     400,
@@ -315,6 +321,21 @@ class CredentialProxy:
                 self._log_record(record)
             with contextlib.suppress(OSError):
                 client.close()
+
+    def _attested(self, ident: JobIdentity, record: dict) -> JobIdentity:
+        record |= {"job": ident.job_id, "role": ident.role}
+        self._caller.spiffe_id = ident.spiffe_id
+        return ident
+
+    def _attest_head(self, headers: list[tuple[str, str]], record: dict) -> JobIdentity:
+        if self.attest_head is None:
+            raise Refused(403, "unauthenticated", "not a running job: no attestation")
+        try:
+            peer = getattr(self._caller, "peer", None)
+            return self._attested(self.attest_head(headers, peer), record)
+        except AttestationError as exc:
+            record["check"] = exc.check
+            raise Refused(403, "unauthenticated", f"not a running job: {exc}") from None
 
     def _accept_tls(self, conn: socket.socket) -> tuple[ssl.SSLSocket, str]:
         holder: dict[str, str] = {}
@@ -358,7 +379,7 @@ class CredentialProxy:
 
     def _intercept(
         self,
-        ident: JobIdentity,
+        ident: JobIdentity | None,
         client: socket.socket,
         host: str,
         port: int,
@@ -369,6 +390,8 @@ class CredentialProxy:
         head, rest = read_head(client, leftover, deadline)
         (method, target, version), headers = parse_head(head)
         record["method"] = method
+        if ident is None:  # spire mode, TLS straight away: the SVID is in this head
+            ident = self._attest_head(headers, record)
         injected: list[str] = []
         out: list[tuple[str, str]] = []
         seen_host = False

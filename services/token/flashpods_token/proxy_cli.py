@@ -8,6 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .app import open_bundle
 from .attest_peer import PeerAttestor, check_capability
 from .audit import AuditLog
 from .config import ConfigError, TokenConfig, load_config
@@ -15,27 +16,28 @@ from .egress import Egress, nonpublic_networks
 from .podman import PodmanClient, PodmanError
 from .policy import Policy
 from .proxy import CredentialProxy, ProxyServer
+from .proxy_attest import PROXY_AUDIENCE, SvidAttestor
 from .proxy_ca import HostCA, make_ca
 from .ratelimit import RateLimiter
 from .usage import UsageBook
+from .verify_spire import SpireVerifier
 
 
-def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLog]:
-    settings = config.proxy
-    if settings is None:
-        raise SystemExit("flashpods-proxy: the token config has no proxy block")
-    if config.mode != "peer":
-        raise SystemExit(
-            "flashpods-proxy: only peer mode is built so far (spire mode would attest with "
-            "the job's JWT-SVID in Proxy-Authorization; docs/design.md)"
-        )
-    try:
-        forbidden = nonpublic_networks(Path(settings.firewall_template).read_text())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(
-            f"flashpods-proxy: cannot read the jobs' forbidden ranges from "
-            f"{settings.firewall_template}: {exc}"
-        ) from None
+def spire_attestor(config: TokenConfig) -> SvidAttestor:
+    """Spire mode: the job's JWT-SVID (audience flashpods-proxy) on each connection."""
+    bundle = open_bundle(config, "flashpods-proxy")
+    verifier = SpireVerifier(
+        bundle,
+        config.trust_domain,
+        PROXY_AUDIENCE,
+        config.spire.leeway_s,
+        PodmanClient(config.podman_url, config.instance),
+        exclusive_of=frozenset({config.spire.audience}),
+    )
+    return SvidAttestor(verifier, bundle)
+
+
+def peer_attestor(config: TokenConfig) -> PeerAttestor:
     check_capability(config.podman_url[len("unix://") :])
     attestor = PeerAttestor(
         PodmanClient(config.podman_url, config.instance),
@@ -47,6 +49,27 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
         attestor.refresh()
     except PodmanError as exc:
         print(f"flashpods-proxy: Podman not reachable yet ({exc})", file=sys.stderr)
+    return attestor
+
+
+def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor | SvidAttestor, AuditLog]:
+    settings = config.proxy
+    if settings is None:
+        raise SystemExit("flashpods-proxy: the token config has no proxy block")
+    try:
+        forbidden = nonpublic_networks(Path(settings.firewall_template).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"flashpods-proxy: cannot read the jobs' forbidden ranges from "
+            f"{settings.firewall_template}: {exc}"
+        ) from None
+    attestor: PeerAttestor | SvidAttestor
+    if config.mode == "spire":
+        attestor = spire_attestor(config)
+        attest, attest_head = attestor.connection, attestor.head
+    else:
+        attestor = peer_attestor(config)
+        attest, attest_head = attestor.attest, None
     audit = AuditLog(
         None,  # stderr: the service log (journald on NixOS)
         failures_per_window=config.limits.audit_failures_per_window,
@@ -56,7 +79,7 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
     proxy = CredentialProxy(
         settings,
         Policy(config.roles, config.secrets, settings.rules),
-        attestor.attest,
+        attest,
         Egress(
             forbidden,
             settings.static_hosts,
@@ -79,6 +102,7 @@ def build_proxy(config: TokenConfig) -> tuple[ProxyServer, PeerAttestor, AuditLo
             if settings.usage_dir
             else None
         ),
+        attest_head=attest_head,
     )
     return ProxyServer(proxy, config.socket_group), attestor, audit
 
@@ -118,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         if stopping.is_set():
             return 0
         print(
-            f"flashpods-proxy: listening on {server.server_address}, rules for "
+            f"flashpods-proxy: {config.mode} mode, listening on {server.server_address}, rules for "
             f"{', '.join(sorted(server.proxy.settings.rules)) or 'no secret'}",
             file=sys.stderr,
             flush=True,

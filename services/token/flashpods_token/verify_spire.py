@@ -17,8 +17,9 @@ import json
 import os
 import select
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -31,6 +32,7 @@ EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 ALLOWED_ALGORITHMS = frozenset(EC_ALGORITHMS.values()) | frozenset(RSA_ALGORITHMS)
 MIN_RSA_BITS = 2048  # SPIRE refuses smaller RSA keys too
+T = TypeVar("T")
 
 
 class VerificationError(Exception):
@@ -132,8 +134,12 @@ class SpireVerifier:
         audience: str,
         leeway_s: int,
         podman: PodmanClient | None,
+        exclusive_of: frozenset[str] = frozenset(),
     ) -> None:
         self._bundle = bundle
+        # Audiences of the other Flashpods services: an SVID that also names one of them
+        # was minted for that service and is refused here (no replay between them).
+        self._exclusive_of = exclusive_of - {audience}
         self._trust_domain = trust_domain
         self._audience = audience
         self._leeway = leeway_s
@@ -182,12 +188,24 @@ class SpireVerifier:
         except jwt.InvalidTokenError as exc:
             reason = type(exc).__name__
             raise VerificationError("format", f"the token is malformed ({reason})") from None
+        aud = claims.get("aud")
+        named = {aud} if isinstance(aud, str) else set(aud if isinstance(aud, list) else ())
+        foreign = sorted(named & self._exclusive_of)
+        if foreign:
+            raise VerificationError(
+                "audience", f"aud also names {foreign[0]}: an SVID for that service is no good here"
+            )
         try:
             identity = parse_spiffe_id(self._trust_domain, claims.get("sub"))
         except IdentityError as exc:
             check = "trust_domain" if "trust domain" in str(exc) else "sub"
             raise VerificationError(check, str(exc)) from None
         return VerifiedSvid(identity, int(claims["exp"]))
+
+    def with_job_init(self, job_id: str, fn: Callable[[int], T]) -> T | None:
+        """fn(pidfd of the running job's container init), or None if it is not known to
+        be running (call after verify)."""
+        return self._liveness.with_init(job_id, fn) if self._liveness else None
 
     def verify(self, token: str) -> VerifiedSvid:
         svid = self.verify_token(token)
@@ -211,6 +229,13 @@ class JobLiveness:
         self._lock = threading.Lock()
         self._jobs: dict[str, tuple[int, str]] = {}  # job id -> (init pidfd, kind)
         self._dead: set[str] = set()
+
+    def with_init(self, job_id: str, fn: Callable[[int], T]) -> T | None:
+        with self._lock:  # the pidfd stays open while fn uses it
+            cached = self._jobs.get(job_id)
+            if cached is None or _exited(cached[0]):
+                return None
+            return fn(cached[0])
 
     def kind_if_running(self, job_id: str) -> str:
         with self._lock:

@@ -1,5 +1,6 @@
 """flashpods-init's relay: curl and git that know only HTTPS_PROXY get the token
-injected at the host, trusting the host's proxy CA that the helper wrote into /tmp."""
+injected at the host, trusting the host's proxy CA that the helper wrote into /tmp;
+in peer and in spire mode."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 JOB_SCRIPT = Path(__file__).with_name("relay_job.sh").read_text()
 
 
-def test_curl_and_git_through_the_relay(proxy_host, origin):
-    api, keys = proxy_host()
+# Spire mode: the relay puts the job's JWT-SVID (audience flashpods-proxy, from the real
+# agent) on every connection; a cold machine builds SPIRE first, hence the timeout.
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("attestation", ["peer", "spire"])
+def test_curl_and_git_through_the_relay(proxy_host, origin, attestation):
+    api, keys = proxy_host(attestation=attestation)
     token = keys["GITHUB_TOKEN"]
     job = api.spawn(kind="worker", command=JOB_SCRIPT, image=AGENT_IMAGE, timeout_s=300)
     final = api.wait(job["id"], timeout=300)
@@ -27,6 +32,7 @@ def test_curl_and_git_through_the_relay(proxy_host, origin):
     assert "relay-curl:200" in lines, text
     (relay,) = origin.seen("/relay")
     assert relay["headers"]["authorization"] == f"token {token}"
+    assert "proxy-authorization" not in relay["headers"]  # spire: the SVID stays here
 
     # git answers GitHub's 401 challenge with its URL credentials: injected on the way.
     refs = [r for r in origin.seen("/o/r.git/info/refs") if "authorization" in r["headers"]]
