@@ -28,6 +28,7 @@ from collections.abc import Callable
 from .attest_peer import AttestationError
 from .audit import AuditLog
 from .egress import Egress, EgressRefused, check_hostname
+from .github_scope import ScopeRefused
 from .identity import JobIdentity
 from .peer_key import PeerKeys
 from .placeholder import find
@@ -383,6 +384,18 @@ class CredentialProxy:
             out.insert(0, ("Host", host if port == 443 else f"{host}:{port}"))
         record["injected"] = sorted(set(injected))
         request_line = f"{method} {target} {version}"
+        scope = self.settings.github_scope
+        if scope is not None and host in self._rules.get(scope.secret, ()):
+            try:  # github_scope.py: reads pass, pushes only to the job's branches
+                rest = scope.admit(
+                    ident.job_id, client, method, target, out, rest, self.settings.read_timeout_s
+                )
+            except ScopeRefused as exc:
+                if exc.answer is None:
+                    raise Refused(exc.status, exc.code, str(exc)) from None
+                record |= {"outcome": "refused", "code": exc.code, "error": str(exc)}
+                client.sendall(exc.answer)  # a receive-pack report that git prints
+                return
         if (
             self.usage is not None
             and host in self._rules.get(self.settings.model_secret, ())

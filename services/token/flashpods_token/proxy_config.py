@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 from .egress import EgressRefused, check_hostname
+from .github_scope import GithubScope, ScopeError, parse_scope
 
 
 class ProxyConfigError(Exception):
@@ -34,6 +35,7 @@ class ProxySettings:
     model_secret: str = "ANTHROPIC_API_KEY"
     usage_dir: str | None = None
     budget_tokens: int | None = None  # input + output tokens per job; None: no cap
+    github_scope: GithubScope | None = None  # optional limits on the GitHub secret
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
@@ -111,7 +113,13 @@ def parse_proxy(
         ):
             raise ProxyConfigError("token config proxy.static_hosts must map names to addresses")
         try:
-            proxy = ProxySettings(**(data | {"rules": rules, "static_hosts": static}))
+            scope = parse_scope(data.get("github_scope"), rules)
+        except ScopeError as exc:
+            raise ProxyConfigError(str(exc)) from None
+        try:
+            proxy = ProxySettings(
+                **(data | {"rules": rules, "static_hosts": static, "github_scope": scope})
+            )
         except TypeError as exc:
             raise ProxyConfigError(f"token config proxy: {exc}") from None
     missing = sorted(n for n in secrets if n not in rules and n not in env_delivery)
