@@ -137,7 +137,7 @@ class GithubScope:
             f"scope (only {allowed}; no deletes, no tags); the whole push was refused"
         )
         reader.drain(MAX_DRAIN)
-        answer = push_refusal(commands, caps, outside, reason, allowed)
+        answer = push_refusal(commands, caps, outside, reason)
         raise ScopeRefused(403, "scope_refused", reason, answer)
 
     def _command_allowed(self, job_id: str, new: str, ref: str) -> bool:
@@ -367,7 +367,6 @@ def push_refusal(
     caps: set[str],
     outside: list[str],
     reason: str,
-    allowed: str,
 ) -> bytes:
     """A whole HTTP response: a receive-pack report refusing every ref (git prints one
     `! [remote rejected]` line each), with the reason on the side band when asked for."""
@@ -386,7 +385,7 @@ def push_refusal(
     report += b"0000"
     if caps & {"side-band-64k", "side-band"}:
         step = 65515 if "side-band-64k" in caps else 995
-        message = f"{reason}\nallowed: {allowed}\n".encode("utf-8", "replace")
+        message = f"{reason}\n".encode("utf-8", "replace")
         body = pkt(b"\x02" + message[:step])
         for i in range(0, len(report), step):
             body += pkt(b"\x01" + report[i : i + step])
