@@ -179,6 +179,45 @@ def test_a_trickled_command_list_hits_the_deadline() -> None:
 
 
 @pytest.mark.parametrize(
+    "wire",
+    [
+        b"0x4\r\n0000\r\n0\r\n\r\n",  # Python's int() reads it, a strict server does not
+        b"+4\r\n0000\r\n0\r\n\r\n",
+        b"4\r\n0000XX0\r\n\r\n",  # data not followed by CRLF
+        b"1_0\r\n" + b"0" * 16 + b"\r\n0\r\n\r\n",
+    ],
+)
+def test_lenient_chunk_framing_is_refused(wire: bytes) -> None:
+    # What the scope reads must be what upstream reads: no differential to hide refs in.
+    a, b = socket.socketpair()
+    try:
+        b.sendall(wire)
+        with pytest.raises(ScopeRefused, match="chunked body is malformed"):
+            SCOPE.admit(
+                JOB,
+                a,
+                "POST",
+                "/o/r.git/git-receive-pack",
+                [("Transfer-Encoding", "chunked")],
+                b"",
+                1,
+            )
+    finally:
+        a.close()
+        b.close()
+
+
+def test_receive_pack_by_another_method_is_refused() -> None:
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(ScopeRefused, match="POST only"):
+            SCOPE.admit(JOB, a, "GET", "/o/r.git/git-receive-pack", [], b"", 1)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         [("Content-Length", "10"), ("Transfer-Encoding", "chunked")],
