@@ -161,6 +161,10 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
                 return
         for s in ready:
             other = upstream if s is client else client
+            # Readable is not a whole record: a TLS 1.3 session ticket alone wakes select
+            # too, and a blocking read would then wait for data that comes only after the
+            # other side's upload (a git push hung here). Read without blocking.
+            s.settimeout(0)
             try:
                 n = s.recv_into(view[:CHUNK])
                 # A TLS socket hands out one record (16 KiB) per read: take what is
@@ -171,6 +175,8 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
                 continue
             except (OSError, ssl.SSLError):
                 return
+            finally:
+                s.settimeout(idle_s)
             data = view[:n]
             if not n:
                 if s is upstream:
