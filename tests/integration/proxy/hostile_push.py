@@ -6,14 +6,13 @@ import contextlib
 import os
 import socket
 import ssl
-import threading
 
 token = os.environ["GITHUB_TOKEN"]
 auth = base64.b64encode(f"x-access-token:{token}".encode()).decode()
 ctx = ssl.create_default_context(cafile=os.environ["FLASHPODS_PROXY_CA"])
 
 
-def attempt(label, body, length=None, pause=None):
+def attempt(label, body, length=None):
     raw = socket.socket(socket.AF_UNIX)
     raw.connect("/run/flashpods/proxy.sock")
     s = ctx.wrap_socket(raw, server_hostname="github.com")
@@ -24,14 +23,11 @@ def attempt(label, body, length=None, pause=None):
         f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
     )
 
-    def send():
-        # The proxy stops reading the giant stream: a failed send is expected there.
-        with contextlib.suppress(OSError):
-            s.sendall(head.encode() + body)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
+    # One thread: an SSL socket must not be written and read at once. The proxy stops
+    # reading the giant stream and closes; its answer is still waiting to be read.
     s.settimeout(60)
+    with contextlib.suppress(OSError):
+        s.sendall(head.encode() + body)
     try:
         answer = s.recv(4096)
     except OSError as exc:
