@@ -37,6 +37,10 @@ BAD_REF = re.compile(r"\.\.|//|/\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|\.lock(/|$)|^\.|
 # Headers that make a server treat a POST as another method.
 OVERRIDE_HEADERS = {"x-http-method-override", "x-http-method", "x-method-override"}
 DEFAULT_PUSH = ["flashpods/{job_id}/*"]
+# What passes as a read though it is a POST: exact shapes only (no percent-encoding,
+# no dot segments), so no other endpoint can pose as one. Anything else is a write.
+FETCH_PATH = re.compile(r"/(?!\.\.?/)[A-Za-z0-9_.-]+/(?!\.\.?/)[A-Za-z0-9_.-]+/git-upload-pack")
+GRAPHQL_PATHS = {"/graphql", "/api/graphql"}  # github.com's API host; GitHub Enterprise
 
 
 class ScopeError(Exception):
@@ -82,16 +86,17 @@ class GithubScope:
     ) -> bytes:
         """The body bytes already read (to forward first), or ScopeRefused."""
         names = {n.lower() for n, _ in headers}
-        path = urllib.parse.unquote(target.split("?", 1)[0]).lower()
+        raw_path = target.split("?", 1)[0]
+        path = urllib.parse.unquote(raw_path).lower()
         if "git-receive-pack" in path:
             return self._admit_push(job_id, client, method, headers, rest, wait_s)
         if method in READ_METHODS and not names & OVERRIDE_HEADERS:
             return rest
-        if method == "POST" and "git-upload-pack" in path and not names & OVERRIDE_HEADERS:
+        if method == "POST" and FETCH_PATH.fullmatch(raw_path) and not names & OVERRIDE_HEADERS:
             return rest  # a fetch: a read
         if self.api_write:
             return rest
-        if method == "POST" and path.rstrip("/").endswith("/graphql"):
+        if method == "POST" and raw_path in GRAPHQL_PATHS:
             body = read_whole(client, rest, headers, MAX_GRAPHQL_BODY, wait_s, "a GraphQL body")
             kind = graphql_operation_kinds(body)
             if kind <= {"query"} and not names & OVERRIDE_HEADERS:

@@ -248,6 +248,11 @@ def test_ambiguous_or_encoded_push_bodies_are_refused(headers: list[tuple[str, s
         ("PATCH", "/repos/o/r/git/refs/heads/main", [], False),
         ("GET", "/repos/o/r", [("X-HTTP-Method-Override", "DELETE")], False),
         ("POST", "/o/r.git/info/lfs/objects/batch", [("Content-Length", "0")], False),
+        # Only the exact fetch shape passes as a read: no endpoint can pose as one.
+        ("POST", "/repos/o/r/issues/git-upload-pack", [("Content-Length", "0")], False),
+        ("POST", "/o/r/issues%2F..%2Fgit-upload-pack", [("Content-Length", "0")], False),
+        ("POST", "/../r/git-upload-pack", [("Content-Length", "0")], False),
+        ("POST", "/repos/o/r/graphql", [("Content-Length", "0")], False),
         # a spelling of receive-pack is still checked as one (empty body: no commands)
         ("POST", "/o/r.git/git%2Dreceive-pack/", [("Content-Length", "0")], True),
     ],
