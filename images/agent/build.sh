@@ -2,8 +2,8 @@
 # Build the dev host's sub-agent image, localhost/flashpods-agent:latest, into the
 # flashpods user's Podman store: a Debian bookworm minbase rootfs (debootstrap, from the
 # Debian mirror this machine's apt already uses; no registry is reachable) with python3,
-# ca-certificates, curl, git, ripgrep, Claude Code's native binary from npm and our
-# entrypoint (images/agent/entrypoint -> /flashpods/agent/entrypoint).
+# ca-certificates, curl, git, ripgrep, gh (the GitHub CLI), Claude Code's native binary
+# from npm and our entrypoint (images/agent/entrypoint -> /flashpods/agent/entrypoint).
 #
 # Cached: the image carries a label with the hash of its inputs (this script, the
 # entrypoint, the pinned Claude Code version, the mirror); a stamp file under the cache
@@ -24,7 +24,7 @@ claude_version=${FLASHPODS_CLAUDE_CODE_VERSION:-2.1.330}
 cache=${FLASHPODS_IMAGE_CACHE:-/var/cache/flashpods/agent-image}
 podman_user=${FLASHPODS_PODMAN_USER:-flashpods}
 suite=bookworm
-packages=python3,ca-certificates,curl,git,ripgrep
+packages=python3,ca-certificates,curl,git,ripgrep,gh
 force=0
 [[ ${1:-} == --force ]] && force=1
 

@@ -214,6 +214,7 @@ def settings_from(args: argparse.Namespace) -> HostSettings:
         firewall=args.firewall,
         token_overrides={
             "proxy": {"rules": {n: PROXY_RULES[n] for n in secrets if n in PROXY_RULES}}
+            | ({"github_scope": flat["proxy.github_scope"]} if "proxy.github_scope" in flat else {})
         },
         venv=Path(os.environ.get("FLASHPODS_VENV", DEFAULT_VENV)),
         api_overrides={

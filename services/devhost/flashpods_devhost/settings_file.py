@@ -87,6 +87,7 @@ def _keys() -> tuple[Key, ...]:
         Key("secrets", (dict,), "NAME = file holding the secret"),
         Key("roles.worker", (list,), "secret names worker jobs receive"),
         Key("roles.sub_agent", (list,), "secret names sub-agent jobs receive"),
+        Key("proxy.github_scope", (dict,), "GitHub scoping at the proxy (docs/token.md)"),
     ]
     return tuple(rows)
 

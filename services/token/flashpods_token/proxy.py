@@ -29,6 +29,7 @@ from collections.abc import Callable
 from .attest_peer import AttestationError
 from .audit import AuditLog
 from .egress import Egress, EgressRefused, check_hostname
+from .github_scope import ScopeRefused
 from .identity import JobIdentity
 from .job_budget import BudgetUnreadable
 from .peer_key import PeerKeys
@@ -162,6 +163,10 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
                 return
         for s in ready:
             other = upstream if s is client else client
+            # Readable is not a whole record: a TLS 1.3 session ticket alone wakes select
+            # too, and a blocking read would then wait for data that comes only after the
+            # other side's upload (a git push hung here). Read without blocking.
+            s.settimeout(0)
             try:
                 n = s.recv_into(view[:CHUNK])
                 # A TLS socket hands out one record (16 KiB) per read: take every record
@@ -170,7 +175,10 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
                 while n and n < len(buf) and isinstance(s, ssl.SSLSocket):
                     if not s.pending() and not select.select([s], [], [], 0)[0]:
                         break
-                    got = s.recv_into(view[n:], min(CHUNK, len(buf) - n))
+                    try:
+                        got = s.recv_into(view[n:], min(CHUNK, len(buf) - n))
+                    except ssl.SSLWantReadError:
+                        break  # part of a record only: keep the n bytes read so far
                     if not got:
                         break  # the end: seen again (and handled) at the next turn
                     n += got
@@ -178,6 +186,8 @@ def splice(client: socket.socket, upstream: socket.socket, idle_s: float) -> Non
                 continue
             except (OSError, ssl.SSLError):
                 return
+            finally:
+                s.settimeout(idle_s)
             data = view[:n]
             if not n:
                 if s is upstream:
@@ -417,6 +427,18 @@ class CredentialProxy:
             out.insert(0, ("Host", host if port == 443 else f"{host}:{port}"))
         record["injected"] = sorted(set(injected))
         request_line = f"{method} {target} {version}"
+        scope = self.settings.github_scope
+        if scope is not None and host in self._rules.get(scope.secret, ()):
+            try:  # github_scope.py: reads pass, pushes only to the job's branches
+                rest = scope.admit(
+                    ident.job_id, client, method, target, out, rest, self.settings.read_timeout_s
+                )
+            except ScopeRefused as exc:
+                if exc.answer is None:
+                    raise Refused(exc.status, exc.code, str(exc)) from None
+                record |= {"outcome": "refused", "code": exc.code, "error": str(exc)}
+                client.sendall(exc.answer)  # a receive-pack report that git prints
+                return
         if (
             self.usage is not None
             and host in self._rules.get(self.settings.model_secret, ())

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .egress import EgressRefused, check_hostname
+from .github_scope import GithubScope, ScopeError, parse_scope
 
 
 class ProxyConfigError(Exception):
@@ -43,6 +44,7 @@ class ProxySettings:
     ca_cert_file: str | None = None
     # Per-job budgets, written by the API (job_budget.py); the lower of the two applies.
     budget_dir: str | None = None
+    github_scope: GithubScope | None = None  # optional limits on the GitHub secret
 
 
 _KEYS = set(ProxySettings.__dataclass_fields__)
@@ -152,11 +154,20 @@ def parse_proxy(
                 'token config proxy.refused_interfaces must list interface names (e.g. ["wg0"])'
             )
         try:
+            scope = parse_scope(data.get("github_scope"), rules)
+        except ScopeError as exc:
+            raise ProxyConfigError(str(exc)) from None
+        try:
             fields: dict[str, Any] = {"ca_dir": None, **data}
             proxy = ProxySettings(
                 **(
                     fields
-                    | {"rules": rules, "static_hosts": static, "refused_interfaces": refused_ifs}
+                    | {
+                        "rules": rules,
+                        "static_hosts": static,
+                        "refused_interfaces": refused_ifs,
+                        "github_scope": scope,
+                    }
                 )
             )
         except TypeError as exc:

@@ -66,6 +66,9 @@ GITHUB_TOKEN = "@SECRET@"
 [roles]
 worker = ["GITHUB_TOKEN"]
 sub_agent = []
+
+[proxy]
+github_scope = { push_branches = ["flashpods/{job_id}/*"], api_write = false }
 """
 
 
@@ -118,6 +121,10 @@ def test_every_key_of_the_file_reaches_the_host_settings(tmp_path, clean_env):
     assert api["limits"]["log_bytes"] == 1048576 and api["limits"]["job_pids"] == 256
     assert api["allowed_peers"] == ["127.0.0.2"]
     assert any("settings file" in line and "sub_agent.model" in line for line in args.sources)
+    assert settings.token_overrides["proxy"]["github_scope"] == {
+        "push_branches": ["flashpods/{job_id}/*"],
+        "api_write": False,
+    }
 
 
 def test_attestation_comes_from_the_file_and_a_wrong_mode_is_named(tmp_path, clean_env):

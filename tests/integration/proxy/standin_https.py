@@ -49,6 +49,7 @@ class StandinOrigin:
     def __init__(self, address: str, netns_path: str, names: list[str], workdir: Path):
         self.address = address
         self.requests: list[dict] = []
+        self.git = None  # a standin_git.GitBackend serves git's smart HTTP when set
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in origin CA")])
         ca = _cert("stand-in origin CA", ca_key, ca_name, ca_key.public_key(), True)
@@ -83,6 +84,16 @@ class StandinOrigin:
             protocol_version = "HTTP/1.1"
 
             def _any(self) -> None:
+                if origin.git is not None and origin.git.wants(self.path):
+                    record = {
+                        "method": self.command,
+                        "path": self.path,
+                        "host": self.headers["Host"],
+                    }
+                    record["headers"] = {k.lower(): v for k, v in self.headers.items()}
+                    origin.requests.append(record)
+                    origin.git.serve(self, record)
+                    return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 origin.requests.append(
