@@ -56,6 +56,16 @@ def direct_session() -> requests.Session:
     return session
 
 
+def dropped_connection(exc: requests.exceptions.ConnectionError) -> bool:
+    """The server reset or closed a kept-alive connection as the request went out on it.
+
+    gunicorn closes a connection idle for its keep-alive time (2 s); a request already on
+    its way then meets a reset (seen under load in CI). Sent again on a new connection it
+    is answered. Only for GET and HEAD: a POST or DELETE may have been acted on."""
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, urllib3.exceptions.ProtocolError)
+
+
 class ApiClient:
     def __init__(self, settings: Settings, session: requests.Session | None = None):
         self.settings = settings
@@ -83,14 +93,7 @@ class ApiClient:
         url = f"{self.base}{path}"
         timeout = (CONNECT_TIMEOUT_S, read_timeout or self.settings.http_timeout_s)
         try:
-            response = self.session.request(
-                method,
-                url,
-                headers=self._headers(),
-                timeout=timeout,
-                stream=stream,
-                **kwargs,
-            )
+            response = self._send(method, url, timeout, stream, kwargs)
         except requests.exceptions.ConnectTimeout as exc:
             raise FlashpodsError(
                 f"The Flashpods API did not accept a connection within {CONNECT_TIMEOUT_S:g} s: "
@@ -115,6 +118,27 @@ class ApiClient:
             finally:
                 response.close()
         return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        timeout: tuple[float, float],
+        stream: bool,
+        kwargs: dict[str, Any],
+    ) -> requests.Response:
+        """One request; a GET or HEAD once more if the server dropped the pooled
+        connection it went out on (see `dropped_connection`)."""
+        attempts = 2 if method in ("GET", "HEAD") else 1
+        for attempt in range(attempts):
+            try:
+                return self.session.request(
+                    method, url, headers=self._headers(), timeout=timeout, stream=stream, **kwargs
+                )
+            except requests.exceptions.ConnectionError as exc:
+                if attempt + 1 == attempts or not dropped_connection(exc):
+                    raise
+        raise AssertionError("unreachable")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self._request(method, path, **kwargs)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from flashpods_mcp.client import dropped_connection
 
 FINAL = ("succeeded", "failed", "timed_out", "killed", "lost")
 
@@ -22,7 +23,14 @@ class Api:
 
     def get(self, path: str, **kw: Any) -> requests.Response:
         kw.setdefault("timeout", 30)
-        return self.session.get(self.url + path, **kw)
+        try:
+            return self.session.get(self.url + path, **kw)
+        except requests.exceptions.ConnectionError as exc:
+            # gunicorn closed the kept-alive connection as this GET went out on it (seen
+            # in CI under load): sent again on a new one, as the MCP client does.
+            if not dropped_connection(exc):
+                raise
+            return self.session.get(self.url + path, **kw)
 
     def post(self, path: str, json: Any = None, **kw: Any) -> requests.Response:
         kw.setdefault("timeout", 60)
