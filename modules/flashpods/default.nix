@@ -319,8 +319,9 @@ in
           "Credential proxy"): jobs hold placeholders and the proxy, on the host,
           puts a secret into requests to that secret's own hosts only. Its socket
           `proxy.sock` sits beside `token.sock`, in the directory every job
-          already mounts. Peer attestation only so far: with `spire.enable` set
-          this to false and list the secrets in `token.envDelivery`.
+          already mounts. With `spire.enable` it attests each connection by
+          the job's JWT-SVID (audience `flashpods-proxy`, which the in-container
+          relay adds), checked against the bundle the token service reads too.
         '';
       };
       rules = lib.mkOption {
@@ -604,10 +605,6 @@ in
       {
         assertion = cfg.proxy.enable || cfg.proxy.rules == { };
         message = "services.flashpods.proxy.rules is set but services.flashpods.proxy.enable is false: nothing would inject those secrets. Enable the proxy, or move the secrets to services.flashpods.token.envDelivery (weaker).";
-      }
-      {
-        assertion = !(cfg.proxy.enable && cfg.spire.enable);
-        message = "services.flashpods.proxy attests callers in peer mode only so far; with services.flashpods.spire.enable set services.flashpods.proxy.enable = false and list the secrets in services.flashpods.token.envDelivery (the weaker way, docs/token.md).";
       }
       (
         let

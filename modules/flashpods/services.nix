@@ -374,7 +374,8 @@ in
     };
 
     # The credential proxy: the token service's second face (same package,
-    # user and peer attestation), its own process and socket.
+    # user and attestation: peer facts, or with SPIRE the job's JWT-SVID
+    # checked against the same exported bundle), its own process and socket.
     systemd.services.flashpods-proxy = lib.mkIf cfg.proxy.enable {
       description = "Flashpods credential proxy (unix socket beside the token socket)";
       wantedBy = [ "multi-user.target" ];
@@ -383,8 +384,12 @@ in
         "flashpods-podman.service"
         "systemd-tmpfiles-setup.service"
       ]
-      ++ lib.optional generateCa "flashpods-proxy-ca.service";
-      wants = [ "flashpods-token.service" ];
+      ++ lib.optional generateCa "flashpods-proxy-ca.service"
+      ++ lib.optional cfg.spire.enable "flashpods-spire-bundle.service";
+      wants = [
+        "flashpods-token.service"
+      ]
+      ++ lib.optional cfg.spire.enable "flashpods-spire-bundle.service";
       requires = lib.optional generateCa "flashpods-proxy-ca.service";
       environment.FLASHPODS_TOKEN_CONFIG = toString proxyConfig;
       restartTriggers = [
@@ -409,11 +414,14 @@ in
         ];
         # Leaf certificates pass through a private temporary directory.
         PrivateTmp = true;
-        # The unix socket, and upstream connections over IP.
+        # The unix socket, upstream connections over IP, and netlink: the
+        # route lookup that refuses addresses routed into the tunnel
+        # (refused_interfaces) fails closed without it.
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"
           "AF_INET6"
+          "AF_NETLINK"
         ];
         # Second layer behind its own egress check: the kernel refuses the
         # proxy's sockets every range no job may reach (the firewall

@@ -345,8 +345,8 @@ in
       };
     };
 
-    # The token service verifies JWT-SVIDs against the bundle file the server
-    # exports (token config spire.bundle_file). Re-exported every minute, so
+    # The token service and the proxy verify JWT-SVIDs against the bundle file
+    # the server exports (token config spire.bundle_file). Re-exported every minute, so
     # a rotated JWT key reaches it long before SVIDs signed with it exist
     # (SPIRE publishes new keys ahead of use).
     systemd.services.flashpods-spire-bundle = {
@@ -354,7 +354,10 @@ in
       after = [ "flashpods-spire-server.service" ];
       requires = [ "flashpods-spire-server.service" ];
       wantedBy = [ "multi-user.target" ];
-      before = [ "flashpods-token.service" ];
+      before = [
+        "flashpods-token.service"
+      ]
+      ++ lib.optional cfg.proxy.enable "flashpods-proxy.service";
       path = [
         spire.server
         pkgs.coreutils

@@ -17,9 +17,11 @@ let
         # Short-lived SVIDs, so expiry is tested within the run.
         jwtSvidTtl = "30s";
       };
-      # The credential proxy attests in peer mode only so far: with SPIRE the
-      # secrets go the old way, named explicitly (what this test checks: the
-      # token service hands each role exactly its values).
+      # This test checks the token service's own exchange with SPIRE: the
+      # secrets go the old way, named explicitly, and each role gets exactly
+      # its values. The proxy with SPIRE (on by default there) is evaluated in
+      # tests/unit/nix and run for real on the dev host
+      # (tests/integration/proxy/test_proxy_spire.py).
       proxy = {
         enable = false;
         rules = { };

@@ -68,9 +68,8 @@ let
     };
   };
 
-  # SPIRE mode: the proxy attests in peer mode only, so the secrets go the
-  # old way, named explicitly.
-  spireWithoutProxy = {
+  # The proxy off: every secret goes the old way, named explicitly.
+  proxyOff = {
     services.flashpods = {
       proxy = {
         enable = false;
@@ -175,7 +174,6 @@ let
           package = stubs.spireOf version;
         };
       }
-      ++ [ spireWithoutProxy ]
     );
   spireFacts =
     version:
@@ -200,6 +198,12 @@ let
       serverConfigText = configText spireUnits.flashpods-spire-server.serviceConfig.ExecStart;
       apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
       tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
+      # The proxy is on with SPIRE too: it attests by the job's JWT-SVID.
+      proxyConfig = configJSON c "flashpods-proxy" "FLASHPODS_TOKEN_CONFIG";
+      proxyUnit = {
+        inherit (c.systemd.services.flashpods-proxy) after wants;
+      };
+      bundleBefore = c.systemd.services.flashpods-spire-bundle.before;
       units = lib.mapAttrs (_: unit: {
         inherit (unit) after requires wantedBy;
         inherit (unit) serviceConfig;
@@ -342,7 +346,7 @@ in
       }));
       disabled = facts (evaluate [
         valid
-        spireWithoutProxy
+        proxyOff
       ]);
     };
 
@@ -359,9 +363,6 @@ in
     }));
     rulesWithProxyOff = failedAssertions (evaluate (withFlashpods {
       proxy.enable = false;
-    }));
-    proxyWithSpire = failedAssertions (evaluate (withFlashpods {
-      spire.enable = true;
     }));
     encryptedGeneratedKey = failedAssertions (evaluate (withFlashpods {
       proxy.ca.encrypted = true;

@@ -168,8 +168,9 @@ def test_the_proxy_unit_is_hardened_like_the_token_service(valid):
     assert service["ProtectSystem"] == "strict"
     # Writes only its socket's directory and the usage files.
     assert service["ReadWritePaths"] == ["/run/flashpods/token", "/var/lib/flashpods/usage"]
-    # Upstream over IP, and a descriptor budget for 512 spliced connections.
-    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6"]
+    # Upstream over IP, netlink for the route lookup of refused_interfaces (it refuses
+    # everything when the lookup fails), and a descriptor budget for 512 connections.
+    assert service["RestrictAddressFamilies"] == ["AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"]
     assert service["LimitNOFILE"] >= 2 * 512
     assert service["Restart"] == "always"
     # After (and with) the token service and the CA's one-shot.
@@ -517,6 +518,16 @@ def test_spire_mode_configs_are_accepted_by_the_services(evaluated):
     token = token_config.parse_config(spire["tokenConfig"])
     assert token.mode == "spire"
     assert spire["tokenConfig"]["spire"]["bundle_file"].endswith("/bundle.spiffe")
+    # The credential proxy runs with SPIRE too: the same mode and bundle as the token
+    # service (its own audience is fixed in code), started once the bundle exists.
+    proxy = token_config.parse_config(spire["proxyConfig"])
+    assert proxy.mode == "spire" and proxy.proxy is not None
+    assert spire["proxyConfig"]["spire"] == spire["tokenConfig"]["spire"]
+    assert spire["proxyConfig"]["spire"]["audience"] != "flashpods-proxy"
+    assert "flashpods-spire-bundle.service" in spire["proxyUnit"]["after"]
+    assert "flashpods-spire-bundle.service" in spire["proxyUnit"]["wants"]
+    assert "flashpods-proxy.service" in spire["bundleBefore"]
+    assert spire["failedAssertions"] == []
 
 
 @pytest.mark.parametrize(
@@ -729,7 +740,6 @@ BROKEN_CASES = {
     "ruleWithoutSecret": ["name SLACK_TOKEN", "services.flashpods.token.secrets.<NAME>"],
     "ruleAndEnvDelivery": ["GITHUB_TOKEN is in both proxy.rules and token.envDelivery"],
     "rulesWithProxyOff": ["services.flashpods.proxy.enable is false"],
-    "proxyWithSpire": ["peer mode only", "services.flashpods.proxy.enable = false"],
     "encryptedGeneratedKey": ["services.flashpods.proxy.ca.generate = false"],
     "caKeyInStore": ["proxy.ca.keyFile", "outside /nix/store"],
     "caDirAboveStorage": ["services.flashpods.proxy.ca.keyFile", "/var/lib/flashpods/workspaces"],
