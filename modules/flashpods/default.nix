@@ -353,6 +353,41 @@ in
           shown with each job).
         '';
       };
+      githubScope = lib.mkOption {
+        type = lib.types.nullOr (
+          lib.types.submodule {
+            options = {
+              secret = lib.mkOption {
+                type = lib.types.str;
+                default = "GITHUB_TOKEN";
+                description = "The secret (with a rule in `proxy.rules`) the scope applies to.";
+              };
+              pushBranches = lib.mkOption {
+                type = lib.types.listOf lib.types.str;
+                default = [ "flashpods/{job_id}/*" ];
+                description = ''
+                  Branches a job may push to (`*` matches across `/`, `{job_id}` is
+                  the attested job); deletes, tags and any other ref refuse the push.
+                '';
+              };
+              apiWrite = lib.mkOption {
+                type = lib.types.bool;
+                default = false;
+                description = "Allow REST writes and GraphQL mutations (reads always pass).";
+              };
+            };
+          }
+        );
+        default = null;
+        example = {
+          pushBranches = [ "flashpods/{job_id}/*" ];
+        };
+        description = ''
+          Optional limits on what a job may do with the GitHub token through the
+          proxy, whatever the token itself allows (docs/token.md, "GitHub
+          scoping", says what it can and cannot enforce). null: no limits.
+        '';
+      };
       upstreamCaFile = lib.mkOption {
         type = lib.types.nullOr lib.types.path;
         default = null;

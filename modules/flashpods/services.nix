@@ -228,6 +228,15 @@ in
           # Addresses routed into the tunnel are the laptop's: refused, as the
           # firewall's `oifname wg` rule refuses them to jobs (V18).
           refused_interfaces = [ cfg.wireguard.interface ];
+          github_scope =
+            if cfg.proxy.githubScope == null then
+              null
+            else
+              {
+                inherit (cfg.proxy.githubScope) secret;
+                push_branches = cfg.proxy.githubScope.pushBranches;
+                api_write = cfg.proxy.githubScope.apiWrite;
+              };
         };
       }
     );

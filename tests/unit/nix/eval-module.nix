@@ -330,11 +330,20 @@ in
           ] unit.serviceConfig;
         }) (lib.filterAttrs (name: _: lib.hasPrefix "flashpods-proxy" name) c.systemd.services);
         tokenConfig = configJSON c "flashpods-token" "FLASHPODS_TOKEN_CONFIG";
+        proxyConfig =
+          if c.services.flashpods.proxy.enable then
+            configJSON c "flashpods-proxy" "FLASHPODS_TOKEN_CONFIG"
+          else
+            null;
         apiConfig = configJSON c "flashpods-api" "FLASHPODS_API_CONFIG";
         tmpfiles = builtins.attrNames c.systemd.tmpfiles.settings."10-flashpods";
       };
     in
     {
+      # GitHub scoping: pushes only to the job's branches.
+      githubScope = facts (evaluate (withFlashpods {
+        proxy.githubScope.pushBranches = [ "flashpods/{job_id}/*" ];
+      }));
       # An operator's own key, encrypted with systemd-creds.
       encryptedKey = facts (evaluate (withFlashpods {
         proxy.ca = {

@@ -241,6 +241,23 @@ def test_the_kernel_holds_the_proxy_to_the_jobs_forbidden_ranges(valid):
     assert service["IPAddressAllow"] == ["203.0.113.53", "2001:db8::53"]
 
 
+def test_github_scoping_reaches_the_proxy_as_it_parses_it(evaluated):
+    from flashpods_token import config as token_config
+
+    facts = evaluated["proxy"]["githubScope"]
+    assert facts["failedAssertions"] == []
+    scope = facts["proxyConfig"]["proxy"]["github_scope"]
+    assert scope == {
+        "secret": "GITHUB_TOKEN",
+        "push_branches": ["flashpods/{job_id}/*"],
+        "api_write": False,
+    }
+    parsed = token_config.parse_config(facts["proxyConfig"]).proxy
+    assert parsed is not None and parsed.github_scope is not None
+    # Unset, the block says so and the proxy applies no scope.
+    assert evaluated["proxy"]["encryptedKey"]["proxyConfig"]["proxy"]["github_scope"] is None
+
+
 def test_an_encrypted_operator_key_is_loaded_encrypted(evaluated):
     facts = evaluated["proxy"]["encryptedKey"]
     assert facts["failedAssertions"] == []
