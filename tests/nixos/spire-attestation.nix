@@ -21,7 +21,7 @@ let
       # secrets go the old way, named explicitly, and each role gets exactly
       # its values. The proxy with SPIRE (on by default there) is evaluated in
       # tests/unit/nix and run for real on the dev host
-      # (tests/integration/proxy/test_proxy_spire.py).
+      # (tests/integration/proxy/test_proxy_spire_jobs.py).
       proxy = {
         enable = false;
         rules = { };

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The worker job of test_proxy_spire.py (spire mode): the direct shape with the job's own
+# The worker job of test_proxy_spire_jobs.py (spire mode): the direct shape with the job's own
 # JWT-SVID, and the refusals a job sees without one. Each result line is
 # "<label>:<status>"; a refusal's body comes first.
 set -u

@@ -6,7 +6,7 @@ after the request line; the SVID is fetched once and kept until shortly before i
 The helper runs on the host in a private mount and PID namespace (its own /tmp for
 the CA files; the relay daemon ends with the command), against a stand-in proxy and
 the stand-in `spire-agent` CLI of the other spire tests. tests/integration/proxy/
-test_proxy_spire.py has the real agent and proxy.
+tests/integration/proxy/test_proxy_spire_jobs.py has the real agent and proxy.
 """
 
 from __future__ import annotations
