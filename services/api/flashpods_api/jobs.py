@@ -190,6 +190,17 @@ class Engine:
         # it here, even when the caller's row was read before the kill (reaper tick).
         fresh = self.store.get_job(job_id)
         reason = (fresh or job).get("stop_reason")
+        found: dict[str, Any] = {}
+        if (
+            reason is None
+            and failure is None
+            and not lost
+            and exit_code not in (None, 0)
+            and budgets.exhausted(self.config, fresh or job)
+        ):
+            # It failed on its own at its budget: the proxy's refusal ended it before
+            # the reaper's next look could record the stop. That is why it failed.
+            reason = found["stop_reason"] = budgets.STOP_REASON
         artifacts_error = None if failure else self.artifacts_error(job_id, reason)
         error = None
         if failure is not None:
@@ -239,6 +250,7 @@ class Engine:
             log_bytes=log_bytes,
             log_capped=int(capped),
             workspace_changes=changes,
+            **found,
             **self._final_times(),
         )
         if not done:

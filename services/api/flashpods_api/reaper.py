@@ -45,6 +45,10 @@ WARM_HANDOVER_STALE_S = 2.0
 ARTIFACT_CHECK_EVERY_S = 2.0
 # Ticks in a row a job's step may fail before the job is ended with that error.
 MAX_JOB_FAILURES = 3
+# A job at its model budget is told by the proxy first (403 budget_exhausted on its next
+# model call); SIGTERM follows after this much of kill_grace_s, so an agent usually ends
+# on that refusal and says so in its own summary (the proxy refuses its calls meanwhile).
+BUDGET_NOTICE_FRACTION = 0.5
 
 
 class Reaper:
@@ -272,8 +276,12 @@ class Reaper:
             ):
                 self.engine.signal(job_id, "KILL")
                 self.store.transition(job_id, ("running",), kill_sent_at=now)
-            else:
+            elif not self._in_budget_notice(job, now):
                 self.engine.signal(job_id, "TERM")
+
+    def _in_budget_notice(self, job: dict[str, Any], now: float) -> bool:
+        notice = BUDGET_NOTICE_FRACTION * self.config.kill_grace_s
+        return job["stop_reason"] == budgets.STOP_REASON and now < job["stop_requested_at"] + notice
 
     def _forget(self, job_id: str) -> None:
         self.limits.forget(job_id)
@@ -309,8 +317,9 @@ class Reaper:
             )
 
     def _enforce_budget(self, job: dict[str, Any]) -> None:
-        """A job whose model usage reached its budget is stopped like a timeout: TERM,
-        then KILL after kill_grace_s (the proxy refuses its model calls meanwhile)."""
+        """A job whose model usage reached its budget is stopped like a timeout: TERM
+        (after the notice, BUDGET_NOTICE_FRACTION), then KILL after kill_grace_s; the
+        proxy refuses its model calls from the moment the budget is reached."""
         if job["stop_reason"] is None and budgets.exhausted(self.config, job):
             log.warning("job %s used its model token budget: stopping it", job["id"])
             self.store.transition(

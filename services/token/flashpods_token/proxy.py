@@ -483,8 +483,10 @@ class CredentialProxy:
             raise Refused(
                 403,
                 "budget_exhausted",
-                f"job {ident.job_id} has used its model token budget "
-                f"({self.usage.budget_of(ident.job_id)} tokens)",
+                # Both words in the message itself: clients such as Claude Code print
+                # only the message, and the agent's summary looks for them there.
+                f"budget_exhausted (flashpods-proxy): job {ident.job_id} has used its model "
+                f"token budget ({self.usage.budget_of(ident.job_id)} tokens)",
             )
         settled = False
         try:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "subagent"))
 
 from netlab import MODEL_ADDR, Netlab  # noqa: E402
 from proxy_support import (  # noqa: E402
+    AGENT_IMAGE,
     BUILD_HELPER,
     FIREWALL_VALUES,
     GITHUB_HOSTS,
@@ -115,3 +116,16 @@ def usage_dir() -> Iterator[Path]:
         os.chmod(tmp, 0o755)
         os.chown(tmp, pwd.getpwnam("flashpods-token").pw_uid, -1)
         yield Path(tmp) / "usage"
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """The agent image (with gh), built (or found up to date) by the script CI runs.
+
+    FLASHPODS_AGENT_IMAGE (with its own FLASHPODS_IMAGE_CACHE), which build.sh reads too,
+    builds and tests another tag: a branch that changes the image's inputs can then run
+    beside others on one machine without rebuilding the shared tag back and forth."""
+    build_sh = Path(__file__).resolve().parents[3] / "images" / "agent" / "build.sh"
+    build = subprocess.run([str(build_sh)], capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, f"images/agent/build.sh failed:\n{build.stderr[-3000:]}"
+    return os.environ.get("FLASHPODS_AGENT_IMAGE", AGENT_IMAGE)

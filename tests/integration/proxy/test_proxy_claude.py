@@ -69,3 +69,50 @@ def test_claude_code_uses_the_model_only_through_the_proxy(proxy_host, origin, l
             assert not found, f"{secret_name} pieces in {name}: {found}"
     usage = json.loads((usage_dir / f"{job['id']}.json").read_text())
     assert usage["requests"] >= 2 and usage["output_tokens"] > 0, usage
+
+
+def test_claude_code_at_its_budget_is_refused_stopped_and_says_so(
+    proxy_host, origin, lab, usage_dir, agent_image
+):
+    """Real Claude Code with a per-job budget one model call can fill: its next call is
+    refused by the proxy (403 budget_exhausted, never reaching the model), the job ends
+    `failed` with `stop_reason` budget_exhausted, its usage is recorded, and the agent's
+    own summary.json says budget_exhausted too."""
+    bash = {"name": "Bash", "input": {"command": "echo one"}}
+    model = StandinModel({"work": [{"tool_uses": [bash]}, {"tool_uses": [bash]},
+                                   {"text": "Done."}]})  # fmt: skip
+    server = StandinServer(model, host=MODEL_ADDR, port=MODEL_PORT, netns=lab.path(lab.inet))
+    server._httpd.socket = origin.tls_context.wrap_socket(server._httpd.socket, server_side=True)
+    with server:
+        api, _keys = proxy_host(
+            proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
+            api={
+                "storage": {"usage": str(usage_dir)},
+                "kill_grace_s": 30,
+                "images": {
+                    "sub_agent": agent_image,
+                    "allowed": ["localhost/flashpods-worker:latest", agent_image],
+                },
+                "sub_agent": {
+                    "env": {
+                        "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
+                        "ANTHROPIC_MODEL": "standin-model",
+                        "FLASHPODS_AGENT_MAX_TURNS": "10",
+                        "CLAUDE_CODE_MAX_RETRIES": "1",
+                    }
+                },
+            },
+        )
+        # The stand-in answers 10 input + 5 output tokens: one call fills 15.
+        job = api.spawn(kind="sub_agent", prompt="Work. [[script:work]]", budget_tokens=15)
+        done = api.wait(job["id"], timeout=300)
+        log = api.logs(job["id"]).decode(errors="replace")
+
+    assert (done["status"], done["stop_reason"]) == ("failed", "budget_exhausted"), log[-3000:]
+    assert done["error"].startswith("budget_exhausted: "), done["error"]
+    usage = json.loads((usage_dir / f"{job['id']}.json").read_text())
+    served = [r for r in model.requests if r["path"].startswith("/v1/messages")]
+    assert usage["requests"] == len(served) >= 1, (usage, len(served))
+    assert usage["input_tokens"] + usage["output_tokens"] >= 15, usage
+    summary = json.loads(api.artifact(job["id"], "summary.json"))
+    assert summary["exit_reason"] == "budget_exhausted", (summary, log[-3000:])

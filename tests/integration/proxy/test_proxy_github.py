@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,20 +35,6 @@ WORKER_IMAGE = "localhost/flashpods-worker:latest"
 
 def images(agent_image: str) -> dict:
     return {"images": {"allowed": list(dict.fromkeys([WORKER_IMAGE, AGENT_IMAGE, agent_image]))}}
-
-
-@pytest.fixture(scope="session")
-def agent_image() -> str:
-    """The agent image with gh, built (or found up to date) by the script CI runs.
-
-    FLASHPODS_AGENT_IMAGE (with its own FLASHPODS_IMAGE_CACHE), which build.sh reads too,
-    builds and tests another tag: a branch that changes the image's inputs can then run
-    beside others on one machine without rebuilding the shared tag back and forth."""
-    build = subprocess.run(
-        [str(REPO / "images" / "agent" / "build.sh")], capture_output=True, text=True, timeout=1800
-    )
-    assert build.returncode == 0, f"images/agent/build.sh failed:\n{build.stderr[-3000:]}"
-    return os.environ.get("FLASHPODS_AGENT_IMAGE", AGENT_IMAGE)
 
 
 @pytest.fixture

@@ -40,6 +40,13 @@ def tool_result(tid: str, error: bool = False, text: str = "fine") -> dict:
     return {"type": "user", "message": {"content": [block]}}
 
 
+# What Claude Code prints of the proxy's refusal: the message only.
+REFUSAL = (
+    "Failed to authenticate. API Error: 403 budget_exhausted (flashpods-proxy): job "
+    "job_aaaaaaaaaaaa has used its model token budget (15 tokens)"
+)
+
+
 def result(subtype: str = "success", is_error: bool = False, **extra: object) -> dict:
     return {"type": "result", "subtype": subtype, "is_error": is_error, "num_turns": 2} | extra
 
@@ -88,6 +95,30 @@ def feed(ep, *events: dict | bytes):
         ([tool_use("a", "Bash")], -15, True, (143, "terminated")),
         # A success result, yet the process failed.
         ([result(terminal_reason="completed")], 1, False, (1, "agent_exit_code")),
+        # The host's proxy refused a model call at the job's budget: Claude Code's API
+        # error, or the SIGTERM of the reaper that stops the job at its budget.
+        (
+            [result("success", True, terminal_reason="api_error", result=REFUSAL)],
+            1,
+            False,
+            (1, "budget_exhausted"),
+        ),
+        (
+            [
+                tool_use("a", "Bash"),
+                {"type": "assistant", "message": {"content": [{"type": "text", "text": REFUSAL}]}},
+            ],
+            -15,
+            True,
+            (1, "budget_exhausted"),
+        ),  # fmt: skip
+        # The same words in a run that ended well change nothing.
+        (
+            [tool_use("a", "Read"), tool_result("a", text=REFUSAL), result()],
+            0,
+            False,
+            (0, "success"),
+        ),  # fmt: skip
     ],
 )
 def test_verdict(ep, events, returncode, terminated, expected):

@@ -94,7 +94,7 @@ def test_the_budget_is_stored_shown_and_written_for_the_proxy_before_the_start(m
     assert sorted(p.name for p in budgets.iterdir()) == [written.name]
 
 
-def test_the_reaper_stops_a_job_at_its_budget_term_then_kill(metered):
+def test_the_reaper_stops_a_job_at_its_budget_notice_term_then_kill(metered):
     host = metered(kill_grace_s=0.2)
     job = host.job("sleep 100", budget_tokens=100)
     other = host.job("sleep 100", budget_tokens=500)
@@ -104,9 +104,14 @@ def test_the_reaper_stops_a_job_at_its_budget_term_then_kill(metered):
     assert host.runtime.signals == []
     write_usage(host, job["id"], 30, 75)  # 105 >= 100
     host.reaper.tick()
-    assert host.runtime.signals == [(job["id"], "TERM")]
+    # The notice first: the proxy refuses its model calls, no signal yet (an agent then
+    # ends on that refusal and its own summary says budget_exhausted).
+    assert host.runtime.signals == []
     assert host.store.get_job(job["id"])["stop_reason"] == "budget_exhausted"
-    time.sleep(0.25)
+    time.sleep(0.12)  # past the notice (half of kill_grace_s)
+    host.reaper.tick()
+    assert host.runtime.signals == [(job["id"], "TERM")]
+    time.sleep(0.13)
     host.reaper.tick()  # grace over: SIGKILL (the fake exits with 137)
     assert (job["id"], "KILL") in host.runtime.signals
     host.reaper.tick()
@@ -207,3 +212,22 @@ def test_a_warm_job_has_its_budget_written_before_its_command_is_handed_over(met
     job = host.job("sleep 100", budget_tokens=70)
     assert job["id"] == ready and job["status"] == "running"
     assert seen == [True]
+
+
+def test_a_job_that_failed_on_its_own_at_its_budget_says_why(metered):
+    """The proxy's refusal can end an agent before the reaper's next look records the
+    stop: the job's end then finds the budget used up and records that as the reason.
+    A job that used its budget and still succeeded stays succeeded."""
+    host = metered()
+    failed, fine = host.job("x", budget_tokens=100), host.job("y", budget_tokens=100)
+    for job in (failed, fine):
+        write_usage(host, job["id"], 40, 60)  # 100 >= 100
+    host.runtime.exit(failed["id"], 1)
+    host.runtime.exit(fine["id"], 0)
+    host.engine.finish(host.store.get_job(failed["id"]), 1)
+    host.engine.finish(host.store.get_job(fine["id"]), 0)
+    ended = host.store.get_job(failed["id"])
+    assert (ended["status"], ended["stop_reason"]) == ("failed", "budget_exhausted")
+    assert ended["error"].startswith("budget_exhausted: ")
+    ok = host.store.get_job(fine["id"])
+    assert (ok["status"], ok["stop_reason"], ok["error"]) == ("succeeded", None, None)
