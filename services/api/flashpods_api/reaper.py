@@ -281,7 +281,9 @@ class Reaper:
 
     def _in_budget_notice(self, job: dict[str, Any], now: float) -> bool:
         notice = BUDGET_NOTICE_FRACTION * self.config.kill_grace_s
-        return job["stop_reason"] == budgets.STOP_REASON and now < job["stop_requested_at"] + notice
+        if job["stop_reason"] != budgets.STOP_REASON:
+            return False
+        return bool(now < job["stop_requested_at"] + notice)
 
     def _forget(self, job_id: str) -> None:
         self.limits.forget(job_id)
