@@ -8,6 +8,7 @@ import json
 import socket
 import time
 
+from .http_chunks import ChunkDecoder
 from .usage import ResponseUsage
 
 MAX_REQUEST_BODY = 32 * 1024 * 1024
@@ -69,53 +70,6 @@ def clamp(body: bytes, granted: int | None) -> tuple[bytes, int | None]:
         return body, asked
     data["max_tokens"] = granted
     return json.dumps(data, separators=(",", ":")).encode(), asked
-
-
-class ChunkDecoder:
-    """Decodes HTTP/1.1 chunked framing incrementally (a copy, for reading usage)."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._left = 0
-        self._state = "size"
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        self._buf += data
-        out = bytearray()
-        while not self.done:
-            if self._state == "size":
-                end = self._buf.find(b"\r\n")
-                if end < 0:
-                    if len(self._buf) > 4096:
-                        raise ValueError("a chunk size line is too long")
-                    break
-                size = int(bytes(self._buf[:end]).split(b";")[0].strip() or b"x", 16)
-                del self._buf[: end + 2]
-                self._left, self._state = size, ("data" if size else "trailer")
-            elif self._state == "data":
-                if not self._buf:
-                    break
-                take = min(self._left, len(self._buf))
-                out += self._buf[:take]
-                del self._buf[:take]
-                self._left -= take
-                if not self._left:
-                    self._state = "crlf"
-            elif self._state == "crlf":
-                if len(self._buf) < 2:
-                    break
-                del self._buf[:2]
-                self._state = "size"
-            else:  # trailer lines up to the empty one
-                end = self._buf.find(b"\r\n")
-                if end < 0:
-                    break
-                line = bytes(self._buf[:end])
-                del self._buf[: end + 2]
-                if not line:
-                    self.done = True
-        return bytes(out)
 
 
 def relay_response(

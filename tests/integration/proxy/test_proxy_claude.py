@@ -25,26 +25,33 @@ def pieces(secret: str) -> set[str]:
     return {random_part[i : i + 8] for i in range(len(random_part) - 7)}
 
 
+def model_server(model: StandinModel, origin, lab) -> StandinServer:
+    """The stand-in Messages API in the test internet, with TLS under the stand-in
+    origins' certificate (it names api.anthropic.com)."""
+    server = StandinServer(model, host=MODEL_ADDR, port=MODEL_PORT, netns=lab.path(lab.inet))
+    server._httpd.socket = origin.tls_context.wrap_socket(server._httpd.socket, server_side=True)
+    return server
+
+
+def claude_host(proxy_host, usage_dir, **api: object):
+    """A proxy host whose sub-agents run real Claude Code against the stand-in model."""
+    env = {
+        "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
+        "ANTHROPIC_MODEL": "standin-model",
+        "FLASHPODS_AGENT_MAX_TURNS": "10",
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+    }
+    return proxy_host(
+        proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
+        api={"sub_agent": {"env": env}, **api},
+    )
+
+
 def test_claude_code_uses_the_model_only_through_the_proxy(proxy_host, origin, lab, usage_dir):
     model = StandinModel({"scan": [{"tool_uses": [{"name": "Bash", "input": {"command": SCAN}}]},
                                    {"text": "Scanned."}]})  # fmt: skip
-    server = StandinServer(model, host=MODEL_ADDR, port=MODEL_PORT, netns=lab.path(lab.inet))
-    # TLS with the stand-in origins' certificate (it names api.anthropic.com).
-    server._httpd.socket = origin.tls_context.wrap_socket(server._httpd.socket, server_side=True)
-    with server:
-        api, keys = proxy_host(
-            proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
-            api={
-                "sub_agent": {
-                    "env": {
-                        "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
-                        "ANTHROPIC_MODEL": "standin-model",
-                        "FLASHPODS_AGENT_MAX_TURNS": "10",
-                        "CLAUDE_CODE_MAX_RETRIES": "1",
-                    }
-                }
-            },
-        )
+    with model_server(model, origin, lab):
+        api, keys = claude_host(proxy_host, usage_dir)
         job = api.spawn(kind="sub_agent", prompt="Scan. [[script:scan]]", timeout_s=300)
         done = api.wait(job["id"], timeout=300)
         log = api.logs(job["id"])
@@ -81,26 +88,15 @@ def test_claude_code_at_its_budget_is_refused_stopped_and_says_so(
     bash = {"name": "Bash", "input": {"command": "echo one"}}
     model = StandinModel({"work": [{"tool_uses": [bash]}, {"tool_uses": [bash]},
                                    {"text": "Done."}]})  # fmt: skip
-    server = StandinServer(model, host=MODEL_ADDR, port=MODEL_PORT, netns=lab.path(lab.inet))
-    server._httpd.socket = origin.tls_context.wrap_socket(server._httpd.socket, server_side=True)
-    with server:
-        api, _keys = proxy_host(
-            proxy={"usage_dir": str(usage_dir), "budget_tokens": 1_000_000},
-            api={
-                "storage": {"usage": str(usage_dir)},
-                "kill_grace_s": 30,
-                "images": {
-                    "sub_agent": agent_image,
-                    "allowed": ["localhost/flashpods-worker:latest", agent_image],
-                },
-                "sub_agent": {
-                    "env": {
-                        "ANTHROPIC_BASE_URL": f"https://api.anthropic.com:{MODEL_PORT}",
-                        "ANTHROPIC_MODEL": "standin-model",
-                        "FLASHPODS_AGENT_MAX_TURNS": "10",
-                        "CLAUDE_CODE_MAX_RETRIES": "1",
-                    }
-                },
+    with model_server(model, origin, lab):
+        api, _keys = claude_host(
+            proxy_host,
+            usage_dir,
+            storage={"usage": str(usage_dir)},  # the API reads it: stops at the budget
+            kill_grace_s=30,
+            images={
+                "sub_agent": agent_image,
+                "allowed": ["localhost/flashpods-worker:latest", agent_image],
             },
         )
         # The stand-in answers 10 input + 5 output tokens: one call fills 15.

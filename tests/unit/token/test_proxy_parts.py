@@ -12,8 +12,8 @@ import pytest
 from conftest import base_config
 from flashpods_token.config import ConfigError, parse_config
 from flashpods_token.egress import Egress, EgressRefused, nonpublic_networks
+from flashpods_token.http_chunks import ChunkDecoder
 from flashpods_token.placeholder import find, placeholder
-from flashpods_token.proxy_meter import ChunkDecoder
 from flashpods_token.usage import ResponseUsage, UsageBook
 
 TEMPLATE = Path(__file__).resolve().parents[3] / "modules" / "flashpods" / "firewall.nft.in"
