@@ -118,6 +118,10 @@ def make_config(
     }
     cfg.update(overrides)
     cfg["storage"] = {**cfg["storage"], **(storage_extra or {})}  # usage, budgets
+    # The smallest reserve the API takes: its ballast (half of it, real blocks) is written
+    # beside every host's database, and the packaged 1 GiB made each of some 600 unit
+    # hosts hold 512 MiB (pytest keeps three runs' temp dirs: ~70 GiB on this machine).
+    cfg["limits"] = {"disk_reserve_bytes": 4 << 20, **(cfg.get("limits") or {})}
     for path in [root / "db", *(Path(p) for p in cfg["storage"].values())]:
         path.mkdir(parents=True, exist_ok=True)
     return cfg
