@@ -57,6 +57,23 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def latency_row(
+    rid: str, what: str, ours: list[float], bare: list[float], target: float, notes: str
+) -> Result:
+    """A row comparing two sets of durations by their medians (lower is better)."""
+    ratio = median(ours) / median(bare)
+    return Result(
+        id=rid,
+        what=what,
+        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
+        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
+        ratio=ratio,
+        target=f"<= {target:.2f}",
+        met=ratio <= target,
+        notes=notes,
+    )
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     value = fn()

@@ -25,7 +25,17 @@ from pathlib import Path
 from flashpods_mcp.config import Settings
 from flashpods_mcp.operations import Flashpods
 
-from .common import FINAL, WORKER_IMAGE, Api, Result, bench_host, median, ms, percentile
+from .common import (
+    FINAL,
+    WORKER_IMAGE,
+    Api,
+    Result,
+    bench_host,
+    latency_row,
+    median,
+    ms,
+    percentile,
+)
 
 COLD = {"warm_pool": {}}  # explicit: a default-on pool would make a "cold" run warm
 WARM = {"warm_pool": {"worker": 2}}
@@ -78,20 +88,6 @@ def _measure(host, api: Api, samples: int, between=None) -> tuple[list[float], l
     return ours, bare
 
 
-def _row(rid: str, what: str, ours, bare, target: float, notes: str) -> Result:
-    ratio = median(ours) / median(bare)
-    return Result(
-        id=rid,
-        what=what,
-        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
-        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
-        ratio=ratio,
-        target=f"<= {target:.2f}",
-        met=ratio <= target,
-        notes=notes,
-    )
-
-
 def cold(samples: int) -> Result:
     with bench_host(max_concurrent_jobs=4, api_overrides=COLD) as host:
         api = Api(host)
@@ -100,7 +96,7 @@ def cold(samples: int) -> Result:
         mode = _mode(host)
     what = "job life: POST /jobs -> succeeded for `true`, cold, vs `podman run --rm`"
     notes = f"{samples} alternating samples; attestation {mode}; warm pool off"
-    return _row("P8", what, ours, bare, 1.0, notes)
+    return latency_row("P8", what, ours, bare, 1.0, notes)
 
 
 def warm(samples: int) -> Result:
@@ -116,7 +112,7 @@ def warm(samples: int) -> Result:
         f"{samples} alternating samples; attestation {mode}; warm pool on (2 workers), "
         "refilled between samples"
     )
-    return _row("P8w", what, ours, bare, 0.3, notes)
+    return latency_row("P8w", what, ours, bare, 0.3, notes)
 
 
 # -- P8o ------------------------------------------------------------------------------

@@ -13,9 +13,7 @@ from .common import (
     Result,
     bare_podman_run,
     bench_host,
-    median,
-    ms,
-    percentile,
+    latency_row,
 )
 
 
@@ -45,20 +43,6 @@ def _measure(host, api: Api, samples: int, between=None) -> tuple[list[float], l
     return ours, bare
 
 
-def _result(rid: str, what: str, ours: list[float], bare: list[float], target: float, notes: str):
-    ratio = median(ours) / median(bare)
-    return Result(
-        id=rid,
-        what=what,
-        flashpods=f"median {ms(median(ours))}, p90 {ms(percentile(ours, 90))}",
-        bare=f"median {ms(median(bare))}, p90 {ms(percentile(bare, 90))}",
-        ratio=ratio,
-        target=f"<= {target:.2f}",
-        met=ratio <= target,
-        notes=notes,
-    )
-
-
 def cold(samples: int) -> Result:
     # The cold path: an empty warm pool, explicitly (users' hosts have one by default).
     with bench_host(max_concurrent_jobs=4, warm_pool={}) as host:
@@ -68,7 +52,7 @@ def cold(samples: int) -> Result:
         mode = host.api_config.get("attestation", "peer")
     what = "cold spawn: POST /jobs to running vs `podman run -d` (same image, same user)"
     notes = f"{samples} alternating samples; attestation {mode}; warm pool off"
-    return _result("P1", what, ours, bare, 0.80, notes)
+    return latency_row("P1", what, ours, bare, 0.80, notes)
 
 
 def warm(samples: int) -> Result:
@@ -84,7 +68,7 @@ def warm(samples: int) -> Result:
         f"{samples} alternating samples; attestation {mode}; warm pool on (2 workers), "
         "refilled between samples"
     )
-    return _result("P2", what, ours, bare, 0.50, notes)
+    return latency_row("P2", what, ours, bare, 0.50, notes)
 
 
 def _wait_pool(api: Api, at_least: int, timeout: float = 120) -> None:
